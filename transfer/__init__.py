@@ -1,0 +1,38 @@
+"""transfer: fine-tune an ImageNet CNN, or train classifiers on its frozen features?
+
+The public API is imported lazily so that ``import transfer`` (and the CLI's
+fast paths) do not pull in TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_API = {
+    "REGISTRY": "transfer.backbones",
+    "Backbone": "transfer.backbones",
+    "get_backbone": "transfer.backbones",
+    "build_backbone": "transfer.backbones",
+    "feature_model": "transfer.backbones",
+    "predict_imagenet": "transfer.predict",
+    "load_image": "transfer.data",
+    "list_images": "transfer.data",
+    "sample_images": "transfer.data",
+    "class_names": "transfer.imagenet",
+    "load_state_dict": "transfer.torchfile",
+    "TransferError": "transfer.errors",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'transfer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_API))

@@ -1,0 +1,173 @@
+"""Read PyTorch ``.pth`` state dicts into NumPy arrays without importing torch.
+
+A ``.pth`` file is a pickle whose tensors point at raw storages kept beside
+it: either the legacy layout (several pickles in one stream followed by the
+raw storages) or the zip layout of ``torch.save`` since PyTorch 1.6.  A
+pickle can name any callable, so an ordinary ``pickle.load`` of a file from
+elsewhere can run code.  The unpickler here resolves only the handful of
+names a state dict needs and refuses every other one.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32,
+    "DoubleStorage": np.float64,
+    "HalfStorage": np.float16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file asks the unpickler for something a state dict never needs."""
+
+
+class _StorageType:
+    def __init__(self, name: str):
+        self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+class _TensorRef:
+    """A tensor view over a storage that is read after the pickle."""
+
+    def __init__(self, storage, offset, size, stride):
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None):
+    return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None):
+    return data
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, storages: dict):
+        super().__init__(file)
+        self._storages = storages
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(name)
+        raise UnsafeCheckpointError(
+            f"refusing to load '{module}.{name}': a weights file may only hold "
+            "tensors and dicts, and this one asks to run other code"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+            raise UnsafeCheckpointError(f"unexpected persistent id {pid!r}")
+        storage_type, key = pid[1], str(pid[2])
+        if not isinstance(storage_type, _StorageType):
+            raise UnsafeCheckpointError(f"unexpected storage type {storage_type!r}")
+        self._storages.setdefault(key, {"dtype": storage_type.dtype, "data": None})
+        return key
+
+
+def _load_one(f, storages):
+    return _RestrictedUnpickler(f, storages).load()
+
+
+def _materialise(obj, storages):
+    if isinstance(obj, dict):
+        return collections.OrderedDict((k, _materialise(v, storages)) for k, v in obj.items())
+    if isinstance(obj, _TensorRef):
+        buf = storages[obj.storage]["data"]
+        itemsize = buf.dtype.itemsize
+        return np.lib.stride_tricks.as_strided(
+            buf[obj.offset:],
+            shape=obj.size,
+            strides=tuple(s * itemsize for s in obj.stride),
+        ).copy()
+    return obj
+
+
+def _read_legacy(f) -> dict:
+    storages: dict = {}
+    magic = _load_one(f, storages)
+    if magic != LEGACY_MAGIC:
+        raise ValueError("not a PyTorch checkpoint (wrong magic number)")
+    _load_one(f, storages)  # protocol version
+    _load_one(f, storages)  # sys_info
+    obj = _load_one(f, storages)
+    keys = _load_one(f, storages)
+    for key in keys:
+        (count,) = struct.unpack("<q", f.read(8))
+        dtype = storages[key]["dtype"]
+        raw = f.read(count * dtype.itemsize)
+        if len(raw) != count * dtype.itemsize:
+            raise ValueError("the checkpoint is truncated")
+        storages[key]["data"] = np.frombuffer(raw, dtype=dtype)
+    return _materialise(obj, storages)
+
+
+def _read_zip(path: Path) -> dict:
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        pkl = next((n for n in names if n.endswith("/data.pkl") or n == "data.pkl"), None)
+        if pkl is None:
+            raise ValueError("zip checkpoint without data.pkl")
+        prefix = pkl[: -len("data.pkl")]
+        storages: dict = {}
+        obj = _load_one(io.BytesIO(zf.read(pkl)), storages)
+        for key, entry in storages.items():
+            entry["data"] = np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=entry["dtype"])
+    return _materialise(obj, storages)
+
+
+def load_state_dict(path) -> dict[str, np.ndarray]:
+    """Read a PyTorch state dict as ``{name: numpy array}`` without torch.
+
+    Args:
+        path: a ``.pth``/``.pt`` file in the legacy or the zip layout.
+
+    Returns:
+        An ordered dict of NumPy arrays, in the file's order.
+
+    Raises:
+        UnsafeCheckpointError: the pickle names anything but tensors and dicts.
+        ValueError: the file is not a readable PyTorch checkpoint.
+    """
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            state = _read_zip(path)
+        else:
+            with open(path, "rb") as f:
+                state = _read_legacy(f)
+    except UnsafeCheckpointError:
+        raise
+    except (pickle.UnpicklingError, EOFError, KeyError, struct.error, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({e})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    return state
