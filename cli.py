@@ -59,9 +59,9 @@ def backbones(as_csv):
         click.echo(out.getvalue(), nl=False)
         return
     shown = [[name, f"{size}", f"{feat}", f"{params:,}", off, src] for name, size, feat, params, off, src in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *shown)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *shown, strict=True)]
     for line in [header, *shown]:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
 def _write_csv_atomic(df, path: Path):
@@ -109,6 +109,8 @@ def predict(backbone, weights, top, resize, batch_size, output, paths):
         click.echo(f"skipped {r.path}: {r.reason}", err=True)
     n_images = preds["path"].nunique()
     click.echo(f"{n_images} images predicted with {row.name}, {len(skipped)} skipped.")
+    if n_images == 0:  # before writing, so an earlier CSV is not replaced by an empty one
+        raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
     if output is not None:
         _write_csv_atomic(preds, output)
         click.echo(f"Predictions written to {output}")
@@ -116,8 +118,6 @@ def predict(backbone, weights, top, resize, batch_size, output, paths):
             skipped_path = output.with_name(output.stem + ".skipped.csv")
             _write_csv_atomic(skipped, skipped_path)
             click.echo(f"Skipped files listed in {skipped_path}")
-    if n_images == 0:
-        raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
 
 
 if __name__ == "__main__":

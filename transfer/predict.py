@@ -68,7 +68,7 @@ def predict_imagenet(paths, backbone="efficientnet_lite0", *, top=5, weights="im
         for batch_paths, x in _batches(files, row.input_size, resize, batch_size, skipped):
             probs = np.asarray(model(row.preprocess_input(x), training=False))
             order = np.argsort(-probs, axis=1)[:, :top]
-            for path, p, idx in zip(batch_paths, probs, order):
+            for path, p, idx in zip(batch_paths, probs, order, strict=True):
                 rows += [(path, r + 1, int(i), names[i], float(p[i])) for r, i in enumerate(idx)]
     return (pd.DataFrame(rows, columns=PREDICTION_COLUMNS),
             pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
