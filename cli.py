@@ -64,17 +64,40 @@ def backbones(as_csv):
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _check_writable(path: Path | None):
+    """Fail before any work when an output file cannot be written."""
+    if path is None:
+        return
+    if path.suffix.lower() != ".csv":
+        raise TransferError(f"--output {path} must end in .csv.")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise TransferError(f"--output {path} cannot be written: {parent} is not a writable folder.")
+    if path.is_dir():
+        raise TransferError(f"--output {path} is a folder: give a file name ending in .csv.")
+
+
 def _write_csv_atomic(df, path: Path):
     from transfer.fileio import atomic_path
 
-    with atomic_path(path, suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
+    try:
+        with atomic_path(path, suffix=".csv") as tmp:
+            df.to_csv(tmp, index=False)
+    except OSError as e:
+        raise TransferError(f"Cannot write {path}: {e.strerror or e}.") from None
 
 
 @main.command()
 @_backbone_option
 @click.option("--weights", default="imagenet", show_default=True,
-              help="'imagenet' or the path to a weights file with the ImageNet classifier.")
+              help="'imagenet' or the path to a weights file with the ImageNet classifier "
+                   "(a Keras .h5/.weights.h5, or a .pth for efficientnet_lite*).")
 @click.option("--top", "-k", type=click.IntRange(1, 1000), default=5, show_default=True,
               help="Classes to show per image.")
 @click.option("--resize", type=click.Choice(["plain", "crop"]), default="plain", show_default=True,
@@ -82,15 +105,20 @@ def _write_csv_atomic(df, path: Path):
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the predictions to this CSV (path,rank,class_index,class_name,score).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Classify with this run's backbone + fitted classifier instead of ImageNet classes.")
+@click.option("--classifier", help="With --run: which fitted classifier (default: the run's best).")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def predict(backbone, weights, top, resize, batch_size, output, paths):
+def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, paths):
     """ImageNet top-K classes for image files or folders.
 
     With no PATHS, predicts two photos that ship with scikit-learn.
+    With --run RUN_DIR, predicts the classes of a `transfer classify` run.
     """
     row = get_backbone(backbone)  # fail fast, before TensorFlow is imported
-    if output is not None and output.suffix.lower() != ".csv":
-        raise TransferError(f"--output {output} must end in .csv.")
+    _check_writable(output)
+    if run_dir is not None:
+        return _predict_run(run_dir, classifier, batch_size, output, paths)
     if not paths:
         from transfer.data import sample_images
 
@@ -108,7 +136,7 @@ def predict(backbone, weights, top, resize, batch_size, output, paths):
     for r in skipped.itertuples():
         click.echo(f"skipped {r.path}: {r.reason}", err=True)
     n_images = preds["path"].nunique()
-    click.echo(f"{n_images} images predicted with {row.name}, {len(skipped)} skipped.")
+    click.echo(f"{_count(n_images, 'image')} predicted with {row.name}, {len(skipped)} skipped.")
     if n_images == 0:  # before writing, so an earlier CSV is not replaced by an empty one
         raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
     if output is not None:
@@ -118,6 +146,101 @@ def predict(backbone, weights, top, resize, batch_size, output, paths):
             skipped_path = output.with_name(output.stem + ".skipped.csv")
             _write_csv_atomic(skipped, skipped_path)
             click.echo(f"Skipped files listed in {skipped_path}")
+
+
+def _report_skipped(skipped):
+    for r in skipped.itertuples():
+        click.echo(f"skipped {r.path}: {r.reason}", err=True)
+
+
+def _predict_run(run_dir, classifier, batch_size, output, paths):
+    from transfer.predict import predict_run
+
+    preds, skipped = predict_run(run_dir, list(paths), classifier=classifier, batch_size=batch_size)
+    for r in preds.itertuples():
+        click.echo(f"{r.pred_label}  {r.score:7.3f}  {r.path}")
+    _report_skipped(skipped)
+    used = preds["classifier"].iloc[0] if len(preds) else "-"
+    click.echo(f"{_count(len(preds), 'image')} classified with {run_dir} ({used}), {len(skipped)} skipped.")
+    if not len(preds):
+        raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
+    if output is not None:
+        _write_csv_atomic(preds, output)
+        click.echo(f"Predictions written to {output}")
+
+
+def _extract_options(f):
+    options = [
+        _backbone_option,
+        click.option("--data", "-d", required=True,
+                     help="A folder (one sub-folder per class, optionally under train/ val/ test/), a CSV "
+                          "manifest (path,label[,split]), or a built-in: digits, fashion-mnist."),
+        click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Run folder for features, reports and models."),
+        click.option("--layer", default="pooled", show_default=True,
+                     help="pooled, flatten (the last conv block flattened) or a layer name (e.g. fc1)."),
+        click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
+                     help="Pooling of conv outputs ('none' flattens them)."),
+        click.option("--image-size", type=click.IntRange(8), help="Input size (default: the backbone's)."),
+        click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True,
+                     help="crop: keep aspect, centre-crop; plain: stretch."),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+        click.option("--weights", default="imagenet", show_default=True,
+                     help="'imagenet', 'none' or a weights file."),
+        click.option("--val-fraction", type=float, default=0.15, show_default=True,
+                     help="Validation share when the data has no splits of its own."),
+        click.option("--test-fraction", type=float, default=0.15, show_default=True,
+                     help="Test share when the data has no splits of its own."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _extract_config(backbone, layer, pooling, image_size, resize, batch_size, weights):
+    from transfer.features import ExtractConfig
+
+    get_backbone(backbone)
+    return ExtractConfig(backbone=backbone, weights=weights, layer=layer,
+                         pooling=None if pooling == "none" else pooling, image_size=image_size,
+                         resize=resize, batch_size=batch_size).validated()
+
+
+@main.command()
+@_extract_options
+def extract(backbone, data, out, layer, pooling, image_size, resize, batch_size, weights, val_fraction,
+            test_fraction, seed):
+    """Run the frozen backbone once over every image and cache the features."""
+    from transfer.features import extract as run_extract
+
+    cfg = _extract_config(backbone, layer, pooling, image_size, resize, batch_size, weights)
+    split, feats = run_extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    how = "reused from the cache" if feats.from_cache else f"extracted in {feats.seconds:.1f} s"
+    click.echo(f"{len(feats.paths)} images -> {feats.features.shape[1]} features each ({how}); "
+               f"{len(feats.skipped)} skipped.")
+    click.echo(f"Split: {out / 'split.csv'}  Skipped: {out / 'skipped.csv'}  Features: {out / 'features'}")
+
+
+@main.command()
+@_extract_options
+@click.option("--classifier", "-c", "classifiers", default="linear_svm,rbf_svm,logreg,knn,mlp", show_default=True,
+              help="Comma-separated: linear_svm, rbf_svm, logreg, knn, mlp (or 'all').")
+def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size, weights, val_fraction,
+             test_fraction, seed, classifiers):
+    """Train scikit-learn classifiers on the frozen features and evaluate them."""
+    from transfer.classifiers import classify as run_classify
+    from transfer.classifiers import parse_classifiers
+
+    parse_classifiers(classifiers)  # fail before any extraction
+    cfg = _extract_config(backbone, layer, pooling, image_size, resize, batch_size, weights)
+    table = run_classify(data, out, cfg, classifiers, val_fraction=val_fraction, test_fraction=test_fraction,
+                         seed=seed, log=click.echo)
+    cols = ["classifier", "test_accuracy", "test_macro_f1", "fit_seconds", "best_params"]
+    click.echo(table[cols].to_string(index=False))
+    click.echo(f"Evaluated on the {table['eval_split'].iloc[0]} split ({table['n_test'].iloc[0]} images).")
+    click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json "
+               "split.csv skipped.csv")
 
 
 if __name__ == "__main__":

@@ -50,3 +50,18 @@ def keras_cache(tmp_path, monkeypatch):
 
 def random_batch(n, size, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def colour_folder(root, n=8, splits=("train", "val"), seed=0):
+    """Noisy red and blue images: separable, but not identical."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = {"red": (200, 40, 40), "blue": (40, 40, 200)}
+    for split in splits:
+        for label, colour in base.items():
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(root / split / label / f"{i}.png")
+    return root

@@ -221,6 +221,7 @@ def _keras_weights_error(row: Backbone, exc: Exception) -> TransferError | None:
     if not match:
         return None
     url, reason = match.group(1), " ".join(match.group(2).split())
+    reason = re.sub(r"^None -- ", "", reason)  # Keras prints errno=None for DNS failures
     target = keras_home() / "models" / url.rsplit("/", 1)[-1]
     return TransferError(
         f"ImageNet weights for {row.name} are not in the Keras cache and could not be "
@@ -337,14 +338,18 @@ def feature_model(name, *, layer="pooled", pooling="avg", weights="imagenet", im
         raise TransferError(f"pooling={pooling!r} is not valid. Expected one of: avg, max, none.")
     if layer == "pooled":
         return build_backbone(row, weights=weights, image_size=image_size, pooling=pooling or "avg")
-    base = build_backbone(row, weights=weights, image_size=image_size, pooling=None)
     if layer == "flatten":
+        base = build_backbone(row, weights=weights, image_size=image_size, pooling=None)
         return keras.Model(base.input, layers.Flatten(name="flatten_features")(base.output), name=base.name)
-    names = [lyr.name for lyr in base.layers]
+    # Find the layer on a random-init model first, so that only the weights file
+    # that is needed gets loaded (or asked for): dense layers such as VGG's
+    # fc1/fc2 exist only with the ImageNet classifier.
+    include_top = False
+    names = [lyr.name for lyr in build_backbone(row, weights=None, image_size=image_size).layers]
     if layer not in names and row.family == "keras.applications":
-        # Dense layers such as VGG's fc1/fc2 exist only with the ImageNet top.
-        base = build_backbone(row, weights=weights, image_size=image_size, include_top=True)
-        names = [lyr.name for lyr in base.layers]
+        include_top = True
+        names = [lyr.name for lyr in build_backbone(row, weights=None, image_size=image_size,
+                                                    include_top=True).layers]
     if layer not in names:
         close = difflib.get_close_matches(layer, names, n=5, cutoff=0.4)
         raise TransferError(
@@ -352,6 +357,7 @@ def feature_model(name, *, layer="pooled", pooling="avg", weights="imagenet", im
             + (f"; close matches: {', '.join(close)}" if close else "")
             + f" (it has {len(names)} layers, e.g. {names[-1]!r})."
         )
+    base = build_backbone(row, weights=weights, image_size=image_size, include_top=include_top)
     out = base.get_layer(layer).output
     if len(out.shape) == 4:
         out = _pool(out, pooling, name=layer) if pooling else layers.Flatten(name=f"{layer}_flatten")(out)

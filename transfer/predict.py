@@ -8,6 +8,7 @@ import pandas as pd
 from transfer.backbones import get_backbone
 from transfer.data import RESIZE_MODES, ImageError, list_images, load_image
 from transfer.errors import TransferError
+from transfer.features import forward
 
 PREDICTION_COLUMNS = ["path", "rank", "class_index", "class_name", "score"]
 SKIPPED_COLUMNS = ["path", "reason"]
@@ -57,18 +58,77 @@ def predict_imagenet(paths, backbone="efficientnet_lite0", *, top=5, weights="im
         raise TransferError(f"batch_size={batch_size!r} is not valid: give a positive integer.")
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
+    if str(weights).lower() in ("none", "random"):
+        raise TransferError("weights='none' gives a random network whose ImageNet classes mean nothing: "
+                            "use 'imagenet' or a weights file with the ImageNet classifier.")
+    files, skipped = list_images(paths)
+    rows = []
+    model = names = None
+    for batch_paths, x in _batches(files, row.input_size, resize, batch_size, skipped):
+        if model is None:  # built only once an image has decoded: bad input alone stays fast
+            from transfer.backbones import build_backbone
+            from transfer.imagenet import class_names
+
+            model = build_backbone(row, weights=weights, include_top=True)
+            names = class_names()
+        probs = forward(model, row.preprocess_input(x), batch_size)
+        order = np.argsort(-probs, axis=1)[:, :top]
+        for path, p, idx in zip(batch_paths, probs, order, strict=True):
+            rows += [(path, r + 1, int(i), names[i], float(p[i])) for r, i in enumerate(idx)]
+    return (pd.DataFrame(rows, columns=PREDICTION_COLUMNS),
+            pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+
+
+RUN_PREDICTION_COLUMNS = ["path", "pred_label", "score", "classifier"]
+
+
+def predict_run(run_dir, paths, classifier=None, batch_size=None):
+    """Classify new images with a run's backbone + fitted classifier.
+
+    Args:
+        run_dir: the ``--out`` folder of ``transfer classify``.
+        paths: image files and/or folders.
+        classifier: which fitted classifier; default: the run's best.
+
+    Returns:
+        ``(predictions, skipped)`` with columns ``path, pred_label, score, classifier``
+        and ``path, reason``.
+    """
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    from transfer.classifiers import class_scores, load_classifier
+    from transfer.features import ExtractConfig, run_extraction
+
+    run = Path(run_dir)
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        raise TransferError(f"{run} is not a transfer run folder (no readable config.json): give the --out "
+                            "folder of `transfer classify`.") from None
+    if config.get("command") != "classify":
+        raise TransferError(f"{run} holds a {config.get('command')!r} run; predict --run needs a classify run.")
+    name = classifier or config["best_classifier"]
+    model_file = run / "classifiers" / f"{name}.skops"
+    if not model_file.exists():
+        fitted = sorted(p.stem for p in (run / "classifiers").glob("*.skops"))
+        raise TransferError(f"{run} has no fitted classifier {name!r}. Expected one of: {', '.join(fitted)}.")
+    if not paths:
+        raise TransferError("No images given: pass image files or folders.")
+    estimator = load_classifier(model_file)
+    cfg = ExtractConfig(**config["extract"])
+    if batch_size:
+        cfg = dataclasses.replace(cfg, batch_size=batch_size)
     files, skipped = list_images(paths)
     rows = []
     if files:
-        from transfer.backbones import build_backbone
-        from transfer.imagenet import class_names
-
-        model = build_backbone(row, weights=weights, include_top=True)
-        names = class_names()
-        for batch_paths, x in _batches(files, row.input_size, resize, batch_size, skipped):
-            probs = np.asarray(model(row.preprocess_input(x), training=False))
-            order = np.argsort(-probs, axis=1)[:, :top]
-            for path, p, idx in zip(batch_paths, probs, order, strict=True):
-                rows += [(path, r + 1, int(i), names[i], float(p[i])) for r, i in enumerate(idx)]
-    return (pd.DataFrame(rows, columns=PREDICTION_COLUMNS),
-            pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+        kept, feats, bad = run_extraction(cfg.validated(), files, progress=False)
+        skipped += bad
+        if kept:
+            pred = estimator.predict(feats)
+            scores = class_scores(estimator, feats)
+            order = list(estimator.classes_)
+            top = scores[np.arange(len(pred)), [order.index(p) for p in pred]]
+            rows = list(zip(kept, pred, top.astype(float), [name] * len(kept), strict=True))
+    return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))

@@ -1,0 +1,116 @@
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tests.conftest import colour_folder
+from transfer import features
+from transfer.classifiers import CLASSIFIERS, classify, load_classifier, save_classifier
+from transfer.errors import TransferError
+from transfer.features import ExtractConfig
+
+TINY = ExtractConfig(image_size=32, batch_size=8)
+METRIC_COLUMNS = ["strategy", "backbone", "layer", "classifier", "best_params", "eval_split", "n_train", "n_test",
+                  "test_accuracy", "test_macro_f1", "fit_seconds", "extract_seconds", "feature_dim"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    data = colour_folder(root / "data", n=8, splits=("train", "val"))
+    table = classify(data, root / "run", TINY, "all", progress=False, log=lambda *_: None)
+    return data, root / "run", table
+
+
+def test_classify_writes_every_report(run):
+    _, out, table = run
+    for name in ("metrics.csv", "predictions.csv", "per_class.csv", "search.csv", "config.json", "split.csv",
+                 "skipped.csv"):
+        assert (out / name).exists(), name
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns) == METRIC_COLUMNS  # 2 classes: no top-5 column
+    assert set(metrics["classifier"]) == set(CLASSIFIERS)
+    assert (metrics["strategy"] == "features").all() and (metrics["eval_split"] == "val").all()
+    assert (metrics["n_train"] == 16).all() and (metrics["n_test"] == 16).all()
+    assert (metrics["test_accuracy"] >= 0.9).all()  # red vs blue
+    preds = pd.read_csv(out / "predictions.csv")
+    assert list(preds.columns) == ["classifier", "path", "true_label", "pred_label", "score"]
+    assert len(preds) == 16 * len(CLASSIFIERS)
+    search = pd.read_csv(out / "search.csv")
+    assert {"classifier", "params", "mean_test_score", "rank_test_score"} <= set(search.columns)
+    per_class = pd.read_csv(out / "per_class.csv")
+    assert set(per_class["label"]) == {"red", "blue"}
+    config = json.loads((out / "config.json").read_text())
+    assert config["eval_split"] == "val" and config["seed"] == 0 and config["versions"]["keras"]
+    assert sorted(p.stem for p in (out / "classifiers").glob("*.skops")) == sorted(CLASSIFIERS)
+
+
+def test_second_identical_run_does_not_run_the_cnn(run, monkeypatch):
+    data, out, table = run
+    before = pd.read_csv(out / "predictions.csv")
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("the CNN ran although the features were cached")
+
+    monkeypatch.setattr(features, "run_extraction", no_cnn)
+    again = classify(data, out, TINY, "all", progress=False, log=lambda *_: None)
+    pd.testing.assert_frame_equal(again.drop(columns="fit_seconds"), table.drop(columns="fit_seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), before)
+    assert json.loads((out / "config.json").read_text())["features_from_cache"] is True
+
+
+def test_predict_run_classifies_new_images(run, tmp_path):
+    _, out, _ = run
+    new = colour_folder(tmp_path / "new", n=1, splits=("x",), seed=7)
+    red, blue = new / "x" / "red" / "0.png", new / "x" / "blue" / "0.png"
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "-o", str(tmp_path / "p.csv"),
+                                           str(red), str(blue), str(tmp_path / "missing.png")])
+    assert result.exit_code == 0, result.output
+    preds = pd.read_csv(tmp_path / "p.csv").set_index("path")
+    assert preds.loc[str(red), "pred_label"] == "red" and preds.loc[str(blue), "pred_label"] == "blue"
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "--classifier", "knn", str(red)])
+    assert result.exit_code == 0 and "red" in result.output
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "--classifier", "svm", str(red)])
+    assert result.exit_code == 2 and "no fitted classifier 'svm'" in result.output
+
+
+def test_refuses_a_classifier_file_from_elsewhere(tmp_path):
+    import os
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    path = tmp_path / "evil.skops"
+    save_classifier(make_pipeline(FunctionTransformer(os.system)), path)
+    with pytest.raises(TransferError, match="Refusing to load"):
+        load_classifier(path)
+
+
+def test_cli_classify_and_extract(tmp_path):
+    data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
+    out = tmp_path / "run"
+    runner = CliRunner()
+    result = runner.invoke(cli.main, ["extract", "--data", str(data), "--out", str(out), "--image-size", "32"])
+    assert result.exit_code == 0, result.output
+    assert "24 images -> 1280 features each" in result.output
+    result = runner.invoke(cli.main, ["classify", "--data", str(data), "--out", str(out), "--image-size", "32",
+                                      "--classifier", "logreg,knn"])
+    assert result.exit_code == 0, result.output
+    assert "Evaluated on the val split (12 images)" in result.output
+    assert len(pd.read_csv(out / "metrics.csv")) == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--classifier", "svm"], "Unknown classifier 'svm'"),
+    (["--backbone", "resnet5"], "Unknown backbone 'resnet5'"),
+    (["--data", "no/such/dir"], "--data 'no/such/dir' is not a folder, a .csv manifest"),
+])
+def test_cli_classify_bad_input_is_one_line(tmp_path, args, message):
+    base = {"--data": str(colour_folder(tmp_path / "d", n=3)), "--out": str(tmp_path / "run")}
+    for flag, value in zip(args[::2], args[1::2], strict=True):
+        base[flag] = value
+    result = CliRunner().invoke(cli.main, ["classify", *[x for kv in base.items() for x in kv]])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {message}") and result.output.count("\n") == 1

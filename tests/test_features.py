@@ -1,0 +1,85 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import colour_folder
+from transfer import features
+from transfer.errors import TransferError
+from transfer.features import ExtractConfig, extract, extract_features
+
+TINY = ExtractConfig(image_size=32, batch_size=8)
+
+
+@pytest.fixture
+def images(tmp_path):
+    return sorted(str(p) for p in colour_folder(tmp_path / "d", n=4).rglob("*.png"))
+
+
+def test_features_are_cached_and_reused(images, tmp_path, monkeypatch):
+    first = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert first.features.shape == (16, 1280) and not first.from_cache
+    assert first.paths == images
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("the CNN ran although the cache was valid")
+
+    monkeypatch.setattr(features, "run_extraction", no_cnn)
+    again = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert again.from_cache
+    np.testing.assert_array_equal(again.features, first.features)
+    assert again.paths == first.paths
+
+
+@pytest.mark.parametrize("change", [
+    dict(pooling="max"), dict(layer="flatten"), dict(image_size=40), dict(resize="plain"), dict(weights="none"),
+])
+def test_a_different_key_never_reuses(images, tmp_path, change):
+    import dataclasses
+
+    first = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    other = extract_features(images, dataclasses.replace(TINY, **change), cache_dir=tmp_path / "cache", progress=False)
+    assert not other.from_cache and other.key != first.key
+
+
+def test_a_changed_file_changes_the_key(images):
+    import os
+
+    key = features.cache_key(TINY.validated(), images)
+    st = os.stat(images[0])
+    os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert features.cache_key(TINY.validated(), images) != key
+
+
+def test_interrupted_write_leaves_no_cache_file(images, tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_salted_folder_lists_exactly_the_bad_files(tmp_path, bad_files):
+    root = colour_folder(tmp_path / "d", n=4, splits=("train", "val"))
+    for f in bad_files.iterdir():
+        (root / "train" / "red" / f.name).write_bytes(f.read_bytes())
+    split, feats = extract(root, tmp_path / "run", TINY, progress=False)
+    skipped = pd.read_csv(tmp_path / "run" / "skipped.csv")
+    assert sorted(p.rsplit("/", 1)[-1] for p in skipped["path"]) == ["empty.png", "text.jpg", "truncated.jpg"]
+    assert len(feats.paths) == 16 and len(split) == 19
+
+
+def test_palette_gif_goes_through(tmp_path):
+    from tests.conftest import solid_image
+
+    gif = solid_image(tmp_path / "x.gif", 7, mode="P")
+    feats = extract_features([gif], TINY, progress=False)
+    assert feats.features.shape == (1, 1280) and not feats.skipped
+
+
+def test_bad_extract_options_fail_before_any_work():
+    with pytest.raises(TransferError, match="resize='stretch'"):
+        ExtractConfig(resize="stretch").validated()
+    with pytest.raises(TransferError, match="Unknown backbone"):
+        ExtractConfig(backbone="nope").validated()

@@ -1,0 +1,258 @@
+"""Strategy 2, step 2: scikit-learn classifiers on the cached features.
+
+Each classifier is a ``Pipeline`` (standardisation + estimator) with a
+parameter grid; ``GridSearchCV`` on the training split picks the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import pandas as pd
+
+from transfer.errors import TransferError
+
+
+def _linear_svm(n_samples):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    return make_pipeline(StandardScaler(), LinearSVC(dual="auto", max_iter=5000))
+
+
+def _rbf_svm(n_samples):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    return make_pipeline(StandardScaler(), SVC(kernel="rbf"))
+
+
+def _logreg(n_samples):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+
+
+def _knn(n_samples):
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), KNeighborsClassifier())
+
+
+def _mlp(n_samples):
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # Early stopping holds out 10 % of the training images: with few images
+    # that is a handful, too noisy to stop on.
+    return make_pipeline(StandardScaler(), MLPClassifier(max_iter=400, early_stopping=n_samples >= 300,
+                                                         random_state=0))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+    name: str
+    make: callable  # n_samples -> an unfitted Pipeline
+    grid: dict
+
+
+CLASSIFIERS = {
+    spec.name: spec
+    for spec in [
+        ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": np.logspace(-4, 0, 5).tolist()}),
+        ClassifierSpec("rbf_svm", _rbf_svm, {"svc__C": np.logspace(-1, 2, 4).tolist(),
+                                             "svc__gamma": ["scale", 1e-4, 1e-3]}),
+        ClassifierSpec("logreg", _logreg, {"logisticregression__C": np.logspace(-4, 1, 6).tolist()}),
+        ClassifierSpec("knn", _knn, {"kneighborsclassifier__n_neighbors": [1, 3, 5, 9, 15],
+                                     "kneighborsclassifier__weights": ["uniform", "distance"]}),
+        ClassifierSpec("mlp", _mlp, {"mlpclassifier__hidden_layer_sizes": [(256,), (512,)],
+                                     "mlpclassifier__alpha": [1e-4, 1e-2, 1.0]}),
+    ]
+}
+
+
+def parse_classifiers(value) -> list[str]:
+    """``"linear_svm,logreg"`` or a list -> validated names (``all`` = every one)."""
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if names == ["all"]:
+        return list(CLASSIFIERS)
+    unknown = [n for n in names if n not in CLASSIFIERS]
+    if unknown or not names:
+        raise TransferError(
+            f"Unknown classifier {unknown[0] if unknown else value!r}. Expected a comma-separated list of: "
+            f"{', '.join(CLASSIFIERS)} (or 'all')."
+        )
+    return names
+
+
+@dataclasses.dataclass
+class FitResult:
+    name: str
+    estimator: object
+    search: pd.DataFrame
+    best_params: dict
+    fit_seconds: float
+
+
+def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n_jobs=-1) -> FitResult:
+    """Grid-search one classifier on the training features, then refit.
+
+    Args:
+        name: a key of :data:`CLASSIFIERS`.
+        x_train, y_train: the training split (the search sees only these).
+        x_refit, y_refit: what the best parameters are refit on (train + val
+            when a separate test split exists); defaults to the training split.
+        seed: seeds the cross-validation folds.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    spec = CLASSIFIERS[name]
+    smallest = int(pd.Series(y_train).value_counts().min())
+    if smallest < 2:
+        raise TransferError(f"A class has {smallest} training image(s): cross-validation needs at least 2 per class.")
+    cv = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
+    grid = dict(spec.grid)
+    k_key = "kneighborsclassifier__n_neighbors"
+    if k_key in grid:  # k cannot exceed the images a CV fold trains on
+        fold_train = len(y_train) - -(-len(y_train) // cv.n_splits)
+        grid[k_key] = [k for k in grid[k_key] if k <= fold_train] or [1]
+    start = time.perf_counter()
+    search = GridSearchCV(spec.make(len(y_train)), grid, cv=cv, n_jobs=n_jobs, refit=x_refit is None)
+    search.fit(x_train, y_train)
+    if x_refit is None:
+        estimator = search.best_estimator_
+    else:
+        estimator = clone(spec.make(len(y_refit))).set_params(**search.best_params_).fit(x_refit, y_refit)
+    seconds = time.perf_counter() - start
+    table = pd.DataFrame(search.cv_results_)
+    table["params"] = table["params"].map(str)
+    table.insert(0, "classifier", name)
+    return FitResult(name, estimator, table, search.best_params_, seconds)
+
+
+def class_scores(estimator, x) -> np.ndarray:
+    """Per-class scores: probabilities where the estimator has them, else decision values."""
+    if hasattr(estimator, "predict_proba"):
+        try:
+            return estimator.predict_proba(x)
+        except AttributeError:
+            pass
+    scores = estimator.decision_function(x)
+    if scores.ndim == 1:  # binary: one margin for the positive class
+        scores = np.column_stack([-scores, scores])
+    return scores
+
+
+def save_classifier(estimator, path):
+    """Save with skops, a format that does not run code on load."""
+    import skops.io as sio
+
+    from transfer.fileio import atomic_path
+
+    with atomic_path(path, suffix=".skops") as tmp:
+        sio.dump(estimator, tmp)
+
+
+def load_classifier(path):
+    """Load a classifier saved by :func:`save_classifier`, trusting only scikit-learn/numpy types.
+
+    Raises:
+        TransferError: the file holds types outside scikit-learn's (it did not come from transfer).
+    """
+    import skops.io as sio
+
+    untrusted = [t for t in sio.get_untrusted_types(file=path) if not t.startswith(("sklearn.", "numpy."))]
+    if untrusted:
+        raise TransferError(f"Refusing to load {path}: it holds types a transfer run never saves ({untrusted[0]}).")
+    return sio.load(path, trusted=sio.get_untrusted_types(file=path))
+
+
+def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp", *, val_fraction=0.15,
+             test_fraction=0.15, seed=0, progress=True, log=print):
+    """``transfer classify``: features (cached or extracted), tuned classifiers, reports.
+
+    Writes ``metrics.csv``, ``predictions.csv``, ``per_class.csv``,
+    ``search.csv``, ``config.json``, ``split.csv``, ``skipped.csv`` and
+    ``classifiers/NAME.skops`` into ``out``.
+
+    Returns:
+        The metrics table, one row per classifier, best first.
+    """
+    import dataclasses as dc
+    from pathlib import Path
+
+    from transfer.data import evaluation_split
+    from transfer.evaluate import evaluate, per_class
+    from transfer.features import ExtractConfig, extract
+    from transfer.report import write_config, write_csv
+
+    names = parse_classifiers(classifiers)
+    cfg = (cfg or ExtractConfig()).validated()
+    out = Path(out)
+    split, feats = extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                           progress=progress)
+    eval_split = evaluation_split(split)
+    index = {p: i for i, p in enumerate(feats.paths)}
+    split = split[split["path"].isin(index)].reset_index(drop=True)
+    rows = {s: split[split["split"] == s] for s in ("train", "val", "test")}
+
+    def xy(frame):
+        return feats.features[[index[p] for p in frame["path"]]], frame["label"].to_numpy()
+
+    x_train, y_train = xy(rows["train"])
+    x_eval, y_eval = xy(rows[eval_split])
+    x_refit = y_refit = None
+    if eval_split == "test" and len(rows["val"]):
+        x_refit, y_refit = xy(pd.concat([rows["train"], rows["val"]]))
+    classes = sorted(set(split["label"]))
+    if set(y_train) != set(classes):
+        raise TransferError(f"The training split lacks the class(es) {sorted(set(classes) - set(y_train))}: "
+                            "every class needs training images.")
+
+    metrics, preds, per_cls, searches = [], [], [], []
+    for name in names:
+        log(f"fitting {name} (grid search on {len(y_train)} training images)...")
+        fit = fit_classifier(name, x_train, y_train, x_refit, y_refit, seed=seed)
+        pred = fit.estimator.predict(x_eval)
+        scores = class_scores(fit.estimator, x_eval)
+        est_classes = list(fit.estimator.classes_)
+        metrics.append({
+            "strategy": "features", "backbone": cfg.backbone, "layer": cfg.layer, "classifier": name,
+            "best_params": json.dumps(fit.best_params, default=str), "eval_split": eval_split,
+            "n_train": len(y_train) if y_refit is None else len(y_refit), "n_test": len(y_eval),
+            **evaluate(y_eval, pred, scores, est_classes),
+            "fit_seconds": round(fit.fit_seconds, 3), "extract_seconds": round(feats.seconds, 3),
+            "feature_dim": int(feats.features.shape[1]),
+        })
+        top = scores[np.arange(len(pred)), [est_classes.index(p) for p in pred]]
+        preds.append(pd.DataFrame({"classifier": name, "path": rows[eval_split]["path"].to_numpy(),
+                                   "true_label": y_eval, "pred_label": pred, "score": top}))
+        per_cls.append(per_class(y_eval, pred, classes).assign(classifier=name))
+        searches.append(fit.search)
+        save_classifier(fit.estimator, out / "classifiers" / f"{name}.skops")
+
+    table = pd.DataFrame(metrics).sort_values("test_accuracy", ascending=False, kind="stable")
+    write_csv(table, out / "metrics.csv")
+    write_csv(pd.concat(preds), out / "predictions.csv")
+    write_csv(pd.concat(per_cls)[["classifier", "label", "precision", "recall", "f1", "support"]],
+              out / "per_class.csv")
+    write_csv(pd.concat(searches), out / "search.csv")
+    write_config(out / "config.json", {
+        "command": "classify", "data": str(data), "extract": dc.asdict(cfg), "classifiers": names,
+        "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
+        "eval_split": eval_split, "classes": classes, "best_classifier": table.iloc[0]["classifier"],
+        "features_from_cache": feats.from_cache, "feature_cache_key": feats.key,
+        "n_skipped": len(feats.skipped),
+    })
+    return table

@@ -1,0 +1,225 @@
+"""Strategy 2, step 1: run the frozen backbone once and cache the features.
+
+Images stream through ``tf.data`` (parallel decode, resize, batch, prefetch),
+so memory holds a few batches of pixels; only the features grow with the
+number of images.  The cache key holds everything that changes a feature, so
+a cached file is reused exactly when it is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from transfer.backbones import FEATURE_LAYERS, POOLINGS, get_backbone
+from transfer.data import RESIZE_MODES, ImageError, load_image
+from transfer.errors import TransferError
+from transfer.fileio import atomic_path
+
+CACHE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractConfig:
+    """What determines the features (besides the images themselves)."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    layer: str = "pooled"
+    pooling: str | None = "avg"
+    image_size: int | None = None
+    resize: str = "crop"
+    batch_size: int = 32
+
+    def validated(self) -> ExtractConfig:
+        row = get_backbone(self.backbone)
+        if self.pooling not in POOLINGS:
+            raise TransferError(f"pooling={self.pooling!r} is not valid. Expected one of: avg, max, none.")
+        if self.resize not in RESIZE_MODES:
+            raise TransferError(f"resize={self.resize!r} is not valid. Expected one of: {', '.join(RESIZE_MODES)}.")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise TransferError(f"batch_size={self.batch_size!r} is not valid: give a positive integer.")
+        size = self.image_size or row.input_size
+        if size < row.min_input_size:
+            raise TransferError(f"image_size={size} is too small for {row.name}: it needs >= {row.min_input_size}.")
+        if not self.layer:
+            raise TransferError(f"layer must be one of {', '.join(FEATURE_LAYERS)} or a layer name.")
+        return dataclasses.replace(self, backbone=row.name, image_size=size)
+
+
+@dataclasses.dataclass
+class Features:
+    """Features of the readable images, in the order of ``paths``."""
+
+    paths: list[str]
+    features: np.ndarray
+    skipped: list[tuple[str, str]]
+    seconds: float
+    key: str
+    from_cache: bool
+
+
+def _weights_identity(cfg: ExtractConfig) -> str:
+    row = get_backbone(cfg.backbone)
+    if str(cfg.weights).lower() in ("none", "random"):
+        return "random-init"
+    if str(cfg.weights).lower() == "imagenet":
+        return f"imagenet:{row.weights_file}"
+    p = Path(cfg.weights)
+    st = p.stat()
+    return f"file:{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def cache_key(cfg: ExtractConfig, paths) -> str:
+    """A hash of everything that changes the features of ``paths``."""
+    files = []
+    for p in paths:
+        try:
+            st = Path(p).stat()
+            files.append([str(p), st.st_size, st.st_mtime_ns])
+        except OSError:
+            files.append([str(p), -1, -1])
+    blob = json.dumps({
+        "version": CACHE_VERSION, "backbone": cfg.backbone, "weights": _weights_identity(cfg),
+        "layer": cfg.layer, "pooling": cfg.pooling, "image_size": cfg.image_size, "resize": cfg.resize,
+        "files": files,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def image_dataset(paths, size: int, resize: str, batch_size: int, skipped: dict):
+    """A ``tf.data`` pipeline yielding ``(indices, images, ok)`` batches.
+
+    Decoding runs in parallel through PIL (which handles EXIF orientation,
+    palettes and GIFs); a file that cannot be decoded yields a blank image
+    with ``ok = False`` and its reason in ``skipped[index]``.
+    """
+    import tensorflow as tf
+
+    paths = [str(p) for p in paths]
+    lock = threading.Lock()
+
+    def decode(i):
+        i = int(i)
+        try:
+            return load_image(paths[i], size, resize), np.bool_(True)
+        except ImageError as e:
+            with lock:
+                skipped[i] = str(e)
+            return np.zeros((size, size, 3), np.float32), np.bool_(False)
+
+    def load(i):
+        img, ok = tf.numpy_function(decode, [i], [tf.float32, tf.bool], stateful=False)
+        img.set_shape((size, size, 3))
+        ok.set_shape(())
+        return i, img, ok
+
+    ds = tf.data.Dataset.range(len(paths))
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def forward(model, x, batch_size: int) -> np.ndarray:
+    """``model`` on one batch, padded to ``batch_size`` rows.
+
+    Every call then has the same input shape, so the compiled function is
+    traced once; a short last batch would otherwise cost a retrace (seconds).
+    """
+    n = len(x)
+    if n < batch_size:
+        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+    return np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
+
+
+def _progress(total, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5)
+
+
+def run_extraction(cfg: ExtractConfig, paths, progress=True):
+    """Run the backbone over ``paths``; returns ``(kept paths, features, skipped)``."""
+    from transfer.backbones import feature_model
+
+    row = get_backbone(cfg.backbone)
+    model = feature_model(row, layer=cfg.layer, pooling=cfg.pooling, weights=cfg.weights,
+                          image_size=cfg.image_size)
+    skipped: dict[int, str] = {}
+    kept, chunks = [], []
+    bar = _progress(len(paths), f"extract {row.name}") if progress else None
+    for idx, images, ok in image_dataset(paths, cfg.image_size, cfg.resize, cfg.batch_size, skipped):
+        ok = ok.numpy()
+        if ok.any():
+            out = forward(model, row.preprocess_input(images.numpy()), cfg.batch_size)
+            chunks.append(out[ok].reshape(int(ok.sum()), -1))
+            kept.extend(int(i) for i in idx.numpy()[ok])
+        if bar is not None:
+            bar.update(len(ok))
+    if bar is not None:
+        bar.close()
+    dim = int(np.prod(model.output.shape[1:]))
+    feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+    return ([str(paths[i]) for i in kept], feats,
+            [(str(paths[i]), reason) for i, reason in sorted(skipped.items())])
+
+
+def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -> Features:
+    """Features of ``paths``, from the cache when its key matches, else by running the CNN.
+
+    Args:
+        paths: image files.
+        cfg: backbone, layer, pooling, size and resize mode.
+        cache_dir: folder of cached feature files (none: no caching).
+        progress: show a progress bar with images/s.
+    """
+    cfg = cfg.validated()
+    paths = [str(p) for p in paths]
+    key = cache_key(cfg, paths)
+    cache = Path(cache_dir) / f"features-{key}.npz" if cache_dir is not None else None
+    if cache is not None and cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                return Features(list(z["paths"]), z["features"],
+                                [tuple(r) for r in z["skipped"].reshape(-1, 2)],
+                                float(z["seconds"]), key, True)
+        except (OSError, ValueError, KeyError):
+            cache.unlink(missing_ok=True)  # unreadable: extract again
+    start = time.perf_counter()
+    kept, feats, skipped = run_extraction(cfg, paths, progress=progress)
+    seconds = time.perf_counter() - start
+    if cache is not None:
+        with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, paths=np.array(kept, dtype=str), features=feats,
+                     skipped=np.array(skipped, dtype=str).reshape(-1, 2), seconds=seconds,
+                     config=json.dumps(dataclasses.asdict(cfg)))
+    return Features(kept, feats, skipped, seconds, key, False)
+
+
+def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=0.15, test_fraction=0.15, seed=0,
+            progress=True):
+    """``transfer extract``: split the data, compute (or reuse) the features of every image.
+
+    Writes ``split.csv``, ``skipped.csv`` and the feature cache under ``out/features/``.
+
+    Returns:
+        ``(split, features)``: the split table and the :class:`Features`.
+    """
+    import pandas as pd
+
+    from transfer.data import prepare_split, resolve_source
+    from transfer.report import write_csv
+
+    cfg = (cfg or ExtractConfig()).validated()
+    source = resolve_source(data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    split = prepare_split(source, out, val_fraction, test_fraction, seed)
+    feats = extract_features(split["path"], cfg, cache_dir=out / "features", progress=progress)
+    write_csv(pd.DataFrame(feats.skipped, columns=["path", "reason"]), out / "skipped.csv")
+    return split, feats
