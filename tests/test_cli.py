@@ -30,7 +30,9 @@ print(result.output)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["backbones"], ["backbones", "--csv"], ["predict", "--help"],
-                                  ["predict", "--backbone", "resnet5", "x.jpg"]])
+                                  ["predict", "--backbone", "resnet5", "x.jpg"], ["classify", "--help"],
+                                  ["classify", "--data", "digits", "--out", "r", "--classifier", "svm"],
+                                  ["extract", "--data", "digits", "--out", "r", "--backbone", "vgg"]])
 def test_fast_paths_do_not_import_tensorflow(args):
     out = run_in_fresh_python(args)
     assert "TF False KERAS False" in out

@@ -69,7 +69,7 @@ class ClassifierSpec:
 CLASSIFIERS = {
     spec.name: spec
     for spec in [
-        ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": np.logspace(-4, 0, 5).tolist()}),
+        ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": np.logspace(-4, -1, 4).tolist()}),
         ClassifierSpec("rbf_svm", _rbf_svm, {"svc__C": np.logspace(-1, 2, 4).tolist(),
                                              "svc__gamma": ["scale", 1e-4, 1e-3]}),
         ClassifierSpec("logreg", _logreg, {"logisticregression__C": np.logspace(-4, 1, 6).tolist()}),

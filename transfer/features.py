@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.backbones import FEATURE_LAYERS, POOLINGS, get_backbone
-from transfer.data import RESIZE_MODES, ImageError, load_image
+from transfer.data import RESIZE_MODES, ImageError, decode_image
 from transfer.errors import TransferError
 from transfer.fileio import atomic_path
 
@@ -108,20 +108,22 @@ def image_dataset(paths, size: int, resize: str, batch_size: int, skipped: dict)
     def decode(i):
         i = int(i)
         try:
-            return load_image(paths[i], size, resize), np.bool_(True)
+            return decode_image(paths[i], size, resize), np.bool_(True)
         except ImageError as e:
             with lock:
                 skipped[i] = str(e)
-            return np.zeros((size, size, 3), np.float32), np.bool_(False)
+            return np.zeros((size, size, 3), np.uint8), np.bool_(False)
 
     def load(i):
-        img, ok = tf.numpy_function(decode, [i], [tf.float32, tf.bool], stateful=False)
+        img, ok = tf.numpy_function(decode, [i], [tf.uint8, tf.bool], stateful=False)
         img.set_shape((size, size, 3))
         ok.set_shape(())
         return i, img, ok
 
     ds = tf.data.Dataset.range(len(paths))
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # Batches carry their indices, so decoding may finish out of order: a slow
+    # (large) photo does not hold up the images behind it.
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
@@ -143,20 +145,28 @@ def _progress(total, desc):
     return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, mininterval=0.5)
 
 
-def run_extraction(cfg: ExtractConfig, paths, progress=True):
-    """Run the backbone over ``paths``; returns ``(kept paths, features, skipped)``."""
+def build_extractor(cfg: ExtractConfig):
+    """The feature model that ``cfg`` describes."""
     from transfer.backbones import feature_model
 
+    return feature_model(cfg.backbone, layer=cfg.layer, pooling=cfg.pooling, weights=cfg.weights,
+                         image_size=cfg.image_size)
+
+
+def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
+    """Run the backbone over ``paths``; returns ``(kept paths, features, skipped)``.
+
+    ``model`` is the extractor when already built (see :func:`build_extractor`).
+    """
     row = get_backbone(cfg.backbone)
-    model = feature_model(row, layer=cfg.layer, pooling=cfg.pooling, weights=cfg.weights,
-                          image_size=cfg.image_size)
+    model = model if model is not None else build_extractor(cfg)
     skipped: dict[int, str] = {}
     kept, chunks = [], []
     bar = _progress(len(paths), f"extract {row.name}") if progress else None
     for idx, images, ok in image_dataset(paths, cfg.image_size, cfg.resize, cfg.batch_size, skipped):
         ok = ok.numpy()
         if ok.any():
-            out = forward(model, row.preprocess_input(images.numpy()), cfg.batch_size)
+            out = forward(model, row.preprocess_input(images.numpy().astype(np.float32)), cfg.batch_size)
             chunks.append(out[ok].reshape(int(ok.sum()), -1))
             kept.extend(int(i) for i in idx.numpy()[ok])
         if bar is not None:
@@ -165,6 +175,8 @@ def run_extraction(cfg: ExtractConfig, paths, progress=True):
         bar.close()
     dim = int(np.prod(model.output.shape[1:]))
     feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+    order = np.argsort(kept, kind="stable")  # back to the input order
+    kept, feats = [kept[i] for i in order], feats[order]
     return ([str(paths[i]) for i in kept], feats,
             [(str(paths[i]), reason) for i, reason in sorted(skipped.items())])
 
