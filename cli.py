@@ -139,13 +139,7 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
     click.echo(f"{_count(n_images, 'image')} predicted with {row.name}, {len(skipped)} skipped.")
     if n_images == 0:  # before writing, so an earlier CSV is not replaced by an empty one
         raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
-    if output is not None:
-        _write_csv_atomic(preds, output)
-        click.echo(f"Predictions written to {output}")
-        if len(skipped):
-            skipped_path = output.with_name(output.stem + ".skipped.csv")
-            _write_csv_atomic(skipped, skipped_path)
-            click.echo(f"Skipped files listed in {skipped_path}")
+    _write_outputs(preds, skipped, output)
 
 
 def _report_skipped(skipped):
@@ -164,9 +158,17 @@ def _predict_run(run_dir, classifier, batch_size, output, paths):
     click.echo(f"{_count(len(preds), 'image')} classified with {run_dir} ({used}), {len(skipped)} skipped.")
     if not len(preds):
         raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
-    if output is not None:
-        _write_csv_atomic(preds, output)
-        click.echo(f"Predictions written to {output}")
+    _write_outputs(preds, skipped, output)
+
+
+def _write_outputs(preds, skipped, output):
+    """The predictions CSV and, always beside it, the skipped files (so no stale list survives)."""
+    if output is None:
+        return
+    _write_csv_atomic(preds, output)
+    skipped_path = output.with_name(output.stem + ".skipped.csv")
+    _write_csv_atomic(skipped, skipped_path)
+    click.echo(f"Predictions written to {output}; skipped files ({len(skipped)}) to {skipped_path}")
 
 
 def _extract_options(f):

@@ -71,7 +71,9 @@ def test_predict_run_classifies_new_images(run, tmp_path):
     preds = pd.read_csv(tmp_path / "p.csv").set_index("path")
     assert preds.loc[str(red), "pred_label"] == "red" and preds.loc[str(blue), "pred_label"] == "blue"
     result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "--classifier", "knn", str(red)])
-    assert result.exit_code == 0 and "red" in result.output
+    assert result.exit_code == 0 and result.output.startswith("red ")
+    skipped = pd.read_csv(tmp_path / "p.skipped.csv")
+    assert skipped["path"].tolist() == [str(tmp_path / "missing.png")]
     result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "--classifier", "svm", str(red)])
     assert result.exit_code == 2 and "no fitted classifier 'svm'" in result.output
 
@@ -114,3 +116,34 @@ def test_cli_classify_bad_input_is_one_line(tmp_path, args, message):
     result = CliRunner().invoke(cli.main, ["classify", *[x for kv in base.items() for x in kv]])
     assert result.exit_code == 2
     assert result.output.startswith(f"Error: {message}") and result.output.count("\n") == 1
+
+
+def test_refit_on_train_and_val_when_there_is_a_test_split(tmp_path, monkeypatch):
+    from transfer import classifiers
+
+    data = colour_folder(tmp_path / "d", n=6, splits=("train", "val", "test"))
+    seen = []
+    real = classifiers.fit_classifier
+
+    def spy(name, x_train, y_train, x_refit=None, y_refit=None, **kwargs):
+        seen.append((len(y_train), None if y_refit is None else len(y_refit)))
+        return real(name, x_train, y_train, x_refit, y_refit, **kwargs)
+
+    monkeypatch.setattr(classifiers, "fit_classifier", spy)
+    table = classify(data, tmp_path / "run", TINY, "logreg", progress=False, log=lambda *_: None)
+    assert seen == [(12, 24)]  # searched on train only, refit on train + val
+    assert table["eval_split"].iloc[0] == "test" and table["n_train"].iloc[0] == 24
+    assert table["n_test"].iloc[0] == 12
+
+
+def test_predict_run_uses_only_the_runs_classifiers(run, tmp_path):
+    _, out, _ = run
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["classifiers"] = ["logreg"]
+    (copy / "config.json").write_text(json.dumps(config))
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(copy), "--classifier", "knn", "x.png"])
+    assert result.exit_code == 2 and "Expected one of: logreg" in result.output

@@ -57,6 +57,49 @@ def test_split_is_written_and_reused(tmp_path):
         prepare_split(other, tmp_path / "run")
 
 
+def test_a_split_made_without_source_splits_is_reused_whatever_the_seed(tmp_path):
+    root = tmp_path / "d"
+    for c in ("red", "blue"):
+        for i in range(10):
+            solid_image(root / c / f"{i}.png", (i, 0, 0))
+    src = resolve_source(root)
+    first = prepare_split(src, tmp_path / "run", seed=0)
+    again = prepare_split(src, tmp_path / "run", seed=99, val_fraction=0.3)
+    pd.testing.assert_frame_equal(first.sort_values("path").reset_index(drop=True),
+                                  again.sort_values("path").reset_index(drop=True), check_dtype=False)
+
+
+def test_relabelled_images_do_not_reuse_the_split(tmp_path):
+    tree(tmp_path / "imgs", splits=("x",))
+    rows = [(f"imgs/x/{c}/{i}.png", c) for c in ("red", "blue") for i in range(3)]
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(manifest, index=False)
+    prepare_split(resolve_source(manifest), tmp_path / "run", val_fraction=0.3, test_fraction=0)
+    relabelled = [(p, "red" if label == "blue" else "blue") for p, label in rows]
+    pd.DataFrame(relabelled, columns=["path", "label"]).to_csv(manifest, index=False)
+    with pytest.raises(TransferError, match="other images or labels"):
+        prepare_split(resolve_source(manifest), tmp_path / "run")
+
+
+def test_no_evaluation_split_fails_before_writing(tmp_path):
+    src = resolve_source(tree(tmp_path / "d", splits=("x",)) / "x")
+    with pytest.raises(TransferError, match="no val or test images"):
+        prepare_split(src, tmp_path / "run", val_fraction=0, test_fraction=0)
+    assert not (tmp_path / "run" / "split.csv").exists()
+    only_train = resolve_source(tree(tmp_path / "t", splits=("train",)))
+    with pytest.raises(TransferError, match="no val or test images"):
+        prepare_split(only_train, tmp_path / "run2")
+
+
+def test_manifest_with_duplicate_rows_is_refused(tmp_path):
+    tree(tmp_path / "imgs", splits=("x",))
+    rows = [(f"imgs/x/{c}/{i}.png", c) for c in ("red", "blue") for i in range(3)]
+    manifest = tmp_path / "m.csv"
+    pd.DataFrame(rows + rows[:2], columns=["path", "label"]).to_csv(manifest, index=False)
+    with pytest.raises(TransferError, match="lists 2 image"):
+        resolve_source(manifest)
+
+
 def test_csv_manifest(tmp_path):
     tree(tmp_path / "imgs", splits=("x",))
     rows = [(f"imgs/x/{c}/{i}.png", c) for c in ("red", "blue") for i in range(3)]

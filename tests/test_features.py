@@ -83,3 +83,23 @@ def test_bad_extract_options_fail_before_any_work():
         ExtractConfig(resize="stretch").validated()
     with pytest.raises(TransferError, match="Unknown backbone"):
         ExtractConfig(backbone="nope").validated()
+
+
+def test_a_corrupt_cache_file_is_extracted_again(images, tmp_path):
+    first = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    (cache,) = (tmp_path / "cache").iterdir()
+    cache.write_bytes(cache.read_bytes()[:100])
+    again = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert not again.from_cache
+    np.testing.assert_allclose(again.features, first.features, rtol=1e-5, atol=1e-5)
+
+
+def test_missing_weights_file_is_a_one_line_error():
+    with pytest.raises(TransferError, match="neither 'imagenet', 'none' nor an existing file"):
+        ExtractConfig(weights="~/no/such/weights.h5").validated()
+
+
+def test_pooling_without_effect_stays_out_of_the_key(images):
+    flat_avg = ExtractConfig(layer="flatten", pooling="avg", image_size=32).validated()
+    flat_max = ExtractConfig(layer="flatten", pooling="max", image_size=32).validated()
+    assert features.cache_key(flat_avg, images) == features.cache_key(flat_max, images)

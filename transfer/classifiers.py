@@ -133,7 +133,8 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     if x_refit is None:
         estimator = search.best_estimator_
     else:
-        estimator = clone(spec.make(len(y_refit))).set_params(**search.best_params_).fit(x_refit, y_refit)
+        # The same pipeline as searched (built for the training split's size).
+        estimator = clone(spec.make(len(y_train))).set_params(**search.best_params_).fit(x_refit, y_refit)
     seconds = time.perf_counter() - start
     table = pd.DataFrame(search.cv_results_)
     table["params"] = table["params"].map(str)
@@ -204,12 +205,17 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
                            progress=progress)
     eval_split = evaluation_split(split)
     index = {p: i for i, p in enumerate(feats.paths)}
+    reused = split.attrs.get("reused", False)
     split = split[split["path"].isin(index)].reset_index(drop=True)
+    split.attrs["reused"] = reused
     rows = {s: split[split["split"] == s] for s in ("train", "val", "test")}
 
     def xy(frame):
         return feats.features[[index[p] for p in frame["path"]]], frame["label"].to_numpy()
 
+    if rows[eval_split].empty:
+        raise TransferError(f"No readable image is left in the {eval_split} split (see {out / 'skipped.csv'}): "
+                            "nothing to evaluate on.")
     x_train, y_train = xy(rows["train"])
     x_eval, y_eval = xy(rows[eval_split])
     x_refit = y_refit = None
@@ -251,7 +257,8 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
     write_config(out / "config.json", {
         "command": "classify", "data": str(data), "extract": dc.asdict(cfg), "classifiers": names,
         "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-        "eval_split": eval_split, "classes": classes, "best_classifier": table.iloc[0]["classifier"],
+        "split_reused": bool(split.attrs.get("reused", False)), "eval_split": eval_split, "classes": classes,
+        "best_classifier": table.iloc[0]["classifier"],
         "features_from_cache": feats.from_cache, "feature_cache_key": feats.key,
         "n_skipped": len(feats.skipped),
     })

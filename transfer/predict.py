@@ -111,9 +111,14 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
         raise TransferError(f"{run} holds a {config.get('command')!r} run; predict --run needs a classify run.")
     name = classifier or config["best_classifier"]
     model_file = run / "classifiers" / f"{name}.skops"
-    if not model_file.exists():
-        fitted = sorted(p.stem for p in (run / "classifiers").glob("*.skops"))
+    # Only the classifiers of the run config.json describes: files left by an
+    # earlier run in the same folder may expect other features.
+    if name not in config["classifiers"] or not model_file.exists():
+        fitted = [c for c in config["classifiers"] if (run / "classifiers" / f"{c}.skops").exists()]
         raise TransferError(f"{run} has no fitted classifier {name!r}. Expected one of: {', '.join(fitted)}.")
+    if str(config["extract"]["weights"]).lower() in ("none", "random"):
+        raise TransferError(f"{run} used random backbone weights (--weights none), which are not saved, so its "
+                            "features cannot be recomputed: classify again with imagenet or a weights file.")
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
     estimator = load_classifier(model_file)
