@@ -245,5 +245,58 @@ def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size
                "split.csv skipped.csv")
 
 
+@main.command()
+@_backbone_option
+@click.option("--data", "-d", required=True, help="As for classify: a folder, a CSV manifest, digits or fashion-mnist.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder (the same as classify's to share its split and feature cache).")
+@click.option("--freeze", default="none", show_default=True,
+              help="Frozen in stage 2: all (head only), none, a layer count from the input, a fraction (0.7), or a "
+                   "layer/block name from which on everything trains (block6a).")
+@click.option("--head-epochs", type=click.IntRange(0), default=5, show_default=True,
+              help="Stage 1: head only, at --lr.")
+@click.option("--epochs", type=click.IntRange(0), default=10, show_default=True,
+              help="Stage 2: unfrozen down to --freeze, at --lr / --lr-mult.")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr-mult", type=float, default=10.0, show_default=True)
+@click.option("--dropout", type=float, default=0.2, show_default=True)
+@click.option("--hidden", type=click.IntRange(0), default=0, show_default=True,
+              help="Units of a hidden dense layer in the head (0: none).")
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Flip, rotation, zoom, contrast. Off: stage 1 trains on the cached features.")
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option("--patience", type=click.IntRange(0), default=3, show_default=True,
+              help="Early stopping on validation loss (best weights restored); 0: off.")
+@click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine",
+              show_default=True, help="Learning-rate schedule of each stage.")
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
+              default="auto", show_default=True)
+@click.option("--train-bn", is_flag=True, help="Let BatchNorm layers train (in training mode).")
+@click.option("--image-size", type=click.IntRange(8), help="Input size (default: the backbone's).")
+@click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="'imagenet', 'none' or a weights file.")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True)
+@click.option("--test-fraction", type=float, default=0.15, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, dropout, hidden, augment, class_weight,
+             patience, schedule, precision, train_bn, image_size, resize, batch_size, weights, val_fraction,
+             test_fraction, seed):
+    """Fine-tune the backbone with a new head (strategy 1); resumes when run again after a kill."""
+    get_backbone(backbone)
+    from transfer.finetune import FinetuneConfig
+    from transfer.finetune import finetune as run_finetune
+
+    cfg = FinetuneConfig(backbone=backbone, weights=weights, image_size=image_size, resize=resize,
+                         batch_size=batch_size, freeze=freeze, head_epochs=head_epochs, epochs=epochs, lr=lr,
+                         lr_mult=lr_mult, dropout=dropout, hidden=hidden, augment=augment,
+                         class_weight=class_weight, patience=patience, schedule=schedule, precision=precision,
+                         train_bn=train_bn, seed=seed).validated()
+    table = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
+    r = table.iloc[0]
+    click.echo(f"Reports in {out}: model.keras history.csv metrics.csv predictions.csv per_class.csv layers.csv "
+               f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['test_accuracy']:.3f})")
+
+
 if __name__ == "__main__":
     sys.exit(main())

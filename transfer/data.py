@@ -383,6 +383,7 @@ def prepare_split(source: DataSource, out, val_fraction=0.15, test_fraction=0.15
                 "or delete that split.csv to split again."
             )
         evaluation_split(split)
+        split.attrs["reused"] = True  # this call's seed and fractions did not make it
         return split
     try:
         split = make_split(source.table, val_fraction, test_fraction, seed)
@@ -395,4 +396,5 @@ def prepare_split(source: DataSource, out, val_fraction=0.15, test_fraction=0.15
                      "or lower --val-fraction/--test-fraction.") from None
     evaluation_split(split)  # before anything is written or computed
     write_csv(split, path)
+    split.attrs["reused"] = False
     return split

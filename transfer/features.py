@@ -243,9 +243,7 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=0.15, t
     source = resolve_source(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    reused = (out / "split.csv").exists()
     split = prepare_split(source, out, val_fraction, test_fraction, seed)
-    split.attrs["reused"] = reused  # the run's seed and fractions did not make it
     feats = extract_features(split["path"], cfg, cache_dir=out / "features", progress=progress)
     write_csv(pd.DataFrame(feats.skipped, columns=["path", "reason"]), out / "skipped.csv")
     return split, feats

@@ -107,8 +107,11 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
     except (OSError, ValueError):
         raise TransferError(f"{run} is not a transfer run folder (no readable config.json): give the --out "
                             "folder of `transfer classify`.") from None
+    if config.get("command") == "finetune":
+        return _predict_finetuned(run, config, paths, batch_size)
     if config.get("command") != "classify":
-        raise TransferError(f"{run} holds a {config.get('command')!r} run; predict --run needs a classify run.")
+        raise TransferError(f"{run} holds a {config.get('command')!r} run; predict --run needs the --out folder "
+                            "of classify or finetune.")
     name = classifier or config["best_classifier"]
     model_file = run / "classifiers" / f"{name}.skops"
     # Only the classifiers of the run config.json describes: files left by an
@@ -136,4 +139,32 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
             order = list(estimator.classes_)
             top = scores[np.arange(len(pred)), [order.index(p) for p in pred]]
             rows = list(zip(kept, pred, top.astype(float), [name] * len(kept), strict=True))
+    return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+
+
+def _predict_finetuned(run, config, paths, batch_size=None):
+    import keras
+
+    from transfer.features import forward, image_dataset
+
+    if not paths:
+        raise TransferError("No images given: pass image files or folders.")
+    model_file = run / "model.keras"
+    if not model_file.exists():
+        raise TransferError(f"{run} has no model.keras: the fine-tuning did not finish; run it again to resume.")
+    model = keras.saving.load_model(model_file, safe_mode=True)
+    cfg = config["finetune"]
+    row = get_backbone(cfg["backbone"])
+    classes = np.array(config["classes"])
+    bs = batch_size or cfg["batch_size"]
+    files, skipped = list_images(paths)
+    bad: dict[int, str] = {}
+    rows = []
+    for idx, images, ok in image_dataset(files, cfg["image_size"], cfg["resize"], bs, bad):
+        ok = ok.numpy()
+        if ok.any():
+            probs = forward(model, row.preprocess_input(images.numpy().astype(np.float32)), bs)[ok]
+            for i, p in zip(idx.numpy()[ok], probs, strict=True):
+                rows.append((str(files[i]), classes[p.argmax()], float(p.max()), "finetune"))
+    skipped += [(str(files[i]), reason) for i, reason in sorted(bad.items())]
     return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))

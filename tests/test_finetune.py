@@ -1,0 +1,185 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tests.conftest import ROOT, colour_folder
+from transfer import features
+from transfer.errors import TransferError
+from transfer.finetune import FinetuneConfig, finetune, frozen_count
+
+TINY = dict(image_size=32, batch_size=8, precision="float32")
+
+
+class Named:
+    def __init__(self, name):
+        self.name = name
+
+
+LAYERS = [Named(n) for n in ["input_layer", "stem_conv", "stem_bn", "block1a_dwconv", "block6a_expand_conv",
+                             "block6a_bn", "top_conv"]]
+
+
+@pytest.mark.parametrize(("freeze", "count"), [
+    ("all", 7), ("none", 0), ("3", 3), ("0.5", 4), ("block6a", 4), ("block6a_bn", 5), ("top_conv", 6),
+])
+def test_freeze_values(freeze, count):
+    assert frozen_count(freeze, LAYERS) == count
+
+
+def test_freeze_errors_name_the_count_and_the_nearest_names():
+    with pytest.raises(TransferError, match="has 7 layers"):
+        frozen_count("500", LAYERS)
+    with pytest.raises(TransferError, match="nearest: block6a_expand_conv"):
+        frozen_count("block6x_expand_conv", LAYERS)
+    with pytest.raises(TransferError, match="fraction"):
+        frozen_count("1.5", LAYERS)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    data = colour_folder(root / "data", n=8, splits=("train", "val"))
+    cfg = FinetuneConfig(freeze="block6a", head_epochs=10, epochs=2, lr=0.01, augment=False, patience=0, **TINY)
+    table = finetune(data, root / "run", cfg, log=lambda *_: None)
+    return data, root / "run", table
+
+
+def test_finetune_writes_its_reports(run):
+    _, out, table = run
+    for name in ("model.keras", "history.csv", "metrics.csv", "predictions.csv", "per_class.csv", "layers.csv",
+                 "config.json", "split.csv", "skipped.csv"):
+        assert (out / name).exists(), name
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["strategy"].tolist() == ["finetune"]
+    assert {"trainable_params", "frozen_params", "freeze", "epochs_run", "test_accuracy",
+            "test_macro_f1"} <= set(metrics.columns)
+    assert metrics["freeze"].iloc[0] == "block6a" and metrics["epochs_run"].iloc[0] == 12
+    assert metrics["test_accuracy"].iloc[0] >= 0.9  # red vs blue
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
+                                     "seconds"]
+    assert history[["stage", "epoch"]].values.tolist() == [["head", e] for e in range(1, 11)] + [
+        ["finetune", 1], ["finetune", 2]]
+    assert history["lr"].iloc[10] <= 0.01 / 10 + 1e-9  # stage 2 at lr / lr_mult
+    layers = pd.read_csv(out / "layers.csv")
+    first_trainable = layers[layers["trainable"]].iloc[0]["name"]
+    assert first_trainable == "block6a_expand_conv"
+    assert not layers[layers["type"] == "BatchNormalization"]["trainable"].any()
+    config = json.loads((out / "config.json").read_text())
+    assert config["head_on_cached_features"] is True and config["precision"] == "float32"
+    assert list((out / "features").glob("features-*.npz"))  # stage 1 used strategy 2's cache
+
+
+def test_frozen_layers_are_unchanged_and_trainable_ones_changed(run):
+    import keras
+
+    from transfer.backbones import build_backbone
+    from transfer.finetune import build_model
+
+    _, out, _ = run
+    # The weights at the end of stage 2 (model.keras holds the best epoch, which may be stage 1's).
+    cfg = FinetuneConfig(weights="none", **TINY).validated()
+    model, tuned = build_model(cfg, 2)
+    with np.load(out / "train_state" / "finetune-2.npz") as z:
+        model.set_weights([z[f"w{i}"] for i in range(len(model.weights))])
+    original = build_backbone("efficientnet_lite0", image_size=32)
+    layers = pd.read_csv(out / "layers.csv").set_index("name")
+    checked = {"frozen": 0, "trainable": 0, "bn": 0}
+    for layer in original.layers:
+        if not layer.weights:
+            continue
+        before = [np.asarray(w) for w in layer.weights]
+        after = [np.asarray(w) for w in tuned.get_layer(layer.name).weights]
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # gamma, beta and the moving statistics all stay as pretrained
+            assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), layer.name
+            checked["bn"] += 1
+        elif layers.loc[layer.name, "trainable"]:
+            assert not np.array_equal(before[0], after[0]), layer.name
+            checked["trainable"] += 1
+        else:
+            assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)), layer.name
+            checked["frozen"] += 1
+    assert min(checked.values()) > 5
+
+
+def test_predict_run_with_a_finetuned_model(run, tmp_path):
+    data, out, _ = run
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "-o", str(tmp_path / "p.csv"),
+                                           str(data / "val"), str(tmp_path / "missing.png")])
+    assert result.exit_code == 0, result.output
+    preds = pd.read_csv(tmp_path / "p.csv").set_index("path")
+    assert set(preds["classifier"]) == {"finetune"}
+    # The same model and preprocessing as the run's own evaluation: the same labels and scores.
+    evaluated = pd.read_csv(out / "predictions.csv").set_index("path")
+    assert (preds.loc[evaluated.index, "pred_label"] == evaluated["pred_label"]).all()
+    np.testing.assert_allclose(preds.loc[evaluated.index, "score"], evaluated["score"], rtol=1e-4)
+    assert pd.read_csv(tmp_path / "p.skipped.csv")["reason"].tolist() == ["no such file or folder"]
+
+
+def test_head_stage_reuses_features_from_extract(tmp_path, monkeypatch):
+    from transfer.features import ExtractConfig, extract
+
+    data = colour_folder(tmp_path / "d", n=4)
+    extract(data, tmp_path / "run", ExtractConfig(image_size=32, batch_size=8), progress=False)
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("stage 1 ran the CNN although strategy 2 had cached the features")
+
+    monkeypatch.setattr(features, "run_extraction", no_cnn)
+    cfg = FinetuneConfig(freeze="all", head_epochs=2, epochs=0, augment=False, **TINY)
+    table = finetune(data, tmp_path / "run", cfg, log=lambda *_: None)
+    assert table["epochs_run"].iloc[0] == 2
+
+
+def test_unknown_freeze_name_is_one_line(tmp_path):
+    data = colour_folder(tmp_path / "d", n=3)
+    result = CliRunner().invoke(cli.main, ["finetune", "--data", str(data), "--out", str(tmp_path / "r"),
+                                           "--image-size", "32", "--precision", "float32",
+                                           "--freeze", "block6x_expand_conv"])
+    assert result.exit_code == 2
+    assert result.output.startswith("Error: --freeze 'block6x_expand_conv'") and "block6a_expand_conv" in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
+    data = colour_folder(tmp_path / "d", n=24)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "cli.py", "finetune", "--data", str(data), "--out", str(out), "--image-size", "48",
+           "--batch-size", "8", "--precision", "float32", "--head-epochs", "1", "--epochs", "6", "--patience", "0",
+           "--no-augment", "--freeze", "block5a"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    history = out / "history.csv"
+    deadline = time.time() + 300
+    finished = 0
+    while time.time() < deadline and proc.poll() is None:
+        if history.exists():
+            try:
+                finished = int((pd.read_csv(history)["stage"] == "finetune").sum())
+            except (pd.errors.EmptyDataError, OSError):
+                finished = 0
+            if finished >= 2:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run was not killed in time"
+    state = json.loads((out / "train_state" / "state.json").read_text())
+    done_before = state["stages"]["finetune"]["epoch"]  # the last epoch whose state was complete
+    assert 2 <= done_before < 6
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"resuming stage finetune at epoch {done_before + 1} of 6" in again.stdout
+    final = pd.read_csv(history)
+    assert final[final["stage"] == "finetune"]["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert final[final["stage"] == "head"]["epoch"].tolist() == [1]
+    assert (out / "model.keras").exists()
