@@ -558,7 +558,8 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
             _load_best_or_last(model, state, "finetune")
         else:  # no fine-tuning epoch beat the head alone: keep the model as it was after stage 1
             state.load_weights(model, "after-head")
-            log("no fine-tuning epoch beat the head alone on validation loss: keeping the stage 1 model")
+            if stage2_epochs:
+                log("no fine-tuning epoch beat the head alone on validation loss: keeping the stage 1 model")
         train_seconds = time.perf_counter() - start
 
         # Evaluation on the evaluation split, with the best weights.
