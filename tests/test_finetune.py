@@ -183,3 +183,42 @@ def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
     assert final[final["stage"] == "finetune"]["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     assert final[final["stage"] == "head"]["epoch"].tolist() == [1]
     assert (out / "model.keras").exists()
+
+
+def test_augment_plateau_class_weight_and_hidden_head(tmp_path):
+    """The other code paths: head through the frozen backbone, plateau schedule, class weights, hidden layer."""
+    data = tmp_path / "d"
+    colour_folder(data, n=10, splits=("train",))
+    colour_folder(tmp_path / "v", n=4, splits=("val",))
+    (tmp_path / "v" / "val").rename(data / "val")
+    for f in sorted((data / "train" / "blue").iterdir())[:7]:  # 10 red vs 3 blue
+        f.unlink()
+    cfg = FinetuneConfig(freeze="0.9", head_epochs=2, epochs=2, augment=True, schedule="plateau", patience=1,
+                         class_weight="balanced", hidden=16, **TINY)
+    table = finetune(data, tmp_path / "run", cfg, log=lambda *_: None)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["head_on_cached_features"] is False
+    assert not (tmp_path / "run" / "features").exists()  # augmentation: no feature cache involved
+    assert table["n_train"].iloc[0] == 13 and table["freeze"].iloc[0] == "0.9"
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["stage"].iloc[0] == "head" and len(history) >= 2
+
+
+def test_precision_auto(monkeypatch):
+    import tensorflow as tf
+
+    from transfer import precision
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: set())
+    assert precision.choose_precision("auto") == "float32"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone: False)
+    assert precision.choose_precision("auto") == "float32"
+    monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone: True)
+    assert precision.choose_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
+    assert precision.choose_precision("auto") == "mixed_float16"
+    assert precision.choose_precision("float32") == "float32"
+    with pytest.raises(TransferError, match="precision='half'"):
+        precision.choose_precision("half")

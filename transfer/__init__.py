@@ -29,6 +29,7 @@ _API = {
     "resolve_source": "transfer.data",
     "make_split": "transfer.data",
     "predict_run": "transfer.predict",
+    "FinetuneConfig": "transfer.finetune",
     "load_state_dict": "transfer.torchfile",
     "TransferError": "transfer.errors",
 }
