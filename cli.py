@@ -249,7 +249,7 @@ def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size
 @_backbone_option
 @click.option("--data", "-d", required=True, help="As for classify: a folder, a CSV manifest, digits or fashion-mnist.")
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder (the same as classify's to share its split and feature cache).")
+              help="Run folder (its own: an extract run's folder shares its split and features).")
 @click.option("--freeze", default="none", show_default=True,
               help="Frozen in stage 2: all (head only), none, a layer count from the input, a fraction (0.7), or a "
                    "layer/block name from which on everything trains (block6a).")
@@ -279,9 +279,11 @@ def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size
 @click.option("--val-fraction", type=float, default=0.15, show_default=True)
 @click.option("--test-fraction", type=float, default=0.15, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Feature cache for stage 1 (default: OUT/features); a classify run's features/ reuses its CNN pass.")
 def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, dropout, hidden, augment, class_weight,
              patience, schedule, precision, train_bn, image_size, resize, batch_size, weights, val_fraction,
-             test_fraction, seed):
+             test_fraction, seed, features_dir):
     """Fine-tune the backbone with a new head (strategy 1); resumes when run again after a kill."""
     get_backbone(backbone)
     from transfer.finetune import FinetuneConfig
@@ -292,7 +294,8 @@ def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, drop
                          lr_mult=lr_mult, dropout=dropout, hidden=hidden, augment=augment,
                          class_weight=class_weight, patience=patience, schedule=schedule, precision=precision,
                          train_bn=train_bn, seed=seed).validated()
-    table = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
+    table = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
+                         features_dir=features_dir, log=click.echo)
     r = table.iloc[0]
     click.echo(f"Reports in {out}: model.keras history.csv metrics.csv predictions.csv per_class.csv layers.csv "
                f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['test_accuracy']:.3f})")

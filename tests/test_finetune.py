@@ -24,19 +24,24 @@ class Named:
         self.name = name
 
 
-LAYERS = [Named(n) for n in ["input_layer", "stem_conv", "stem_bn", "block1a_dwconv", "block6a_expand_conv",
-                             "block6a_bn", "top_conv"]]
+class InputLayer(Named):
+    pass
+
+
+LAYERS = [InputLayer("input_layer")] + [Named(n) for n in ["stem_conv", "stem_bn", "block1a_dwconv",
+                                                            "block6a_expand_conv", "block6a_bn", "top_conv"]]
 
 
 @pytest.mark.parametrize(("freeze", "count"), [
-    ("all", 7), ("none", 0), ("3", 3), ("0.5", 4), ("block6a", 4), ("block6a_bn", 5), ("top_conv", 6),
+    ("all", 7), ("none", 0), ("0", 0), ("3", 4), ("6", 7), ("0.5", 4), ("block6a", 4), ("block6a_bn", 5),
+    ("top_conv", 6),
 ])
 def test_freeze_values(freeze, count):
     assert frozen_count(freeze, LAYERS) == count
 
 
 def test_freeze_errors_name_the_count_and_the_nearest_names():
-    with pytest.raises(TransferError, match="has 7 layers"):
+    with pytest.raises(TransferError, match="has 6 layers"):
         frozen_count("500", LAYERS)
     with pytest.raises(TransferError, match="nearest: block6a_expand_conv"):
         frozen_count("block6x_expand_conv", LAYERS)
@@ -222,3 +227,18 @@ def test_precision_auto(monkeypatch):
     assert precision.choose_precision("float32") == "float32"
     with pytest.raises(TransferError, match="precision='half'"):
         precision.choose_precision("half")
+
+
+def test_finetune_and_classify_do_not_share_a_run_folder(run, tmp_path):
+    from transfer.classifiers import classify
+
+    data, out, _ = run
+    with pytest.raises(TransferError, match="holds a `finetune` run"):
+        classify(data, out, None, "logreg", progress=False, log=lambda *_: None)
+
+
+def test_random_weights_never_train_the_head_on_cached_features(tmp_path):
+    data = colour_folder(tmp_path / "d", n=4)
+    cfg = FinetuneConfig(weights="none", freeze="all", head_epochs=1, epochs=0, augment=False, **TINY)
+    finetune(data, tmp_path / "run", cfg, log=lambda *_: None)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["head_on_cached_features"] is False

@@ -196,11 +196,12 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
     from transfer.data import evaluation_split
     from transfer.evaluate import evaluate, per_class
     from transfer.features import ExtractConfig, extract
-    from transfer.report import write_config, write_csv
+    from transfer.report import check_run_folder, write_config, write_csv
 
     names = parse_classifiers(classifiers)
     cfg = (cfg or ExtractConfig()).validated()
     out = Path(out)
+    check_run_folder(out, "classify")
     split, feats = extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                            progress=progress)
     eval_split = evaluation_split(split)

@@ -79,7 +79,7 @@ class FinetuneConfig:
                 raise TransferError(f"{name}={getattr(self, name)} is not valid: give 0 or more.")
         if self.head_epochs + self.epochs == 0:
             raise TransferError("head_epochs and epochs are both 0: nothing would be trained.")
-        if not self.lr > 0 or not self.lr_mult > 0:
+        if not (0 < self.lr < math.inf and 0 < self.lr_mult < math.inf):
             raise TransferError(f"lr={self.lr} and lr_mult={self.lr_mult} must both be positive.")
         if not 0 <= self.dropout < 1:
             raise TransferError(f"dropout={self.dropout} is not valid: give a fraction in [0, 1).")
@@ -106,10 +106,12 @@ def frozen_count(freeze: str, layers) -> int:
             (the message lists the nearest names).
     """
     names = [layer.name for layer in layers]
-    n = len(names)
+    # Counts and fractions are of the real layers: the InputLayer is always "frozen".
+    offset = 1 if layers and type(layers[0]).__name__ == "InputLayer" else 0
+    n = len(names) - offset
     value = str(freeze).strip()
     if value.lower() == "all":
-        return n
+        return n + offset
     if value.lower() == "none":
         return 0
     try:
@@ -121,10 +123,10 @@ def frozen_count(freeze: str, layers) -> int:
             if not 0 <= number <= n:
                 raise TransferError(f"--freeze {value}: the backbone has {n} layers; give 0 to {n}, a fraction, "
                                     "a layer name, 'all' or 'none'.")
-            return int(number)
+            return int(number) + offset if number else 0
         if not 0 <= number <= 1:
             raise TransferError(f"--freeze {value}: a fraction must lie in [0, 1].")
-        return int(round(number * n))
+        return int(round(number * n)) + offset if number else 0
     for i, name in enumerate(names):
         if name == value or name.startswith(value + "_"):
             return i
@@ -270,6 +272,7 @@ class RunState:
             )
         if self.meta["history"]:
             self.write_history()  # a kill may have come between state.json and history.csv
+        self.skipped: dict[str, str] = dict(self.meta.get("skipped", {}))
 
     def stage(self, name) -> dict:
         return dict(self.meta["stages"].get(name, {"epoch": 0, "best": None, "wait": 0, "lr_wait": 0,
@@ -294,10 +297,17 @@ class RunState:
                 if n_opt == len(optimizer.variables):
                     for i, var in enumerate(optimizer.variables):
                         var.assign(z[f"o{i}"])
+                else:
+                    import warnings
+
+                    warnings.warn(f"The optimizer state in {name}.npz does not fit ({n_opt} variables, "
+                                  f"{len(optimizer.variables)} expected): resuming with a fresh optimizer.",
+                                  stacklevel=2)
 
     def commit(self, stage: str, s: dict, checkpoint: str | None, row: dict | None):
         """Record a finished epoch: one atomic replace of state.json, then tidy up."""
         old = self.meta["stages"].get(stage, {}).get("checkpoint")
+        self.meta["skipped"] = {**self.meta.get("skipped", {}), **self.skipped}
         if checkpoint:
             s["checkpoint"] = checkpoint
         self.meta["stages"][stage] = s
@@ -307,6 +317,9 @@ class RunState:
         write_text_atomic(self.dir / "state.json", json.dumps(self.meta, indent=1))
         if old and old != s.get("checkpoint"):
             (self.dir / f"{old}.npz").unlink(missing_ok=True)
+        for f in self.dir.glob("best-*.npz"):  # earlier bests that state.json no longer names
+            if f.stem != self.meta.get("best_checkpoint"):
+                f.unlink(missing_ok=True)
         self.write_history()
 
     def write_history(self):
@@ -341,12 +354,16 @@ def _make_callback(state: RunState, stage: str, monitor: str, cfg, log):
                 "seconds": round(time.perf_counter() - self.start, 3),
             }
             value = logs.get(monitor)
+            value = float(value) if value is not None and math.isfinite(value) else None  # NaN never "improves"
             s = self.s
             best = state.meta.get("best")
             if value is not None and (best is None or value < best - 1e-6):
-                # The best of the whole run so far (a fine-tuning epoch must beat the head's best).
-                state.save_weights(self.model, f"best-{stage}")
-                state.meta["best"], state.meta["best_stage"] = float(value), stage
+                # The best of the whole run so far (a fine-tuning epoch must beat the head's best),
+                # under a new name that state.json adopts in the same commit as this epoch.
+                name = f"best-{stage}-{epoch + 1}"
+                state.save_weights(self.model, name)
+                state.meta["best"], state.meta["best_stage"] = value, stage
+                state.meta["best_checkpoint"] = name
             if value is not None and (s["best"] is None or value < s["best"] - 1e-6):
                 s["best"], s["wait"], s["lr_wait"] = float(value), 0, 0
             else:
@@ -375,20 +392,22 @@ def _optimizer(cfg, lr, epochs, steps):
     return keras.optimizers.Adam(lr)
 
 
-def _fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_weight, log):
+def _fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_weight, log, strategy):
     """One stage with resume: continue after the last finished epoch of ``stage``."""
-    s = state.stage(stage)
-    monitor = "val_loss" if val is not None else "loss"
     import tensorflow as tf
 
-    # XLA on a CPU measured 10-30x slower here: only a GPU may use it.
-    model.compile(optimizer=_optimizer(cfg, lr, epochs, steps), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"], jit_compile=bool(tf.config.list_physical_devices("GPU")) and "auto")
+    s = state.stage(stage)
+    monitor = "val_loss" if val is not None else "loss"
+    with strategy.scope():  # the optimizer's variables must live where the model's do
+        # XLA on a CPU measured 10-30x slower here: only a GPU may use it.
+        model.compile(optimizer=_optimizer(cfg, lr, epochs, steps), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"], jit_compile=bool(tf.config.list_physical_devices("GPU")) and "auto")
     if s["done"] or epochs == 0:
         return s["epoch"]
     initial = 0
     if s["epoch"] > 0:
-        state.load_weights(model, s["checkpoint"], optimizer=model.optimizer)
+        with strategy.scope():
+            state.load_weights(model, s["checkpoint"], optimizer=model.optimizer)
         if cfg.schedule == "plateau" and "lr" in s:
             model.optimizer.learning_rate.assign(s["lr"])
         initial = s["epoch"]
@@ -410,7 +429,7 @@ def _fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_we
     return s["epoch"]
 
 
-def _head_on_features(cfg, split, index_of, classes, state, class_weight, out, log):
+def _head_on_features(cfg, split, index_of, classes, state, class_weight, features_dir, log, strategy):
     """Stage 1 on the cached features of strategy 2: a head that trains in seconds."""
     import keras
 
@@ -418,7 +437,7 @@ def _head_on_features(cfg, split, index_of, classes, state, class_weight, out, l
 
     ecfg = ExtractConfig(backbone=cfg.backbone, weights=cfg.weights, layer="pooled", pooling="avg",
                          image_size=cfg.image_size, resize=cfg.resize, batch_size=cfg.batch_size)
-    feats = extract_features(split["path"], ecfg, cache_dir=out / "features")
+    feats = extract_features(split["path"], ecfg, cache_dir=features_dir)
     pos = {p: i for i, p in enumerate(feats.paths)}
 
     def xy(frame):
@@ -428,15 +447,17 @@ def _head_on_features(cfg, split, index_of, classes, state, class_weight, out, l
     x_train, y_train = xy(split[split["split"] == "train"])
     val_rows = split[split["split"] == "val"]
     val = xy(val_rows) if len(val_rows) else None
-    inputs = keras.Input((feats.features.shape[1],), name="features")
-    x = inputs
-    for layer in _head_layers(cfg, len(classes)):
-        x = layer(x)
-    head = keras.Model(inputs, x, name="head")
+    with strategy.scope():
+        inputs = keras.Input((feats.features.shape[1],), name="features")
+        x = inputs
+        for layer in _head_layers(cfg, len(classes)):
+            x = layer(x)
+        head = keras.Model(inputs, x, name="head")
     steps = math.ceil(len(y_train) / cfg.batch_size)
     train = _array_batches(x_train, y_train, cfg)
     val_ds = _array_batches(*val, cfg, shuffle=False) if val is not None else None
-    epochs = _fit_stage(head, state, "head", train, val_ds, cfg.head_epochs, cfg.lr, steps, cfg, class_weight, log)
+    epochs = _fit_stage(head, state, "head", train, val_ds, cfg.head_epochs, cfg.lr, steps, cfg, class_weight, log,
+                        strategy)
     _load_best_or_last(head, state, "head")
     return head, epochs, feats
 
@@ -444,8 +465,9 @@ def _head_on_features(cfg, split, index_of, classes, state, class_weight, out, l
 def _load_best_or_last(model, state, stage):
     """The stage's best weights when it holds the run's best, else its last epoch's."""
     last = state.stage(stage).get("checkpoint")
-    if state.meta.get("best_stage") == stage and state.has(f"best-{stage}"):
-        state.load_weights(model, f"best-{stage}")
+    best = state.meta.get("best_checkpoint")
+    if state.meta.get("best_stage") == stage and best and state.has(best):
+        state.load_weights(model, best)
     elif last and state.has(last):
         state.load_weights(model, last)
 
@@ -459,48 +481,58 @@ def _array_batches(x, y, cfg, shuffle=True):
     return ds.batch(cfg.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _config_hash(cfg, split) -> str:
-    blob = json.dumps({"cfg": dataclasses.asdict(cfg), "split": sorted(map(tuple, split.values.tolist()))},
+def _config_hash(cfg, split, precision) -> str:
+    blob = json.dumps({"cfg": dataclasses.asdict(cfg), "precision": precision,
+                       "split": sorted(map(tuple, split.values.tolist()))},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15, test_fraction=0.15, log=print):
+def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15, test_fraction=0.15,
+             features_dir=None, log=print):
     """``transfer finetune``: two-stage fine-tuning, evaluated on the run's evaluation split.
 
     Writes ``model.keras`` (the best model), ``history.csv``, ``metrics.csv``,
     ``predictions.csv``, ``per_class.csv``, ``layers.csv``, ``config.json``,
     ``split.csv`` and ``skipped.csv`` into ``out``.  Running the same call
     again after an interruption resumes after the last finished epoch.
+    ``features_dir`` is where stage 1 finds (or leaves) cached features:
+    default ``out/features``; give a ``classify`` run's ``features`` folder
+    to reuse its CNN pass.
 
     Returns:
         The one-row metrics table.
     """
     import keras
 
+    from transfer.backbones import build_backbone
     from transfer.data import evaluation_split, prepare_split, resolve_source
     from transfer.evaluate import evaluate, per_class
     from transfer.features import forward
     from transfer.precision import choose_precision, distribution_strategy
-    from transfer.report import write_config, write_csv
+    from transfer.report import check_run_folder, write_config, write_csv
 
     cfg = (cfg or FinetuneConfig()).validated()
-    source = resolve_source(data)
     out = Path(out)
+    check_run_folder(out, "finetune")
+    # --freeze is checked on a random-init backbone before any data or weights are touched.
+    frozen_count(cfg.freeze, build_backbone(cfg.backbone, weights=None, image_size=cfg.image_size).layers)
+    source = resolve_source(data)
     out.mkdir(parents=True, exist_ok=True)
     split = prepare_split(source, out, val_fraction, test_fraction, cfg.seed)
     eval_split = evaluation_split(split)
     classes = sorted(set(split["label"]))
     index_of = {c: i for i, c in enumerate(classes)}
-    state = RunState(out, _config_hash(cfg, split))
-    keras.utils.set_random_seed(cfg.seed)
     precision = choose_precision(cfg.precision, cfg.backbone)
+    state = RunState(out, _config_hash(cfg, split, precision))
+    keras.utils.set_random_seed(cfg.seed)  # after the precision measurement, which draws random numbers
     keras.mixed_precision.set_global_policy(precision)
-    start = time.perf_counter()
+    strategy = distribution_strategy()
+    features_dir = Path(features_dir) if features_dir is not None else out / "features"
     try:
-        with distribution_strategy().scope():
+        with strategy.scope():
             model, backbone = build_model(cfg, len(classes))
-        n_frozen = frozen_count(cfg.freeze, backbone.layers)  # validates --freeze before any training
+        n_frozen = frozen_count(cfg.freeze, backbone.layers)
         train_rows = split[split["split"] == "train"]
         val_rows = split[split["split"] == "val"]
         eval_rows = split[split["split"] == eval_split]
@@ -513,30 +545,33 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
             weights = compute_class_weight("balanced", classes=present, y=y_train)
             class_weight = {int(c): float(w) for c, w in zip(present, weights, strict=True)}
         steps = math.ceil(len(train_rows) / cfg.batch_size)
-        skipped: dict[str, str] = {}
+        skipped = state.skipped  # filled while images decode; kept in state.json across resumes
 
         def batches(rows, **kw):
             return image_batches(rows["path"], rows["label"].map(index_of), cfg, **kw)
 
         train = batches(train_rows, shuffle=True, augment=cfg.augment, skipped=skipped)
-        val = batches(val_rows) if len(val_rows) else None
+        val = batches(val_rows, skipped=skipped) if len(val_rows) else None
 
         # Stage 1: the head alone.
         backbone.trainable = False
         head_epochs = 0
-        head_from_features = not cfg.augment
+        # The cached features must come from this very backbone: random init is not reproducible.
+        head_from_features = not cfg.augment and cfg.weights != "none"
+        extract_seconds = 0.0
         if cfg.head_epochs:
             if head_from_features:
                 log(f"stage 1: head only, {cfg.head_epochs} epochs on cached features")
                 head, head_epochs, feats = _head_on_features(cfg, split, index_of, classes, state, class_weight,
-                                                             out, log)
+                                                             features_dir, log, strategy)
                 skipped.update(feats.skipped)
+                extract_seconds = feats.seconds
                 for layer in head.layers[1:]:
                     model.get_layer(layer.name).set_weights(layer.get_weights())
             else:
                 log(f"stage 1: head only, {cfg.head_epochs} epochs through the frozen backbone")
                 head_epochs = _fit_stage(model, state, "head", train, val, cfg.head_epochs, cfg.lr, steps, cfg,
-                                         class_weight, log)
+                                         class_weight, log, strategy)
                 _load_best_or_last(model, state, "head")
         if not state.has("after-head"):
             state.save_weights(model, "after-head")
@@ -556,14 +591,15 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         stage2_epochs = 0
         if cfg.epochs and n_frozen < len(backbone.layers):
             stage2_epochs = _fit_stage(model, state, "finetune", train, val, cfg.epochs, cfg.lr / cfg.lr_mult,
-                                       steps, cfg, class_weight, log)
+                                       steps, cfg, class_weight, log, strategy)
         if state.meta.get("best_stage") == "finetune" or state.meta.get("best") is None:
             _load_best_or_last(model, state, "finetune")
         else:  # no fine-tuning epoch beat the head alone: keep the model as it was after stage 1
             state.load_weights(model, "after-head")
             if stage2_epochs:
                 log("no fine-tuning epoch beat the head alone on validation loss: keeping the stage 1 model")
-        train_seconds = time.perf_counter() - start
+        # Training time of all epochs, whichever invocations ran them (resumes included).
+        train_seconds = float(state.history()["seconds"].sum())
 
         # Evaluation on the evaluation split, with the best weights.
         row = get_backbone(cfg.backbone)
@@ -598,7 +634,7 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
                                    "hidden": cfg.hidden}),
         "eval_split": eval_split, "n_train": len(train_rows), "n_test": len(kept),
         **evaluate(y_true, y_pred, probs, classes),
-        "fit_seconds": round(train_seconds, 3), "extract_seconds": 0.0,
+        "fit_seconds": round(train_seconds, 3), "extract_seconds": round(extract_seconds, 3),
         "feature_dim": int(model.get_layer("head_pool").output.shape[-1]),
         "trainable_params": trainable, "frozen_params": frozen, "freeze": cfg.freeze,
         "epochs_run": int(len(history)),
