@@ -171,6 +171,14 @@ def _write_outputs(preds, skipped, output):
     click.echo(f"Predictions written to {output}; skipped files ({len(skipped)}) to {skipped_path}")
 
 
+def _report_skipped_count(out: Path):
+    skipped = out / "skipped.csv"
+    if skipped.exists():
+        n = max(0, len(skipped.read_text().splitlines()) - 1)
+        if n:
+            click.echo(f"{_count(n, 'file')} could not be read and were skipped: see {skipped}")
+
+
 def _extract_options(f):
     options = [
         _backbone_option,
@@ -241,6 +249,7 @@ def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size
     cols = ["classifier", "test_accuracy", "test_macro_f1", "fit_seconds", "best_params"]
     click.echo(table[cols].to_string(index=False))
     click.echo(f"Evaluated on the {table['eval_split'].iloc[0]} split ({table['n_test'].iloc[0]} images).")
+    _report_skipped_count(out)
     click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json "
                "split.csv skipped.csv")
 
@@ -297,6 +306,7 @@ def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, drop
     table = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
                          features_dir=features_dir, log=click.echo)
     r = table.iloc[0]
+    _report_skipped_count(out)
     click.echo(f"Reports in {out}: model.keras history.csv metrics.csv predictions.csv per_class.csv layers.csv "
                f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['test_accuracy']:.3f})")
 

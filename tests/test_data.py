@@ -193,3 +193,16 @@ def test_load_image_makes_rgb(tmp_path, mode, colour):
     path = solid_image(tmp_path / f"x.{'jpg' if mode == 'CMYK' else 'png'}", colour, mode=mode)
     out = load_image(path, 12, resize="crop")
     assert out.shape == (12, 12, 3) and out.dtype == np.float32
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    import os
+
+    from transfer.fileio import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "x.json", "{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644

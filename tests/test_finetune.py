@@ -129,6 +129,8 @@ def test_predict_run_with_a_finetuned_model(run, tmp_path):
     assert (preds.loc[evaluated.index, "pred_label"] == evaluated["pred_label"]).all()
     np.testing.assert_allclose(preds.loc[evaluated.index, "score"], evaluated["score"], rtol=1e-4)
     assert pd.read_csv(tmp_path / "p.skipped.csv")["reason"].tolist() == ["no such file or folder"]
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "--classifier", "knn", str(data)])
+    assert result.exit_code == 2 and "drop --classifier knn" in result.output
 
 
 def test_head_stage_reuses_features_from_extract(tmp_path, monkeypatch):

@@ -98,6 +98,10 @@ class FinetuneConfig:
                                    class_weight=None if self.class_weight == "none" else self.class_weight)
 
 
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def frozen_count(freeze: str, layers) -> int:
     """How many backbone layers (from the input) stay frozen in stage 2.
 
@@ -121,8 +125,8 @@ def frozen_count(freeze: str, layers) -> int:
     if number is not None:
         if number.is_integer() and "." not in value:
             if not 0 <= number <= n:
-                raise TransferError(f"--freeze {value}: the backbone has {n} layers; give 0 to {n}, a fraction, "
-                                    "a layer name, 'all' or 'none'.")
+                raise TransferError(f"--freeze {value}: the backbone has {n} layers after its input layer; give 0 "
+                                    f"to {n}, a fraction, a layer name, 'all' or 'none'.")
             return int(number) + offset if number else 0
         if not 0 <= number <= 1:
             raise TransferError(f"--freeze {value}: a fraction must lie in [0, 1].")
@@ -236,12 +240,25 @@ def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=N
     if shuffle:
         ds = ds.shuffle(len(paths), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.filter(lambda img, y, ok: ok).map(lambda img, y, ok: (tf.cast(img, tf.float32), y))
+    def readable(img, y, ok):
+        return ok
+
+    def to_float(img, y, ok):
+        return tf.cast(img, tf.float32), y
+
+    def preprocess(x, y):
+        return row.preprocess_input(x), y
+
+    ds = ds.filter(readable).map(to_float)
     ds = ds.batch(cfg.batch_size)
     if augment:
         aug = _augmenter(cfg.seed)
-        ds = ds.map(lambda x, y: (aug(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda x, y: (row.preprocess_input(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+        def augmented(x, y):
+            return aug(x, training=True), y
+
+        ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -447,6 +464,8 @@ def _head_on_features(cfg, split, index_of, classes, state, class_weight, featur
     x_train, y_train = xy(split[split["split"] == "train"])
     val_rows = split[split["split"] == "val"]
     val = xy(val_rows) if len(val_rows) else None
+    # Extracting (or not, when cached) draws different random numbers: reseed so the head starts the same.
+    keras.utils.set_random_seed(cfg.seed)
     with strategy.scope():
         inputs = keras.Input((feats.features.shape[1],), name="features")
         x = inputs
@@ -553,23 +572,28 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         train = batches(train_rows, shuffle=True, augment=cfg.augment, skipped=skipped)
         val = batches(val_rows, skipped=skipped) if len(val_rows) else None
 
+        if state.meta["stages"] and all(state.stage(st)["done"] for st in ("head", "finetune")
+                                        if (cfg.head_epochs if st == "head" else cfg.epochs)):
+            log(f"{out} holds this run, finished: evaluating its best model without training")
         # Stage 1: the head alone.
         backbone.trainable = False
         head_epochs = 0
         # The cached features must come from this very backbone: random init is not reproducible.
         head_from_features = not cfg.augment and cfg.weights != "none"
         extract_seconds = 0.0
+        feature_key = None
         if cfg.head_epochs:
             if head_from_features:
-                log(f"stage 1: head only, {cfg.head_epochs} epochs on cached features")
+                log(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} on the backbone's features "
+                    f"(cached in {features_dir})")
                 head, head_epochs, feats = _head_on_features(cfg, split, index_of, classes, state, class_weight,
                                                              features_dir, log, strategy)
                 skipped.update(feats.skipped)
-                extract_seconds = feats.seconds
+                extract_seconds, feature_key = feats.seconds, feats.key
                 for layer in head.layers[1:]:
                     model.get_layer(layer.name).set_weights(layer.get_weights())
             else:
-                log(f"stage 1: head only, {cfg.head_epochs} epochs through the frozen backbone")
+                log(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} through the frozen backbone")
                 head_epochs = _fit_stage(model, state, "head", train, val, cfg.head_epochs, cfg.lr, steps, cfg,
                                          class_weight, log, strategy)
                 _load_best_or_last(model, state, "head")
@@ -632,7 +656,7 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         "strategy": "finetune", "backbone": cfg.backbone, "layer": "pooled", "classifier": "softmax head",
         "best_params": json.dumps({"lr": cfg.lr, "lr_mult": cfg.lr_mult, "dropout": cfg.dropout,
                                    "hidden": cfg.hidden}),
-        "eval_split": eval_split, "n_train": len(train_rows), "n_test": len(kept),
+        "eval_split": eval_split, "n_train": int((~train_rows["path"].isin(skipped)).sum()), "n_test": len(kept),
         **evaluate(y_true, y_pred, probs, classes),
         "fit_seconds": round(train_seconds, 3), "extract_seconds": round(extract_seconds, 3),
         "feature_dim": int(model.get_layer("head_pool").output.shape[-1]),
@@ -642,9 +666,10 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
     with atomic_path(out / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
     write_csv(metrics, out / "metrics.csv")
-    write_csv(pd.DataFrame({"path": [eval_paths[i] for i in kept], "true_label": y_true, "pred_label": y_pred,
-                            "score": probs.max(1)}), out / "predictions.csv")
-    write_csv(per_class(y_true, y_pred, classes), out / "per_class.csv")
+    write_csv(pd.DataFrame({"classifier": "finetune", "path": [eval_paths[i] for i in kept], "true_label": y_true,
+                            "pred_label": y_pred, "score": probs.max(1)}), out / "predictions.csv")
+    per_cls = per_class(y_true, y_pred, classes).assign(classifier="finetune")
+    write_csv(per_cls[["classifier", "label", "precision", "recall", "f1", "support"]], out / "per_class.csv")
     write_csv(layers, out / "layers.csv")
     write_csv(pd.DataFrame(skipped_rows, columns=["path", "reason"]), out / "skipped.csv")
     write_config(out / "config.json", {
@@ -653,8 +678,11 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         "split_reused": bool(split.attrs.get("reused", False)), "eval_split": eval_split, "classes": classes,
         "head_on_cached_features": bool(head_from_features and cfg.head_epochs),
         "frozen_layers": n_frozen, "head_epochs_run": head_epochs, "finetune_epochs_run": stage2_epochs,
+        "features_dir": str(features_dir) if head_from_features else None,
+        "feature_cache_key": feature_key, "n_skipped": len(skipped_rows),
     })
-    log(f"{cfg.backbone} fine-tuned ({cfg.freeze=}): {eval_split} accuracy "
-        f"{metrics['test_accuracy'].iloc[0]:.3f} in {train_seconds:.0f} s "
-        f"({head_epochs} head + {stage2_epochs} fine-tuning epochs, {precision})")
+    log(f"{cfg.backbone} fine-tuned (freeze {cfg.freeze}): {eval_split} accuracy "
+        f"{metrics['test_accuracy'].iloc[0]:.3f}, {train_seconds:.0f} s of training "
+        f"({head_epochs} head + {_count(stage2_epochs, 'fine-tuning epoch')}, {precision}); "
+        f"{_count(len(skipped_rows), 'file')} skipped")
     return metrics

@@ -108,6 +108,8 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
         raise TransferError(f"{run} is not a transfer run folder (no readable config.json): give the --out "
                             "folder of `transfer classify`.") from None
     if config.get("command") == "finetune":
+        if classifier:
+            raise TransferError(f"{run} is a fine-tuning run with one model: drop --classifier {classifier}.")
         return _predict_finetuned(run, config, paths, batch_size)
     if config.get("command") != "classify":
         raise TransferError(f"{run} holds a {config.get('command')!r} run; predict --run needs the --out folder "
@@ -152,7 +154,7 @@ def _predict_finetuned(run, config, paths, batch_size=None):
     model_file = run / "model.keras"
     if not model_file.exists():
         raise TransferError(f"{run} has no model.keras: the fine-tuning did not finish; run it again to resume.")
-    model = keras.saving.load_model(model_file, safe_mode=True)
+    model = keras.saving.load_model(model_file, safe_mode=True, compile=False)
     cfg = config["finetune"]
     row = get_backbone(cfg["backbone"])
     classes = np.array(config["classes"])
