@@ -267,7 +267,8 @@ def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size
 @click.option("--epochs", type=click.IntRange(0), default=10, show_default=True,
               help="Stage 2: unfrozen down to --freeze, at --lr / --lr-mult.")
 @click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--lr-mult", type=float, default=10.0, show_default=True)
+@click.option("--lr-mult", type=float, default=100.0, show_default=True,
+              help="Stage 2 trains at --lr / --lr-mult (fastai's default: 100).")
 @click.option("--dropout", type=float, default=0.2, show_default=True)
 @click.option("--hidden", type=click.IntRange(0), default=0, show_default=True,
               help="Units of a hidden dense layer in the head (0: none).")

@@ -53,7 +53,7 @@ class FinetuneConfig:
     head_epochs: int = 5
     epochs: int = 10
     lr: float = 1e-3
-    lr_mult: float = 10.0
+    lr_mult: float = 100.0
     dropout: float = 0.2
     hidden: int = 0
     augment: bool = True
