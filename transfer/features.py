@@ -172,6 +172,34 @@ def build_extractor(cfg: ExtractConfig):
                          image_size=cfg.image_size)
 
 
+def predict_images(model, paths, size: int, resize: str, batch_size: int, preprocess, on_batch=None):
+    """Run ``model`` over image files through the tf.data pipeline.
+
+    Args:
+        preprocess: maps float RGB pixels in [0, 255] to the model's input.
+        on_batch: called with the number of files in each batch (progress bars).
+
+    Returns:
+        ``(kept, outputs, skipped)``: indices into ``paths`` of the readable
+        images in input order, the model's outputs for them (one row each,
+        flattened), and ``{index: reason}`` for the unreadable ones.
+    """
+    skipped: dict[int, str] = {}
+    kept, chunks = [], []
+    for idx, images, ok in image_dataset(paths, size, resize, batch_size, skipped):
+        ok = ok.numpy()
+        if ok.any():
+            out = forward(model, preprocess(images.numpy().astype(np.float32)), batch_size)
+            chunks.append(out[ok].reshape(int(ok.sum()), -1))
+            kept.extend(int(i) for i in idx.numpy()[ok])
+        if on_batch is not None:
+            on_batch(len(ok))
+    dim = int(np.prod(model.output.shape[1:]))
+    outputs = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
+    order = np.argsort(kept, kind="stable")  # back to the input order
+    return [kept[i] for i in order], outputs[order], skipped
+
+
 def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
     """Run the backbone over ``paths``; returns ``(kept paths, features, skipped)``.
 
@@ -179,25 +207,13 @@ def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
     """
     row = get_backbone(cfg.backbone)
     model = model if model is not None else build_extractor(cfg)
-    skipped: dict[int, str] = {}
-    kept, chunks = [], []
+    paths = [str(p) for p in paths]
     bar = _progress(len(paths), f"extract {row.name}") if progress else None
-    for idx, images, ok in image_dataset(paths, cfg.image_size, cfg.resize, cfg.batch_size, skipped):
-        ok = ok.numpy()
-        if ok.any():
-            out = forward(model, row.preprocess_input(images.numpy().astype(np.float32)), cfg.batch_size)
-            chunks.append(out[ok].reshape(int(ok.sum()), -1))
-            kept.extend(int(i) for i in idx.numpy()[ok])
-        if bar is not None:
-            bar.update(len(ok))
+    kept, feats, skipped = predict_images(model, paths, cfg.image_size, cfg.resize, cfg.batch_size,
+                                          row.preprocess_input, on_batch=bar.update if bar else None)
     if bar is not None:
         bar.close()
-    dim = int(np.prod(model.output.shape[1:]))
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    order = np.argsort(kept, kind="stable")  # back to the input order
-    kept, feats = [kept[i] for i in order], feats[order]
-    return ([str(paths[i]) for i in kept], feats,
-            [(str(paths[i]), reason) for i, reason in sorted(skipped.items())])
+    return [paths[i] for i in kept], feats, [(paths[i], reason) for i, reason in sorted(skipped.items())]
 
 
 def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -> Features:

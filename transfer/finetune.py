@@ -527,7 +527,7 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
     from transfer.backbones import build_backbone
     from transfer.data import evaluation_split, prepare_split, resolve_source
     from transfer.evaluate import evaluate, per_class
-    from transfer.features import forward
+    from transfer.features import predict_images
     from transfer.precision import choose_precision, distribution_strategy
     from transfer.report import check_run_folder, write_config, write_csv
 
@@ -628,22 +628,10 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         # Evaluation on the evaluation split, with the best weights.
         row = get_backbone(cfg.backbone)
         eval_paths = eval_rows["path"].tolist()
-        kept, probs = [], []
-        from transfer.features import image_dataset
-
-        eval_skipped: dict[int, str] = {}
-        for idx, images, ok in image_dataset(eval_paths, cfg.image_size, cfg.resize, cfg.batch_size,
-                                             eval_skipped):
-            ok = ok.numpy()
-            if ok.any():
-                p = forward(model, row.preprocess_input(images.numpy().astype(np.float32)), cfg.batch_size)
-                probs.append(p[ok])
-                kept.extend(int(i) for i in idx.numpy()[ok])
+        kept, probs, eval_skipped = predict_images(model, eval_paths, cfg.image_size, cfg.resize, cfg.batch_size,
+                                                   row.preprocess_input)
         if not kept:
             raise TransferError(f"No readable image in the {eval_split} split: nothing to evaluate on.")
-        order = np.argsort(kept, kind="stable")
-        kept = [kept[i] for i in order]
-        probs = np.concatenate(probs)[order]
         y_true = eval_rows["label"].to_numpy()[kept]
         y_pred = np.array(classes)[probs.argmax(1)]
     finally:

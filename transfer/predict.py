@@ -147,7 +147,7 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
 def _predict_finetuned(run, config, paths, batch_size=None):
     import keras
 
-    from transfer.features import forward, image_dataset
+    from transfer.features import predict_images
 
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
@@ -160,13 +160,8 @@ def _predict_finetuned(run, config, paths, batch_size=None):
     classes = np.array(config["classes"])
     bs = batch_size or cfg["batch_size"]
     files, skipped = list_images(paths)
-    bad: dict[int, str] = {}
-    rows = []
-    for idx, images, ok in image_dataset(files, cfg["image_size"], cfg["resize"], bs, bad):
-        ok = ok.numpy()
-        if ok.any():
-            probs = forward(model, row.preprocess_input(images.numpy().astype(np.float32)), bs)[ok]
-            for i, p in zip(idx.numpy()[ok], probs, strict=True):
-                rows.append((str(files[i]), classes[p.argmax()], float(p.max()), "finetune"))
+    kept, probs, bad = predict_images(model, [str(f) for f in files], cfg["image_size"], cfg["resize"], bs,
+                                      row.preprocess_input)
+    rows = [(str(files[i]), classes[p.argmax()], float(p.max()), "finetune") for i, p in zip(kept, probs, strict=True)]
     skipped += [(str(files[i]), reason) for i, reason in sorted(bad.items())]
     return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
