@@ -212,11 +212,15 @@ def _augmenter(seed):
     ], name="augment")
 
 
-def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=None):
-    """``tf.data`` of ``(images, labels)`` batches, preprocessed for the backbone; unreadable files dropped."""
+def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=None, preprocess=None):
+    """``tf.data`` of ``(images, labels)`` batches, preprocessed for the backbone; unreadable files dropped.
+
+    ``cfg`` gives ``image_size``, ``resize``, ``batch_size`` and ``seed``;
+    ``preprocess`` defaults to ``cfg.backbone``'s.
+    """
     import tensorflow as tf
 
-    row = get_backbone(cfg.backbone)
+    preprocess_input = preprocess or get_backbone(cfg.backbone).preprocess_input
     size = cfg.image_size
     paths = [str(p) for p in paths]
     skipped = {} if skipped is None else skipped
@@ -246,8 +250,8 @@ def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=N
     def to_float(img, y, ok):
         return tf.cast(img, tf.float32), y
 
-    def preprocess(x, y):
-        return row.preprocess_input(x), y
+    def preprocess_batch(x, y):
+        return preprocess_input(x), y
 
     ds = ds.filter(readable).map(to_float)
     ds = ds.batch(cfg.batch_size)
@@ -258,7 +262,7 @@ def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=N
             return aug(x, training=True), y
 
         ds = ds.map(augmented, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(preprocess_batch, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
