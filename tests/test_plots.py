@@ -1,0 +1,45 @@
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from transfer import plots
+
+
+def is_png(path, min_size=100):
+    with Image.open(path) as img:
+        return img.format == "PNG" and min(img.size) >= min_size
+
+
+def test_confusion_matrix(tmp_path):
+    y = np.array(list("aabbcc"))
+    p = np.array(list("aabbca"))
+    assert is_png(plots.confusion_matrix_png(y, p, list("abc"), tmp_path / "cm.png"))
+
+
+def test_training_curves(tmp_path):
+    history = pd.DataFrame({"stage": ["head"] * 3 + ["finetune"] * 2, "epoch": [1, 2, 3, 1, 2],
+                            "loss": [1, 0.8, 0.7, 0.5, 0.4], "accuracy": [0.5, 0.6, 0.7, 0.8, 0.9],
+                            "val_loss": [1.1, 0.9, 0.8, 0.6, 0.5], "val_accuracy": [0.5, 0.6, 0.6, 0.8, 0.85]})
+    assert is_png(plots.training_curves_png(history, tmp_path / "curves.png", title="x"))
+
+
+def test_accuracy_vs_time(tmp_path):
+    table = pd.DataFrame({"strategy": ["features", "features", "finetune", "scratch"],
+                          "classifier": ["logreg", "knn", "", ""], "test_accuracy": [0.9, 0.85, 0.93, 0.6],
+                          "train_seconds": [1.0, 0.5, 120.0, 20.0]})
+    assert is_png(plots.accuracy_vs_time_png(table, tmp_path / "acc_time.png"))
+
+
+def test_tsne_pixels_vs_features(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["a", "b"], 20)
+    pixels = rng.normal(size=(40, 8, 8, 3))
+    feats = rng.normal(size=(40, 16)) + (labels == "a")[:, None] * 5
+    assert is_png(plots.tsne_png(pixels, feats, labels, tmp_path / "tsne.png"))
+
+
+def test_conv_kernels_before_after(tmp_path):
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=(3, 3, 3, 32))
+    path = plots.conv_kernels_png(before, before + 0.1, tmp_path / "kernels.png")
+    assert is_png(path) and not list(tmp_path.glob(".*"))  # written atomically, no temp left

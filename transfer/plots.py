@@ -1,0 +1,128 @@
+"""PNG plots of a comparison (matplotlib, no display needed).
+
+Each function takes plain data (arrays, DataFrames) and a path, writes the
+PNG atomically and returns the path, so notebooks and the CLI draw the same
+figures from the same reports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer.fileio import atomic_path
+
+
+def _figure(*args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(*args, **kwargs)
+
+
+def _save(plt, fig, path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_matrix_png(y_true, y_pred, labels, path, title="") -> Path:
+    """Counts of true (rows) vs predicted (columns) labels, with the counts written in."""
+    from sklearn.metrics import confusion_matrix
+
+    labels = list(labels)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    plt, (fig, ax) = _figure(figsize=(1.2 + 0.45 * len(labels), 1.0 + 0.45 * len(labels)))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 6 else 0)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"accuracy {np.trace(cm) / max(cm.sum(), 1):.3f}", fontsize=9)
+    for (i, j), n in np.ndenumerate(cm):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
+                    color="white" if n > cm.max() / 2 else "black")
+    return _save(plt, fig, path)
+
+
+def training_curves_png(history: pd.DataFrame, path, title="") -> Path:
+    """Loss and accuracy per epoch, the stages one after the other (columns of ``history.csv``)."""
+    history = history.reset_index(drop=True)
+    x = np.arange(1, len(history) + 1)
+    plt, (fig, axes) = _figure(1, 2, figsize=(9, 3.2))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(x, history[metric], label=f"train {metric}")
+        if f"val_{metric}" in history and history[f"val_{metric}"].notna().any():
+            ax.plot(x, history[f"val_{metric}"], label=f"val {metric}")
+        for boundary in np.flatnonzero(history["stage"].ne(history["stage"].shift()).to_numpy())[1:]:
+            ax.axvline(boundary + 0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_title(metric, fontsize=9)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(plt, fig, path)
+
+
+def accuracy_vs_time_png(table: pd.DataFrame, path, time_column="train_seconds") -> Path:
+    """One point per trained model: accuracy against training time, coloured by strategy."""
+    plt, (fig, ax) = _figure(figsize=(6, 4))
+    for strategy, rows in table.groupby("strategy"):
+        ax.scatter(rows[time_column], rows["test_accuracy"], label=strategy, s=30)
+        for r in rows.itertuples():
+            name = getattr(r, "classifier", "") or strategy
+            ax.annotate(str(name), (getattr(r, time_column), r.test_accuracy), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("training time (s, log scale)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def tsne_png(pixels, features, labels, path, seed=0) -> Path:
+    """t-SNE of the same images in pixel space and in CNN feature space, side by side."""
+    from sklearn.manifold import TSNE
+
+    labels = np.asarray(labels)
+    n = len(labels)
+    perplexity = float(min(30, max(2, (n - 1) // 3)))
+    plt, (fig, axes) = _figure(1, 2, figsize=(10, 4.5))
+    for ax, data, title in ((axes[0], pixels, "pixels"), (axes[1], features, "CNN features")):
+        flat = np.asarray(data, dtype=np.float32).reshape(n, -1)
+        emb = TSNE(perplexity=perplexity, random_state=seed, init="pca").fit_transform(flat)
+        for label in sorted(set(labels)):
+            mask = labels == label
+            ax.scatter(emb[mask, 0], emb[mask, 1], s=8, label=str(label))
+        ax.set_title(f"t-SNE of {title}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[1].legend(fontsize=7, markerscale=2, loc="best")
+    return _save(plt, fig, path)
+
+
+def conv_kernels_png(before, after, path, max_kernels=32) -> Path:
+    """The first conv layer's kernels (kh, kw, 3, n) before and after fine-tuning, as RGB tiles."""
+    before, after = np.asarray(before), np.asarray(after)
+    n = min(before.shape[-1], max_kernels)
+    cols = min(n, 8)
+    rows = int(np.ceil(n / cols))
+    plt, (fig, axes) = _figure(2 * rows, cols, figsize=(cols * 0.9, 2 * rows * 0.95))
+    axes = np.asarray(axes).reshape(2 * rows, cols)
+    scale = max(np.abs(before[..., :n]).max(), np.abs(after[..., :n]).max(), 1e-12)
+    for block, (kernels, name) in enumerate(((before, "before"), (after, "after"))):
+        for k in range(rows * cols):
+            ax = axes[block * rows + k // cols, k % cols]
+            ax.axis("off")
+            if k < n:
+                ax.imshow(np.clip(kernels[..., :3, k] / (2 * scale) + 0.5, 0, 1), interpolation="nearest")
+        axes[block * rows, 0].set_title(f"{name} fine-tuning", fontsize=8, loc="left")
+    return _save(plt, fig, path)
