@@ -13,6 +13,19 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".
 RESIZE_MODES = ("plain", "crop")
 
 
+def check_resize(resize: str) -> str:
+    """Validate a resize mode (``plain`` or ``crop``).
+
+    Raises:
+        TransferError: any other value.
+    """
+    if resize not in RESIZE_MODES:
+        from transfer.errors import TransferError
+
+        raise TransferError(f"resize={resize!r} is not valid. Expected one of: {', '.join(RESIZE_MODES)}.")
+    return resize
+
+
 class ImageError(ValueError):
     """A file that cannot be used as an image; the message is the reason."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer.backbones import FEATURE_LAYERS, POOLINGS, _check_weights, get_backbone
-from transfer.data import RESIZE_MODES, ImageError, decode_image
+from transfer.data import ImageError, check_resize, decode_image
 from transfer.errors import TransferError
 from transfer.fileio import atomic_path
 
@@ -42,8 +42,7 @@ class ExtractConfig:
         row = get_backbone(self.backbone)
         if self.pooling not in POOLINGS:
             raise TransferError(f"pooling={self.pooling!r} is not valid. Expected one of: avg, max, none.")
-        if self.resize not in RESIZE_MODES:
-            raise TransferError(f"resize={self.resize!r} is not valid. Expected one of: {', '.join(RESIZE_MODES)}.")
+        check_resize(self.resize)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise TransferError(f"batch_size={self.batch_size!r} is not valid: give a positive integer.")
         size = self.image_size or row.input_size

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.backbones import get_backbone
-from transfer.data import RESIZE_MODES, ImageError, decode_image
+from transfer.data import ImageError, check_resize, decode_image
 from transfer.errors import TransferError
 from transfer.fileio import atomic_path, write_text_atomic
 
@@ -69,8 +69,7 @@ class FinetuneConfig:
         size = self.image_size or row.input_size
         if size < row.min_input_size:
             raise TransferError(f"image_size={size} is too small for {row.name}: it needs >= {row.min_input_size}.")
-        if self.resize not in RESIZE_MODES:
-            raise TransferError(f"resize={self.resize!r} is not valid. Expected one of: {', '.join(RESIZE_MODES)}.")
+        check_resize(self.resize)
         for name in ("batch_size",):
             if getattr(self, name) < 1:
                 raise TransferError(f"{name}={getattr(self, name)} is not valid: give a positive integer.")

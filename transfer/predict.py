@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.backbones import get_backbone
-from transfer.data import RESIZE_MODES, ImageError, list_images, load_image
+from transfer.data import ImageError, check_resize, list_images, load_image
 from transfer.errors import TransferError
 from transfer.features import forward
 
@@ -52,8 +52,7 @@ def predict_imagenet(paths, backbone="efficientnet_lite0", *, top=5, weights="im
     row = get_backbone(backbone)
     if not isinstance(top, int) or not 1 <= top <= 1000:
         raise TransferError(f"top={top!r} is not valid: give an integer from 1 to 1000.")
-    if resize not in RESIZE_MODES:
-        raise TransferError(f"resize={resize!r} is not valid. Expected one of: {', '.join(RESIZE_MODES)}.")
+    check_resize(resize)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise TransferError(f"batch_size={batch_size!r} is not valid: give a positive integer.")
     if not paths:

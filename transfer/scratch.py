@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from transfer.data import RESIZE_MODES
+from transfer.data import check_resize
 from transfer.errors import TransferError
 
 
@@ -37,8 +37,7 @@ class ScratchConfig:
     def validated(self) -> ScratchConfig:
         if not isinstance(self.image_size, int) or self.image_size < 16:
             raise TransferError(f"image_size={self.image_size!r} is too small for the scratch CNN: give >= 16.")
-        if self.resize not in RESIZE_MODES:
-            raise TransferError(f"resize={self.resize!r} is not valid. Expected one of: {', '.join(RESIZE_MODES)}.")
+        check_resize(self.resize)
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise TransferError(f"{name}={getattr(self, name)} is not valid: give a positive integer.")
