@@ -312,5 +312,92 @@ def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, drop
                f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['test_accuracy']:.3f})")
 
 
+DEMO = {"data": "digits", "image_size": 96}
+
+
+def _default_out(data) -> Path:
+    name = Path(str(data)).stem if str(data) not in ("digits", "fashion-mnist") else str(data)
+    return Path("runs") / f"compare-{_slug(name) or 'data'}"
+
+
+def _slug(text):
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+@main.command()
+@click.option("--data", "-d", help="As for classify: a folder, a CSV manifest, digits or fashion-mnist. "
+                                   "Not given: the digits demo (--data digits --image-size 96).")
+@click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
+              help="One or more registry names, comma-separated: every strategy runs for each.")
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder (default: runs/compare-NAME, NAME from --data).")
+@click.option("--strategies", default="features,finetune,scratch", show_default=True,
+              help="Comma-separated: features (strategy 2), finetune (strategy 1), scratch (baseline).")
+@click.option("--classifier", "-c", "classifiers", default="linear_svm,rbf_svm,logreg,knn,mlp", show_default=True,
+              help="Strategy 2's classifiers, comma-separated (or 'all').")
+@click.option("--layer", default="pooled", show_default=True,
+              help="Strategy 2's feature layer: pooled, flatten or a layer name.")
+@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True)
+@click.option("--freeze", default="none", show_default=True,
+              help="Strategy 1 runs once per value, comma-separated: all, none, a count, a fraction, a layer name "
+                   "(e.g. all,100,none).")
+@click.option("--head-epochs", type=click.IntRange(0), default=5, show_default=True)
+@click.option("--epochs", type=click.IntRange(0), default=10, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--lr-mult", type=float, default=100.0, show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Augmentation for fine-tuning and the scratch CNN.")
+@click.option("--patience", type=click.IntRange(0), default=3, show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
+              default="auto", show_default=True, help="Fine-tuning precision, as for finetune.")
+@click.option("--scratch-size", type=click.IntRange(16), default=64, show_default=True,
+              help="Input size of the from-scratch CNN.")
+@click.option("--scratch-epochs", type=click.IntRange(1), default=30, show_default=True)
+@click.option("--image-size", type=click.IntRange(8), help="Input size of the backbone (default: its own).")
+@click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="'imagenet', 'none' or a weights file.")
+@click.option("--val-fraction", type=float, default=0.15, show_default=True)
+@click.option("--test-fraction", type=float, default=0.15, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def compare(data, backbone, out, strategies, classifiers, layer, pooling, freeze, head_epochs, epochs, lr, lr_mult,
+            augment, patience, precision, scratch_size, scratch_epochs, image_size, resize, batch_size, weights,
+            val_fraction, test_fraction, seed):
+    """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
+    from transfer.compare import CompareConfig
+
+    if data is None:
+        data = DEMO["data"]
+        image_size = image_size or DEMO["image_size"]
+        click.echo(f"No --data given: the digits demo (--data digits --image-size {image_size}).")
+    out = out or _default_out(data)
+    cfg = CompareConfig(backbones=backbone, strategies=strategies, classifiers=classifiers, layer=layer,
+                        pooling=None if pooling == "none" else pooling, image_size=image_size, resize=resize,
+                        batch_size=batch_size, weights=weights, freeze=freeze, head_epochs=head_epochs,
+                        epochs=epochs, lr=lr, lr_mult=lr_mult, augment=augment, patience=patience, precision=precision,
+                        scratch_size=scratch_size, scratch_epochs=scratch_epochs, seed=seed).validated()
+    from transfer.compare import compare as run_compare
+
+    table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
+                              log=click.echo)
+    shown = table.assign(ci95=[f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table["accuracy_ci_low"],
+                                                                      table["accuracy_ci_high"], strict=True)])
+    cols = ["model", "test_accuracy", "ci95", "train_seconds", "inference_images_per_second", "trainable_params",
+            "mcnemar_p_vs_best", "differs_from_best"]
+    click.echo("")
+    click.echo(f"{table['eval_split'].iloc[0]} split, {table['n_test'].iloc[0]} images, best first:")
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
+                                               "mcnemar_p_vs_best": "p_vs_best"}).to_string(index=False))
+    click.echo(f"Verdict: {line}")
+    _report_skipped_count(out)
+    click.echo(f"Report: {out / 'compare.csv'}")
+    click.echo(f"Plots:  {out / 'plots'}/ ({', '.join(sorted(p.name for p in (out / 'plots').glob('*.png')))})")
+
+
 if __name__ == "__main__":
     sys.exit(main())

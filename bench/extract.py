@@ -3,7 +3,7 @@
     python bench/extract.py [--data FOLDER] [--backbone NAME] [--images N] [--batch-size B]
 
 Prints images/s of
-  1. end-to-end `extract` (transfer.features.run_extraction: tf.data, parallel
+  1. end-to-end `extract` (transfer.features.predict_images, the loop of run_extraction: tf.data, parallel
      decode from JPEG files, resize, batch, prefetch, forward pass),
   2. the same backbone's forward pass alone on pre-decoded tensors,
   3. a naive loop: PIL open per image, then `model.predict` per batch,
@@ -43,7 +43,7 @@ def main(argv=None):
     from PIL import Image
 
     from transfer.data import list_images, load_image
-    from transfer.features import ExtractConfig, build_extractor, forward, run_extraction
+    from transfer.features import ExtractConfig, build_extractor, forward, predict_images
 
     files = [f for f in list_images([args.data])[0] if f.suffix.lower() in (".jpg", ".jpeg")][: args.images]
     cfg = ExtractConfig(backbone=args.backbone, batch_size=args.batch_size).validated()
@@ -65,7 +65,7 @@ def main(argv=None):
         return len(files) / best
 
     def end_to_end():
-        kept, feats, skipped = run_extraction(cfg, files, progress=False, model=model)
+        kept, feats, skipped = predict_images(model, files, size, cfg.resize, bs, row.preprocess_input)
         assert len(kept) == len(files) and not skipped
 
     def forward_only():

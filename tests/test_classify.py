@@ -13,7 +13,8 @@ from transfer.features import ExtractConfig
 
 TINY = ExtractConfig(image_size=32, batch_size=8)
 METRIC_COLUMNS = ["strategy", "backbone", "layer", "classifier", "best_params", "eval_split", "n_train", "n_test",
-                  "test_accuracy", "test_macro_f1", "fit_seconds", "extract_seconds", "feature_dim"]
+                  "test_accuracy", "test_macro_f1", "fit_seconds", "extract_seconds", "feature_dim",
+                  "inference_images_per_second", "trainable_params"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def test_second_identical_run_does_not_run_the_cnn(run, monkeypatch):
 
     monkeypatch.setattr(features, "run_extraction", no_cnn)
     again = classify(data, out, TINY, "all", progress=False, log=lambda *_: None)
-    pd.testing.assert_frame_equal(again.drop(columns="fit_seconds"), table.drop(columns="fit_seconds"))
+    varying = ["fit_seconds", "inference_images_per_second"]
+    pd.testing.assert_frame_equal(again.drop(columns=varying), table.drop(columns=varying))
     pd.testing.assert_frame_equal(pd.read_csv(out / "predictions.csv"), before)
     assert json.loads((out / "config.json").read_text())["features_from_cache"] is True
 
@@ -147,3 +149,20 @@ def test_predict_run_uses_only_the_runs_classifiers(run, tmp_path):
     (copy / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(cli.main, ["predict", "--run", str(copy), "--classifier", "knn", "x.png"])
     assert result.exit_code == 2 and "Expected one of: logreg" in result.output
+
+
+def test_fitted_parameter_count_counts_what_each_model_holds():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from transfer.classifiers import fitted_parameter_count
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 7)), np.repeat(["a", "b", "c"], 10)
+    logreg = make_pipeline(StandardScaler(), LogisticRegression()).fit(x, y)
+    # scaler mean_, var_, scale_ (3 x 7) + coef_ (3 x 7) + intercept_ (3)
+    assert fitted_parameter_count(logreg) == 3 * 7 + 3 * 7 + 3
+    knn = make_pipeline(StandardScaler(), KNeighborsClassifier()).fit(x, y)
+    assert fitted_parameter_count(knn) == 3 * 7 + 30 * 7  # the stored training features are the model

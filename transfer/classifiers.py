@@ -155,6 +155,30 @@ def class_scores(estimator, x) -> np.ndarray:
     return scores
 
 
+def fitted_parameter_count(estimator) -> int:
+    """Numbers a fitted scikit-learn model learned (for a pipeline, all its steps).
+
+    The float arrays among its public fitted attributes (``coef_``,
+    ``intercept_``, ``support_vectors_``, ``dual_coef_``, MLP ``coefs_``,
+    a scaler's ``mean_``/``scale_``...), and for k-nearest neighbours the
+    training features it keeps: what the model holds to classify.
+    """
+    steps = [s for _, s in estimator.steps] if hasattr(estimator, "steps") else [estimator]
+    total = 0
+    for step in steps:
+        if hasattr(step, "_fit_X"):  # kNN: the stored training set is the model
+            total += int(np.asarray(step._fit_X).size)
+            continue
+        for name, value in vars(step).items():
+            if not name.endswith("_") or name.startswith("_"):
+                continue
+            arrays = value if isinstance(value, list | tuple) else [value]
+            for a in arrays:
+                if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating):
+                    total += int(a.size)
+    return total
+
+
 def save_classifier(estimator, path):
     """Save with skops, a format that does not run code on load."""
     import skops.io as sio
@@ -180,12 +204,13 @@ def load_classifier(path):
 
 
 def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp", *, val_fraction=0.15,
-             test_fraction=0.15, seed=0, progress=True, log=print):
+             test_fraction=0.15, seed=0, progress=True, features_dir=None, log=print):
     """``transfer classify``: features (cached or extracted), tuned classifiers, reports.
 
     Writes ``metrics.csv``, ``predictions.csv``, ``per_class.csv``,
     ``search.csv``, ``config.json``, ``split.csv``, ``skipped.csv`` and
-    ``classifiers/NAME.skops`` into ``out``.
+    ``classifiers/NAME.skops`` into ``out``; the feature cache goes to
+    ``features_dir`` (default ``out/features``).
 
     Returns:
         The metrics table, one row per classifier, best first.
@@ -203,7 +228,7 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
     out = Path(out)
     check_run_folder(out, "classify")
     split, feats = extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           progress=progress)
+                           progress=progress, features_dir=features_dir)
     eval_split = evaluation_split(split)
     index = {p: i for i, p in enumerate(feats.paths)}
     reused = split.attrs.get("reused", False)
@@ -231,7 +256,10 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
     for name in names:
         log(f"fitting {name} (grid search on {len(y_train)} training images)...")
         fit = fit_classifier(name, x_train, y_train, x_refit, y_refit, seed=seed)
+        start = time.perf_counter()
         pred = fit.estimator.predict(x_eval)
+        # Per image: the CNN pass (steady-state rate of the extraction) plus this classifier.
+        per_image = 1 / feats.images_per_second + (time.perf_counter() - start) / len(y_eval)
         scores = class_scores(fit.estimator, x_eval)
         est_classes = list(fit.estimator.classes_)
         metrics.append({
@@ -241,6 +269,8 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
             **evaluate(y_eval, pred, scores, est_classes),
             "fit_seconds": round(fit.fit_seconds, 3), "extract_seconds": round(feats.seconds, 3),
             "feature_dim": int(feats.features.shape[1]),
+            "inference_images_per_second": round(1 / per_image, 2) if per_image > 0 else float("nan"),
+            "trainable_params": fitted_parameter_count(fit.estimator),
         })
         top = scores[np.arange(len(pred)), [est_classes.index(p) for p in pred]]
         preds.append(pd.DataFrame({"classifier": name, "path": rows[eval_split]["path"].to_numpy(),
@@ -261,6 +291,7 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
         "split_reused": bool(split.attrs.get("reused", False)), "eval_split": eval_split, "classes": classes,
         "best_classifier": table.iloc[0]["classifier"],
         "features_from_cache": feats.from_cache, "feature_cache_key": feats.key,
+        "features_dir": str(Path(features_dir) if features_dir is not None else out / "features"),
         "n_skipped": len(feats.skipped),
     })
     return table

@@ -70,6 +70,7 @@ class Features:
     seconds: float
     key: str
     from_cache: bool
+    images_per_second: float = float("nan")  # of the CNN pass alone, after a warm-up batch
 
 
 def _weights_identity(cfg: ExtractConfig) -> str:
@@ -199,8 +200,25 @@ def predict_images(model, paths, size: int, resize: str, batch_size: int, prepro
     return [kept[i] for i in order], outputs[order], skipped
 
 
+def timed_predict(model, paths, size: int, resize: str, batch_size: int, preprocess, on_batch=None):
+    """:func:`predict_images` after one warm-up batch, timed.
+
+    The warm-up traces the model's function first, so the rate measures
+    steady-state inference from image files (decoding included), not the
+    one-off tracing.
+
+    Returns:
+        ``(kept, outputs, skipped, images_per_second)``.
+    """
+    forward(model, np.zeros((batch_size, size, size, 3), np.float32), batch_size)
+    start = time.perf_counter()
+    kept, outputs, skipped = predict_images(model, paths, size, resize, batch_size, preprocess, on_batch=on_batch)
+    seconds = time.perf_counter() - start
+    return kept, outputs, skipped, (len(paths) / seconds if paths and seconds > 0 else float("nan"))
+
+
 def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
-    """Run the backbone over ``paths``; returns ``(kept paths, features, skipped)``.
+    """Run the backbone over ``paths``; returns ``(kept paths, features, skipped, images_per_second)``.
 
     ``model`` is the extractor when already built (see :func:`build_extractor`).
     """
@@ -208,11 +226,11 @@ def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
     model = model if model is not None else build_extractor(cfg)
     paths = [str(p) for p in paths]
     bar = _progress(len(paths), f"extract {row.name}") if progress else None
-    kept, feats, skipped = predict_images(model, paths, cfg.image_size, cfg.resize, cfg.batch_size,
-                                          row.preprocess_input, on_batch=bar.update if bar else None)
+    kept, feats, skipped, rate = timed_predict(model, paths, cfg.image_size, cfg.resize, cfg.batch_size,
+                                               row.preprocess_input, on_batch=bar.update if bar else None)
     if bar is not None:
         bar.close()
-    return [paths[i] for i in kept], feats, [(paths[i], reason) for i, reason in sorted(skipped.items())]
+    return [paths[i] for i in kept], feats, [(paths[i], reason) for i, reason in sorted(skipped.items())], rate
 
 
 def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -> Features:
@@ -231,27 +249,29 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -
     if cache is not None and cache.exists():
         try:
             with np.load(cache, allow_pickle=False) as z:
+                rate = float(z["images_per_second"]) if "images_per_second" in z.files else float("nan")
                 return Features(list(z["paths"]), z["features"],
                                 [tuple(r) for r in z["skipped"].reshape(-1, 2)],
-                                float(z["seconds"]), key, True)
+                                float(z["seconds"]), key, True, rate)
         except Exception:  # noqa: BLE001 - any unreadable cache file (BadZipFile, EOFError...): extract again
             cache.unlink(missing_ok=True)
     start = time.perf_counter()
-    kept, feats, skipped = run_extraction(cfg, paths, progress=progress)
+    kept, feats, skipped, rate = run_extraction(cfg, paths, progress=progress)
     seconds = time.perf_counter() - start
     if cache is not None:
         with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as f:
             np.savez(f, paths=np.array(kept, dtype=str), features=feats,
                      skipped=np.array(skipped, dtype=str).reshape(-1, 2), seconds=seconds,
-                     config=json.dumps(dataclasses.asdict(cfg)))
-    return Features(kept, feats, skipped, seconds, key, False)
+                     images_per_second=rate, config=json.dumps(dataclasses.asdict(cfg)))
+    return Features(kept, feats, skipped, seconds, key, False, rate)
 
 
 def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=0.15, test_fraction=0.15, seed=0,
-            progress=True):
+            progress=True, features_dir=None):
     """``transfer extract``: split the data, compute (or reuse) the features of every image.
 
-    Writes ``split.csv``, ``skipped.csv`` and the feature cache under ``out/features/``.
+    Writes ``split.csv``, ``skipped.csv`` and the feature cache under
+    ``features_dir`` (default ``out/features/``).
 
     Returns:
         ``(split, features)``: the split table and the :class:`Features`.
@@ -266,6 +286,7 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=0.15, t
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     split = prepare_split(source, out, val_fraction, test_fraction, seed)
-    feats = extract_features(split["path"], cfg, cache_dir=out / "features", progress=progress)
+    cache_dir = Path(features_dir) if features_dir is not None else out / "features"
+    feats = extract_features(split["path"], cfg, cache_dir=cache_dir, progress=progress)
     write_csv(pd.DataFrame(feats.skipped, columns=["path", "reason"]), out / "skipped.csv")
     return split, feats

@@ -530,7 +530,7 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
     from transfer.backbones import build_backbone
     from transfer.data import evaluation_split, prepare_split, resolve_source
     from transfer.evaluate import evaluate, per_class
-    from transfer.features import predict_images
+    from transfer.features import timed_predict
     from transfer.precision import choose_precision, distribution_strategy
     from transfer.report import check_run_folder, write_config, write_csv
 
@@ -631,8 +631,8 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         # Evaluation on the evaluation split, with the best weights.
         row = get_backbone(cfg.backbone)
         eval_paths = eval_rows["path"].tolist()
-        kept, probs, eval_skipped = predict_images(model, eval_paths, cfg.image_size, cfg.resize, cfg.batch_size,
-                                                   row.preprocess_input)
+        kept, probs, eval_skipped, rate = timed_predict(model, eval_paths, cfg.image_size, cfg.resize,
+                                                        cfg.batch_size, row.preprocess_input)
         if not kept:
             raise TransferError(f"No readable image in the {eval_split} split: nothing to evaluate on.")
         y_true = eval_rows["label"].to_numpy()[kept]
@@ -651,8 +651,8 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         **evaluate(y_true, y_pred, probs, classes),
         "fit_seconds": round(train_seconds, 3), "extract_seconds": round(extract_seconds, 3),
         "feature_dim": int(model.get_layer("head_pool").output.shape[-1]),
-        "trainable_params": trainable, "frozen_params": frozen, "freeze": cfg.freeze,
-        "epochs_run": int(len(history)),
+        "inference_images_per_second": round(rate, 2), "trainable_params": trainable, "frozen_params": frozen,
+        "freeze": cfg.freeze, "epochs_run": int(len(history)),
     }])
     with atomic_path(out / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)

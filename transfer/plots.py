@@ -78,7 +78,7 @@ def accuracy_vs_time_png(table: pd.DataFrame, path, time_column="train_seconds")
     for strategy, rows in table.groupby("strategy"):
         ax.scatter(rows[time_column], rows["test_accuracy"], label=strategy, s=30)
         for r in rows.itertuples():
-            name = getattr(r, "classifier", "") or strategy
+            name = getattr(r, "model", "") or getattr(r, "classifier", "") or strategy
             ax.annotate(str(name), (getattr(r, time_column), r.test_accuracy), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
     ax.set_xscale("log")

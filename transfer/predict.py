@@ -132,7 +132,7 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
     files, skipped = list_images(paths)
     rows = []
     if files:
-        kept, feats, bad = run_extraction(cfg.validated(), files, progress=False)
+        kept, feats, bad, _ = run_extraction(cfg.validated(), files, progress=False)
         skipped += bad
         if kept:
             pred = estimator.predict(feats)

@@ -83,7 +83,7 @@ def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=0
 
     from transfer.data import evaluation_split, prepare_split, resolve_source
     from transfer.evaluate import evaluate, per_class
-    from transfer.features import predict_images
+    from transfer.features import timed_predict
     from transfer.fileio import atomic_path
     from transfer.finetune import image_batches
     from transfer.report import check_run_folder, write_config, write_csv
@@ -134,7 +134,7 @@ def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=0
     train_seconds = float(sum(timings))
 
     eval_paths = rows[eval_split]["path"].tolist()
-    kept, probs, bad = predict_images(model, eval_paths, cfg.image_size, cfg.resize, cfg.batch_size, _identity)
+    kept, probs, bad, rate = timed_predict(model, eval_paths, cfg.image_size, cfg.resize, cfg.batch_size, _identity)
     if not kept:
         raise TransferError(f"No readable image in the {eval_split} split: nothing to evaluate on.")
     skipped.update({eval_paths[i]: reason for i, reason in bad.items()})
@@ -147,7 +147,8 @@ def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=0
         "n_train": int((~rows["train"]["path"].isin(skipped)).sum()), "n_test": len(kept),
         **evaluate(y_true, y_pred, probs, classes),
         "fit_seconds": round(train_seconds, 3), "extract_seconds": 0.0, "feature_dim": 128,
-        "trainable_params": trainable, "frozen_params": 0, "freeze": "none", "epochs_run": len(history),
+        "inference_images_per_second": round(rate, 2), "trainable_params": trainable, "frozen_params": 0,
+        "freeze": "none", "epochs_run": len(history),
     }])
     with atomic_path(out / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)

@@ -1,0 +1,176 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tests.conftest import ROOT, colour_folder
+from transfer.compare import COMPARE_COLUMNS, CompareConfig, compare, verdict
+from transfer.errors import TransferError
+
+TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
+            scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    data = colour_folder(root / "data", n=8, splits=("train", "val", "test"))
+    run = root / "run"
+    table, line = compare(data, run, CompareConfig(freeze="all,none", **TINY), progress=False, log=quiet)
+    return data, run, table, line
+
+
+def test_compare_report_rows_and_statistics(tiny_run):
+    _, run, table, line = tiny_run
+    saved = pd.read_csv(run / "compare.csv", keep_default_na=False)
+    assert list(saved.columns) == COMPARE_COLUMNS
+    assert len(table) == 5  # 2 classifiers + 2 freeze settings + scratch
+    assert sorted(table["strategy"]) == ["features", "features", "finetune", "finetune", "scratch"]
+    assert set(table.loc[table["strategy"] == "finetune", "freeze"]) == {"all", "none"}
+    assert set(table.loc[table["strategy"] == "features", "classifier"]) == {"logreg", "knn"}
+    assert (table["eval_split"] == "test").all() and (table["n_test"] == 16).all()
+    acc = table["test_accuracy"].to_numpy()
+    assert (np.diff(acc) <= 0).all(), "best first"
+    assert (table["accuracy_ci_low"] <= acc + 1e-9).all() and (acc <= table["accuracy_ci_high"] + 1e-9).all()
+    assert np.isnan(table["mcnemar_p_vs_best"].iloc[0]) and table["differs_from_best"].iloc[0] == "best"
+    p = table["mcnemar_p_vs_best"].iloc[1:]
+    assert ((p >= 0) & (p <= 1)).all()
+    assert (table["inference_images_per_second"] > 0).all()
+    assert (table["trainable_params"] > 0).all()
+    assert (table["train_seconds"] > 0).all()
+    # Features rows are a classifier on the frozen CNN: their trainable parameters are the classifier's.
+    logreg = table[table["classifier"] == "logreg"].iloc[0]
+    head_only = table[table["freeze"] == "all"].iloc[0]
+    assert logreg["trainable_params"] < head_only["trainable_params"] * 10
+    assert line.endswith(".") and "\n" not in line
+    assert json.loads((run / "config.json").read_text())["verdict"] == line
+
+
+def test_compare_shares_one_split_and_one_feature_cache(tiny_run):
+    _, run, table, _ = tiny_run
+    top = (run / "split.csv").read_bytes()
+    for sub in table["run_dir"].unique():
+        assert (run / sub / "split.csv").read_bytes() == top
+    # classify, the head stage of both fine-tuning runs and the t-SNE all used the same cached CNN pass.
+    assert len(list((run / "features").glob("features-*.npz"))) == 1
+    assert not (run / "efficientnet_lite0" / "classify" / "features").exists()
+
+
+def test_compare_writes_every_plot(tiny_run):
+    _, run, _, _ = tiny_run
+    names = {p.name for p in (run / "plots").glob("*.png")}
+    assert names == {
+        "confusion-features.png", "confusion-finetune.png", "confusion-scratch.png", "accuracy-vs-time.png",
+        "curves-efficientnet_lite0-finetune-all.png", "curves-efficientnet_lite0-finetune-none.png",
+        "tsne-efficientnet_lite0.png", "conv-kernels-efficientnet_lite0.png",
+    }
+    for name in names:
+        assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
+    data, run, table, _ = tiny_run
+    from transfer import features
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("the CNN ran although the features were cached")
+
+    monkeypatch.setattr(features, "run_extraction", no_cnn)
+    strategies = CompareConfig(freeze="all,none", strategies="features,finetune", **TINY)
+    again, _ = compare(data, run, strategies, progress=False, log=quiet)
+    both = table[table["strategy"] != "scratch"].set_index("model")["test_accuracy"]
+    assert again.set_index("model")["test_accuracy"].sort_index().equals(both.sort_index())
+
+
+def _preds(y, correct):
+    return pd.DataFrame({"true_label": y, "pred_label": np.where(correct, y, "x")})
+
+
+def _table(rows):
+    return pd.DataFrame(rows, columns=["strategy", "model", "test_accuracy", "train_seconds"])
+
+
+def test_verdict_within_noise_names_the_cheaper_and_the_cost_ratio():
+    y = np.array(["a", "b"] * 50)
+    rng = np.random.default_rng(0)
+    feat_ok = rng.random(100) < 0.95
+    ft_ok = feat_ok.copy()
+    ft_ok[np.flatnonzero(~feat_ok)[:2]] = True  # fine-tuning gets two more right: not significant
+    preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "s": _preds(y, rng.random(100) < 0.6), "_y_true": y}
+    table = _table([["finetune", "t", ft_ok.mean(), 800.0], ["features", "f", feat_ok.mean(), 100.0],
+                    ["scratch", "s", 0.6, 50.0]])
+    line = verdict(table, preds)
+    assert line.startswith("f (") and "within noise of t" in line and "1/8 of its training time" in line
+    assert "use f" in line and "pretraining bought" in line
+
+
+def test_verdict_significant_difference():
+    y = np.array(["a", "b"] * 50)
+    ft_ok = np.ones(100, bool)
+    feat_ok = np.arange(100) >= 30  # 30 more errors, all where fine-tuning is right
+    preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "_y_true": y}
+    table = _table([["finetune", "t", 1.0, 300.0], ["features", "f", 0.7, 100.0]])
+    line = verdict(table, preds)
+    assert line.startswith("t (1.000) beats f (0.700") and "3x its training time" in line and "use t" in line
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(strategies="features,svm"), "Unknown strategy 'svm'"),
+    (dict(backbones="resnet5"), "Unknown backbone 'resnet5'"),
+    (dict(classifiers="logreg,forest"), "Unknown classifier 'forest'"),
+    (dict(freeze=""), "freeze is empty"),
+    (dict(scratch_size=4), "too small for the scratch CNN"),
+    (dict(epochs=-1), "epochs=-1"),
+])
+def test_compare_config_errors(options, message):
+    with pytest.raises(TransferError, match=message):
+        CompareConfig(**options).validated()
+
+
+def test_compare_refuses_a_bad_freeze_before_training(tmp_path):
+    data = colour_folder(tmp_path / "data", n=4)
+    with pytest.raises(TransferError, match="block99"):
+        compare(data, tmp_path / "run", CompareConfig(freeze="none,block99", **TINY), progress=False, log=quiet)
+    assert not (tmp_path / "run").exists()
+
+
+def test_compare_refuses_another_commands_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"command": "classify"}')
+    with pytest.raises(TransferError, match="holds a `classify` run"):
+        compare("digits", tmp_path / "run", CompareConfig(**TINY), progress=False, log=quiet)
+
+
+def test_cli_compare_errors_are_one_line_and_fast(tmp_path):
+    code = ("import sys, cli\nfrom click.testing import CliRunner\n"
+            "r = CliRunner().invoke(cli.main, ['compare', '--strategies', 'features,svm', '--out', sys.argv[1]])\n"
+            "print(r.exit_code, repr(r.output))\nprint('tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                         cwd=ROOT, check=True).stdout.splitlines()
+    assert out[0].startswith("2 ") and "Unknown strategy 'svm'" in out[0] and "Traceback" not in out[0]
+    assert out[1] == "False"
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_compare_prints_table_verdict_and_paths(tmp_path):
+    data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
+    out = tmp_path / "run"
+    args = ["compare", "--data", str(data), "--out", str(out), "--image-size", "32", "--batch-size", "8",
+            "--classifier", "logreg", "--head-epochs", "1", "--epochs", "0", "--freeze", "all",
+            "--no-augment", "--precision", "float32", "--scratch-size", "16", "--scratch-epochs", "1"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 0, result.output
+    assert "val split, 12 images, best first:" in result.output
+    assert "Verdict: " in result.output
+    assert f"Report: {out / 'compare.csv'}" in result.output
+    assert f"Plots:  {out / 'plots'}/" in result.output and "tsne-efficientnet_lite0.png" in result.output
+    assert len(pd.read_csv(out / "compare.csv")) == 3
