@@ -30,6 +30,12 @@ _API = {
     "make_split": "transfer.data",
     "predict_run": "transfer.predict",
     "FinetuneConfig": "transfer.finetune",
+    "ScratchConfig": "transfer.scratch",
+    "train_scratch": "transfer.scratch",
+    "CompareConfig": "transfer.compare",
+    "compare": "transfer.compare",
+    "tsne_plot": "transfer.compare",
+    "conv_kernels_plot": "transfer.compare",
     "load_state_dict": "transfer.torchfile",
     "TransferError": "transfer.errors",
 }

@@ -321,58 +321,80 @@ def make_plots(run: Path, cfg: CompareConfig, table: pd.DataFrame, preds: dict, 
                     history, folder / f"curves-{sub.folder.parent.name}-{sub.folder.name}.png",
                     title=f"{sub.backbone} {sub.folder.name}: head (stage 1) then fine-tuning (stage 2)"))
     for backbone in cfg.backbones:
-        made.append(_tsne(run, cfg, backbone, y_true, list(preds[table["model"].iloc[0]].index), folder, log))
+        made.append(tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png",
+                              seed=cfg.seed))
         tuned = [s for s in subruns if s.strategy == "finetune" and s.backbone == backbone]
-        if tuned:
-            made.append(_kernels(cfg, backbone, tuned, folder, log))
+        if tuned:  # the run that trained the most layers shows the most change
+            sub = max(tuned, key=lambda s: int(pd.read_csv(s.folder / "layers.csv")["trainable"].sum()))
+            png, name, change = conv_kernels_plot(sub.folder, folder / f"conv-kernels-{backbone}.png")
+            made.append(png)
+            log(f"first conv layer {name} of {backbone}: its largest weight change in {sub.folder.name} is "
+                f"{change:.1%} of its largest weight")
     return [m for m in made if m is not None]
 
 
-def _tsne(run, cfg, backbone, labels, paths, folder, log, limit=1000):
-    """Evaluation images in pixel space beside the same images in the backbone's feature space."""
+def tsne_plot(run_dir, cfg, path, *, features_dir=None, limit=1000, seed=0):
+    """t-SNE of a run's evaluation images in pixel space beside the same images in CNN feature space.
+
+    Args:
+        run_dir: a run folder with ``split.csv`` (compare, classify, extract or finetune).
+        cfg: the :class:`~transfer.features.ExtractConfig` of the features to show.
+        path: the PNG to write.
+        features_dir: the feature cache (default ``run_dir/features``): a cached
+            pass over the whole split is reused, otherwise the CNN runs once.
+        limit: at most this many images (a seeded sample; t-SNE is quadratic).
+
+    Returns:
+        The PNG's path, or None when fewer than 5 evaluation images are readable.
+    """
     from transfer import plots
-    from transfer.data import decode_image
+    from transfer.data import decode_image, evaluation_split
     from transfer.features import extract_features
 
-    labels = np.asarray(labels)
-    idx = np.arange(len(paths))
-    if len(idx) > limit:  # t-SNE is quadratic: a seeded sample keeps the plot to seconds
-        idx = np.sort(np.random.default_rng(cfg.seed).choice(idx, limit, replace=False))
-    # The features of the whole split, as strategy 2 cached them (same key: no second CNN pass).
-    everything = pd.read_csv(run / "split.csv", dtype=str, keep_default_na=False)["path"]
-    feats = extract_features(everything, cfg.extract_config(backbone), cache_dir=run / "features", progress=False)
+    run_dir = Path(run_dir)
+    split = pd.read_csv(run_dir / "split.csv", dtype=str, keep_default_na=False)
+    rows = split[split["split"] == evaluation_split(split)]
+    if len(rows) > limit:
+        rows = rows.sample(limit, random_state=seed).sort_index()
+    # The features of the whole split, as strategy 2 caches them (the same key: no second CNN pass).
+    cache = Path(features_dir) if features_dir is not None else run_dir / "features"
+    feats = extract_features(split["path"], cfg, cache_dir=cache, progress=False)
     pos = {p: i for i, p in enumerate(feats.paths)}
-    keep = [i for i in idx if paths[i] in pos]
-    if len(keep) < 5:
-        log(f"t-SNE skipped for {backbone}: fewer than 5 readable evaluation images")
+    rows = rows[rows["path"].isin(pos)]
+    if len(rows) < 5:
         return None
-    pixels = np.stack([decode_image(paths[i], 32, cfg.resize) for i in keep]).astype(np.float32) / 255
-    features = feats.features[[pos[paths[i]] for i in keep]]
-    return plots.tsne_png(pixels, features, labels[keep], folder / f"tsne-{backbone}.png", seed=cfg.seed)
+    pixels = np.stack([decode_image(p, 32, cfg.resize) for p in rows["path"]]).astype(np.float32) / 255
+    features = feats.features[[pos[p] for p in rows["path"]]]
+    return plots.tsne_png(pixels, features, rows["label"].to_numpy(), path, seed=seed)
 
 
-def _kernels(cfg, backbone, tuned, folder, log):
-    """First conv kernels of the ImageNet backbone and of the run that trained the most layers."""
+def conv_kernels_plot(run_dir, path):
+    """The first conv layer's kernels of a fine-tuning run's backbone: ImageNet (before) and tuned (after).
+
+    Args:
+        run_dir: a ``finetune`` run folder (its ``config.json`` and ``model.keras``).
+        path: the PNG to write.
+
+    Returns:
+        ``(png path, layer name, relative change)``: the change is the largest
+        absolute weight change over the largest absolute weight before.
+    """
+    import json
+
     import keras
 
     from transfer import plots
     from transfer.backbones import build_backbone
 
-    def trained_layers(sub):
-        layers = pd.read_csv(sub.folder / "layers.csv")
-        return int(layers["trainable"].sum())
-
-    sub = max(tuned, key=trained_layers)
-    fcfg = cfg.finetune_config(backbone, "none").validated()
-    _, before = _first_conv_kernel(build_backbone(backbone, weights=fcfg.weights, image_size=fcfg.image_size))
-    name, after = _first_conv_kernel(keras.saving.load_model(sub.folder / "model.keras", compile=False))
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())["finetune"]
+    weights = None if cfg["weights"] == "none" else cfg["weights"]
+    _, before = _first_conv_kernel(build_backbone(cfg["backbone"], weights=weights, image_size=cfg["image_size"]))
+    name, after = _first_conv_kernel(keras.saving.load_model(run_dir / "model.keras", compile=False))
     if before is None or after is None:
-        log(f"conv kernel plot skipped for {backbone}: no convolution reads the RGB input")
-        return None
+        raise TransferError(f"{cfg['backbone']} has no convolution that reads the RGB input: no kernels to plot.")
     change = float(np.abs(after - before).max() / max(np.abs(before).max(), 1e-12))
-    log(f"first conv layer {name} of {backbone}: largest change in {sub.folder.name} is {change:.2%} of the "
-        "largest weight")
-    return plots.conv_kernels_png(before, after, folder / f"conv-kernels-{backbone}.png")
+    return plots.conv_kernels_png(before, after, path), name, change
 
 
 def compare(data="digits", out=None, cfg: CompareConfig | None = None, *, val_fraction=0.15, test_fraction=0.15,
