@@ -312,12 +312,6 @@ def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, drop
                f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['test_accuracy']:.3f})")
 
 
-# `transfer compare` with no --data: digits at 96 px (8-px digits gain nothing at 224 px but time), no
-# augmentation (a mirrored digit is another digit) and stage 2 at lr/10 (digits are far from ImageNet, so the
-# backbone has to move more than fastai's lr/100 lets it). Options given on the command line still win.
-DEMO = {"image_size": 96, "augment": False, "lr_mult": 10.0}
-
-
 def _default_out(data) -> Path:
     name = Path(str(data)).stem if str(data) not in ("digits", "fashion-mnist") else str(data)
     return Path("runs") / f"compare-{_slug(name) or 'data'}"
@@ -369,12 +363,12 @@ def compare(data, backbone, out, strategies, classifiers, layer, pooling, freeze
             augment, patience, precision, scratch_size, scratch_epochs, image_size, resize, batch_size, weights,
             val_fraction, test_fraction, seed):
     """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
-    from transfer.compare import CompareConfig
+    from transfer.compare import DEMO_DATA, DEMO_OPTIONS, CompareConfig
 
-    if data is None:
-        data = "digits"
+    if data is None:  # options given on the command line still win over the demo's
+        data = DEMO_DATA
         ctx = click.get_current_context()
-        chosen = {k: v for k, v in DEMO.items()
+        chosen = {k: v for k, v in DEMO_OPTIONS.items()
                   if ctx.get_parameter_source(k) in (None, click.core.ParameterSource.DEFAULT)}
         image_size = chosen.get("image_size", image_size)
         augment = chosen.get("augment", augment)

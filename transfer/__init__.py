@@ -7,6 +7,8 @@ fast paths) do not pull in TensorFlow.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -30,6 +32,7 @@ _API = {
     "make_split": "transfer.data",
     "predict_run": "transfer.predict",
     "FinetuneConfig": "transfer.finetune",
+    "finetune": "transfer.finetune",
     "ScratchConfig": "transfer.scratch",
     "train_scratch": "transfer.scratch",
     "CompareConfig": "transfer.compare",
@@ -45,9 +48,28 @@ __all__ = sorted(_API)
 
 def __getattr__(name):
     if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'transfer' has no attribute {name!r}")
 
 
 def __dir__():
     return sorted(list(globals()) + list(_API))
+
+
+# `transfer.compare` and `transfer.finetune` are both a function of the API and the module that
+# holds it. Importing the module makes Python set the package attribute to the module, which would
+# turn `transfer.compare(...)` into "module is not callable" depending on import order; keep the
+# function (the module stays reachable through `from transfer.compare import ...`).
+_SHADOWED = {name for name, module in _API.items() if module == f"{__name__}.{name}"}
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

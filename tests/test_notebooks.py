@@ -1,0 +1,80 @@
+"""The notebooks run top to bottom on small settings, so that they cannot rot."""
+
+import importlib.util
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("nbclient", "nbformat", "ipykernel")),
+    reason="nbclient, nbformat and ipykernel are needed (pip install -e .[test])")
+
+# Appended to each notebook's `parameters` cell: tiny inputs, one epoch, fewer classifiers.
+SMALL = {
+    "01-quickstart.ipynb": 'OPTIONS = {"image_size": 32, "batch_size": 64, "head_epochs": 1, "epochs": 1, '
+                           '"classifiers": "logreg", "scratch_size": 16, "scratch_epochs": 1, '
+                           '"precision": "float32"}',
+    "02-features-and-svm.ipynb": 'IMAGE_SIZE = 32\nCLASSIFIERS = "logreg,knn"',
+    "03-fine-tuning.ipynb": 'FREEZE = ["all", "none"]\nOPTIONS = {"image_size": 32, "batch_size": 64, '
+                            '"augment": False, "head_epochs": 1, "epochs": 1, "precision": "float32"}',
+}
+
+
+def test_every_notebook_is_tested_and_has_a_parameters_cell():
+    import nbformat
+
+    names = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert names == sorted(SMALL)
+    for name in names:
+        book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+        tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        assert not any(c.get("outputs") for c in book.cells if c.cell_type == "code"), f"{name} is saved with outputs"
+
+
+def run_notebook(name, tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    book = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    cell = next(c for c in book.cells if "parameters" in c.metadata.get("tags", []))
+    out = tmp_path / "out"
+    cell.source += f"\n# test overrides\nOUT = {str(out)!r}\n{SMALL[name]}\n"
+    NotebookClient(book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    return book, out
+
+
+def _images(book):
+    return sum("image/png" in o.get("data", {}) for c in book.cells if c.cell_type == "code" for o in c.outputs)
+
+
+def test_quickstart_notebook(tmp_path):
+    book, out = run_notebook("01-quickstart.ipynb", tmp_path)
+    table = pd.read_csv(out / "compare.csv")
+    assert set(table["strategy"]) == {"features", "finetune", "scratch"}
+    assert _images(book) == len(list((out / "plots").glob("*.png"))) >= 5
+
+
+def test_features_notebook(tmp_path):
+    book, out = run_notebook("02-features-and-svm.ipynb", tmp_path)
+    for layer in ("pooled", "flatten", "block6a_expand_activation"):
+        metrics = pd.read_csv(out / layer / "metrics.csv")
+        assert sorted(metrics["classifier"]) == ["knn", "logreg"]
+        assert (metrics["layer"] == layer).all()
+    assert (out / "tsne.png").stat().st_size > 0 and _images(book) == 1
+
+
+def test_fine_tuning_notebook(tmp_path):
+    book, out = run_notebook("03-fine-tuning.ipynb", tmp_path)
+    runs = ["freeze-all", "freeze-none", "freeze-none-train-bn"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("freeze-")) == runs
+    bn = {}
+    for run in runs:
+        layers = pd.read_csv(out / run / "layers.csv")
+        bn[run] = int(layers.loc[layers["type"] == "BatchNormalization", "trainable"].sum())
+    assert bn["freeze-all"] == bn["freeze-none"] == 0 < bn["freeze-none-train-bn"]
+    assert _images(book) == len(runs) + 1
