@@ -179,6 +179,25 @@ def _report_skipped_count(out: Path):
             click.echo(f"{_count(n, 'file')} could not be read and were skipped: see {skipped}")
 
 
+def _pixels_and_split_options(f):
+    """Options every training command shares: how images become pixels, and the split."""
+    options = [
+        click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True,
+                     help="crop: keep aspect, centre-crop; plain: stretch."),
+        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
+        click.option("--weights", default="imagenet", show_default=True,
+                     help="'imagenet', 'none' or a weights file."),
+        click.option("--val-fraction", type=float, default=0.15, show_default=True,
+                     help="Validation share when the data has no splits of its own."),
+        click.option("--test-fraction", type=float, default=0.15, show_default=True,
+                     help="Test share when the data has no splits of its own."),
+        click.option("--seed", type=int, default=0, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 def _extract_options(f):
     options = [
         _backbone_option,
@@ -192,16 +211,7 @@ def _extract_options(f):
         click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
                      help="Pooling of conv outputs ('none' flattens them)."),
         click.option("--image-size", type=click.IntRange(8), help="Input size (default: the backbone's)."),
-        click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True,
-                     help="crop: keep aspect, centre-crop; plain: stretch."),
-        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
-        click.option("--weights", default="imagenet", show_default=True,
-                     help="'imagenet', 'none' or a weights file."),
-        click.option("--val-fraction", type=float, default=0.15, show_default=True,
-                     help="Validation share when the data has no splits of its own."),
-        click.option("--test-fraction", type=float, default=0.15, show_default=True,
-                     help="Test share when the data has no splits of its own."),
-        click.option("--seed", type=int, default=0, show_default=True),
+        _pixels_and_split_options,
     ]
     for option in reversed(options):
         f = option(f)
@@ -283,12 +293,7 @@ def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size
               default="auto", show_default=True)
 @click.option("--train-bn", is_flag=True, help="Let BatchNorm layers train (in training mode).")
 @click.option("--image-size", type=click.IntRange(8), help="Input size (default: the backbone's).")
-@click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, help="'imagenet', 'none' or a weights file.")
-@click.option("--val-fraction", type=float, default=0.15, show_default=True)
-@click.option("--test-fraction", type=float, default=0.15, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@_pixels_and_split_options
 @click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache for stage 1 (default: OUT/features); a classify run's features/ reuses its CNN pass.")
 def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, dropout, hidden, augment, class_weight,
@@ -353,12 +358,7 @@ def _slug(text):
               help="Input size of the from-scratch CNN.")
 @click.option("--scratch-epochs", type=click.IntRange(1), default=30, show_default=True)
 @click.option("--image-size", type=click.IntRange(8), help="Input size of the backbone (default: its own).")
-@click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True)
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--weights", default="imagenet", show_default=True, help="'imagenet', 'none' or a weights file.")
-@click.option("--val-fraction", type=float, default=0.15, show_default=True)
-@click.option("--test-fraction", type=float, default=0.15, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@_pixels_and_split_options
 def compare(data, backbone, out, strategies, classifiers, layer, pooling, freeze, head_epochs, epochs, lr, lr_mult,
             augment, patience, precision, scratch_size, scratch_epochs, image_size, resize, batch_size, weights,
             val_fraction, test_fraction, seed):

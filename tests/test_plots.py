@@ -43,3 +43,17 @@ def test_conv_kernels_before_after(tmp_path):
     before = rng.normal(size=(3, 3, 3, 32))
     path = plots.conv_kernels_png(before, before + 0.1, tmp_path / "kernels.png")
     assert is_png(path) and not list(tmp_path.glob(".*"))  # written atomically, no temp left
+
+
+def test_accuracy_vs_time_labels_do_not_overlap_and_are_short():
+    from transfer.plots import _short_label, _spread
+
+    xs, ys = np.array([5.0, 5.5, 6.0, 200.0]), np.array([0.95, 0.948, 0.94, 0.95])
+    heights = _spread(xs, ys, gap=0.01)
+    close = np.sort(heights[:3])
+    assert np.all(np.diff(close) >= 0.01 - 1e-12)  # the three points near 5 s get separate lines
+    assert heights[3] == ys[3] and heights[0] == ys[0]  # a lone point and the top one keep their own height
+    row = {"strategy": "features", "backbone": "resnet50", "classifier": "logreg", "model": "resnet50 features"}
+    assert _short_label(row, False) == "features + logreg"
+    assert _short_label(row, True) == "resnet50 features + logreg"
+    assert _short_label({"strategy": "finetune", "freeze": "100", "backbone": "b"}, False) == "fine-tuned, freeze 100"

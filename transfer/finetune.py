@@ -243,6 +243,7 @@ def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=N
     if shuffle:
         ds = ds.shuffle(len(paths), seed=cfg.seed, reshuffle_each_iteration=True)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
     def readable(img, y, ok):
         return ok
 
@@ -257,6 +258,8 @@ def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=N
     if augment:
         aug = _augmenter(cfg.seed)
 
+        # Keras layers are graph-ready: AutoGraph would only fail to read importlib's source and warn about it.
+        @tf.autograph.experimental.do_not_convert
         def augmented(x, y):
             return aug(x, training=True), y
 

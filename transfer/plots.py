@@ -72,19 +72,59 @@ def training_curves_png(history: pd.DataFrame, path, title="") -> Path:
     return _save(plt, fig, path)
 
 
+def _short_label(row: dict, several_backbones: bool) -> str:
+    strategy = row.get("strategy", "")
+    if strategy == "features" and row.get("classifier"):
+        name = f"features + {row['classifier']}"
+    elif strategy == "finetune" and row.get("freeze"):
+        name = f"fine-tuned, freeze {row['freeze']}"
+    elif strategy == "scratch":
+        return "scratch CNN"
+    else:
+        name = str(row.get("model") or row.get("classifier") or strategy)
+    return f"{row['backbone']} {name}" if several_backbones and row.get("backbone") else name
+
+
+def _spread(xs, ys, gap, near=0.7):
+    """Label heights: each point's own, moved down where labels of points close in log-x would overlap."""
+    order = np.argsort(-np.asarray(ys), kind="stable")
+    placed: list[tuple[float, float]] = []
+    heights = np.asarray(ys, dtype=float).copy()
+    for i in order:
+        y = heights[i]
+        for lx, ly in sorted(placed, key=lambda p: -p[1]):
+            if abs(np.log10(xs[i]) - lx) < near and y > ly - gap:
+                y = ly - gap
+        heights[i] = y
+        placed.append((float(np.log10(xs[i])), y))
+    return heights
+
+
 def accuracy_vs_time_png(table: pd.DataFrame, path, time_column="train_seconds") -> Path:
-    """One point per trained model: accuracy against training time, coloured by strategy."""
-    plt, (fig, ax) = _figure(figsize=(6, 4))
-    for strategy, rows in table.groupby("strategy"):
-        ax.scatter(rows[time_column], rows["test_accuracy"], label=strategy, s=30)
-        for r in rows.itertuples():
-            name = getattr(r, "model", "") or getattr(r, "classifier", "") or strategy
-            ax.annotate(str(name), (getattr(r, time_column), r.test_accuracy), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+    """One point per trained model: accuracy against training time (log scale), coloured by strategy."""
+    plt, (fig, ax) = _figure(figsize=(7.5, 4.5))
+    rows = table[table[time_column] > 0].reset_index(drop=True)
+    several = "backbone" in rows and rows.loc[rows["strategy"] != "scratch", "backbone"].nunique() > 1
+    order = ["features", "finetune", "scratch"]  # fixed colours: the same strategy looks the same in every run
+    for strategy in order + sorted(set(rows["strategy"]) - set(order)):
+        group = rows[rows["strategy"] == strategy]
+        if len(group):
+            colour = f"C{order.index(strategy)}" if strategy in order else None
+            ax.scatter(group[time_column], group["test_accuracy"], label=strategy, s=30, color=colour)
+    if len(rows):
+        xs, ys = rows[time_column].to_numpy(float), rows["test_accuracy"].to_numpy(float)
+        span = max(ys.max() - ys.min(), 0.02)
+        heights = _spread(xs, ys, gap=0.055 * span)
+        for r, x, y, h in zip(rows.to_dict("records"), xs, ys, heights, strict=True):
+            moved = abs(h - y) > 1e-12
+            ax.annotate(_short_label(r, several), (x, y), xytext=(x * 1.12, h), fontsize=7, va="center",
+                        arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"} if moved else None)
+        ax.set_xlim(xs.min() / 1.5, xs.max() * 6)  # room on the right for the last labels
+        ax.set_ylim(min(ys.min(), heights.min()) - 0.05 * span, ys.max() + 0.08 * span)
     ax.set_xscale("log")
-    ax.set_xlabel("training time (s, log scale)")
+    ax.set_xlabel(f"{time_column.replace('_', ' ')} (log scale)")
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     return _save(plt, fig, path)
 
 

@@ -1,0 +1,66 @@
+"""`transfer compare` at real sizes: hymenoptera with defaults and the digits demo (marked slow; run in CI)."""
+
+import re
+import time
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from transfer.compare import CompareConfig, compare
+
+PLOTS = {"confusion-features.png", "confusion-finetune.png", "confusion-scratch.png", "accuracy-vs-time.png",
+         "curves-efficientnet_lite0-finetune-none.png", "tsne-efficientnet_lite0.png",
+         "conv-kernels-efficientnet_lite0.png"}
+
+
+def best(table, strategy):
+    return table[table["strategy"] == strategy].iloc[0]
+
+
+@pytest.mark.slow
+def test_hymenoptera_compare_with_defaults(hymenoptera, tmp_path):
+    start = time.perf_counter()
+    table, line = compare(hymenoptera, tmp_path / "run", CompareConfig(), progress=False)
+    minutes = (time.perf_counter() - start) / 60
+    print(table.drop(columns=["run_dir"]).to_string(index=False))
+    print(f"Verdict: {line}\nwall time {minutes:.1f} min")
+    assert list(pd.read_csv(tmp_path / "run" / "compare.csv")["model"]) == list(table["model"])
+    assert set(table["strategy"]) == {"features", "finetune", "scratch"}
+    assert (table["eval_split"] == "val").all() and (table["n_test"] == 153).all()
+    features, tuned, scratch = (best(table, s) for s in ("features", "finetune", "scratch"))
+    assert features["test_accuracy"] >= 0.93 and tuned["test_accuracy"] >= 0.93
+    # "clearly below": a paired test says so, and the gap is larger than either interval's half-width
+    assert scratch["differs_from_best"] == "yes"
+    assert scratch["accuracy_ci_high"] < min(features["accuracy_ci_low"], tuned["accuracy_ci_low"])
+    assert PLOTS <= {p.name for p in (tmp_path / "run" / "plots").glob("*.png")}
+    assert "pretraining bought +" in line
+
+
+@pytest.mark.slow
+def test_digits_demo_is_the_command_with_no_arguments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["compare"])
+    assert result.exit_code == 0, result.output
+    print(result.output[-3000:])
+    assert "No --data given: the digits demo, as `transfer compare --data digits --image-size 96 --no-augment " \
+           "--lr-mult 10`." in result.output
+    run = tmp_path / "runs" / "compare-digits"
+    assert f"Report: {run.relative_to(tmp_path) / 'compare.csv'}" in result.output
+    table = pd.read_csv(run / "compare.csv")
+    assert set(table["strategy"]) == {"features", "finetune", "scratch"}
+    assert (table["n_test"] == 270).all()
+    assert PLOTS <= {p.name for p in (run / "plots").glob("*.png")}
+    # The verdict agrees with the table: it names the better of the two strategies' best rows and its accuracy.
+    line = re.search(r"Verdict: (.*)", result.output).group(1)
+    features, tuned = best(table, "features"), best(table, "finetune")
+    top = max((features, tuned), key=lambda r: r["test_accuracy"])
+    assert f"{top['model']} ({top['test_accuracy']:.3f}" in line
+    within = "within noise" in line.split(";")[0]
+    p = table.loc[table["model"] == min((features, tuned), key=lambda r: r["test_accuracy"])["model"],
+                  "mcnemar_p_vs_best"].iloc[0]
+    if top["differs_from_best"] == "best":  # the p-value in the table is against this very row
+        assert within == (p >= 0.05)
+    print(f"digits: features {features['model']} {features['test_accuracy']:.3f} vs fine-tuned "
+          f"{tuned['test_accuracy']:.3f}")
