@@ -319,13 +319,9 @@ def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, drop
 
 def _default_out(data) -> Path:
     name = Path(str(data)).stem if str(data) not in ("digits", "fashion-mnist") else str(data)
+    from transfer.compare import _slug
+
     return Path("runs") / f"compare-{_slug(name) or 'data'}"
-
-
-def _slug(text):
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
 @main.command()
@@ -365,7 +361,8 @@ def compare(data, backbone, out, strategies, classifiers, layer, pooling, freeze
     """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
     from transfer.compare import DEMO_DATA, DEMO_OPTIONS, CompareConfig
 
-    if data is None:  # options given on the command line still win over the demo's
+    demo = data is None
+    if demo:  # options given on the command line still win over the demo's
         data = DEMO_DATA
         ctx = click.get_current_context()
         chosen = {k: v for k, v in DEMO_OPTIONS.items()
@@ -373,14 +370,15 @@ def compare(data, backbone, out, strategies, classifiers, layer, pooling, freeze
         image_size = chosen.get("image_size", image_size)
         augment = chosen.get("augment", augment)
         lr_mult = chosen.get("lr_mult", lr_mult)
-        click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size {image_size} "
-                   f"--{'' if augment else 'no-'}augment --lr-mult {lr_mult:g}`.")
     out = out or _default_out(data)
     cfg = CompareConfig(backbones=backbone, strategies=strategies, classifiers=classifiers, layer=layer,
                         pooling=None if pooling == "none" else pooling, image_size=image_size, resize=resize,
                         batch_size=batch_size, weights=weights, freeze=freeze, head_epochs=head_epochs,
                         epochs=epochs, lr=lr, lr_mult=lr_mult, augment=augment, patience=patience, precision=precision,
                         scratch_size=scratch_size, scratch_epochs=scratch_epochs, seed=seed).validated()
+    if demo:
+        click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size {image_size} "
+                   f"--{'' if augment else 'no-'}augment --lr-mult {lr_mult:g}`.")
     from transfer.compare import compare as run_compare
 
     table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,

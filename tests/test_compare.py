@@ -47,10 +47,11 @@ def test_compare_report_rows_and_statistics(tiny_run):
     assert (table["inference_images_per_second"] > 0).all()
     assert (table["trainable_params"] > 0).all()
     assert (table["train_seconds"] > 0).all()
-    # Features rows are a classifier on the frozen CNN: their trainable parameters are the classifier's.
-    logreg = table[table["classifier"] == "logreg"].iloc[0]
-    head_only = table[table["freeze"] == "all"].iloc[0]
-    assert logreg["trainable_params"] < head_only["trainable_params"] * 10
+    # Features rows are a classifier on the frozen CNN: their trainable parameters are the classifier's:
+    # the scaler's mean, var and scale (3 x 1280) and a binary logistic regression's coef (1280) + intercept.
+    assert table.loc[table["classifier"] == "logreg", "trainable_params"].iloc[0] == 3 * 1280 + 1280 + 1
+    # The head alone: a dense 1280 -> 2 softmax layer.
+    assert table.loc[table["freeze"] == "all", "trainable_params"].iloc[0] == 1280 * 2 + 2
     assert line.endswith(".") and "\n" not in line
     assert json.loads((run / "config.json").read_text())["verdict"] == line
 
@@ -85,10 +86,44 @@ def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
         raise AssertionError("the CNN ran although the features were cached")
 
     monkeypatch.setattr(features, "run_extraction", no_cnn)
-    strategies = CompareConfig(freeze="all,none", strategies="features,finetune", **TINY)
-    again, _ = compare(data, run, strategies, progress=False, log=quiet)
-    both = table[table["strategy"] != "scratch"].set_index("model")["test_accuracy"]
-    assert again.set_index("model")["test_accuracy"].sort_index().equals(both.sort_index())
+    plots_before = sorted(p.name for p in (run / "plots").glob("*.png"))
+    again, _ = compare(data, run, CompareConfig(freeze="all,none", **TINY), progress=False, log=quiet)
+    pretrained = table[table["strategy"] != "scratch"].set_index("model")["test_accuracy"]
+    assert again[again["strategy"] != "scratch"].set_index("model")["test_accuracy"].sort_index().equals(
+        pretrained.sort_index())
+    assert sorted(p.name for p in (run / "plots").glob("*.png")) == plots_before
+    assert not (run / ".plots-new").exists()
+
+
+def test_a_failure_while_plotting_keeps_the_previous_report_and_plots(tmp_path, monkeypatch):
+    import importlib
+
+    compare_module = importlib.import_module("transfer.compare")  # transfer.compare is the function
+
+    data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
+    run = tmp_path / "run"
+    options = dict(TINY, strategies="features", classifiers="logreg")
+    compare(data, run, CompareConfig(**options), progress=False, log=quiet)
+    before = {p.name: p.read_bytes() for p in [run / "compare.csv", *(run / "plots").glob("*.png")]}
+    real = compare_module.tsne_plot
+
+    def half_then_fail(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(compare_module, "tsne_plot", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        compare(data, run, CompareConfig(**dict(options, classifiers="logreg,knn")), progress=False, log=quiet)
+    after = {p.name: p.read_bytes() for p in [run / "compare.csv", *(run / "plots").glob("*.png")]}
+    assert after == before
+
+
+def test_freeze_values_stay_names_in_the_report(tmp_path):
+    data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
+    table, _ = compare(data, tmp_path / "run", CompareConfig(**dict(TINY, strategies="finetune", freeze="0.50,all",
+                                                                    epochs=0)), progress=False, log=quiet)
+    assert sorted(table["freeze"]) == ["0.50", "all"]
+    assert sorted(pd.read_csv(tmp_path / "run" / "compare.csv", dtype={"freeze": str})["freeze"]) == ["0.50", "all"]
 
 
 def _preds(y, correct):
@@ -111,6 +146,31 @@ def test_verdict_within_noise_names_the_cheaper_and_the_cost_ratio():
     line = verdict(table, preds)
     assert line.startswith("f (") and "within noise of t" in line and "1/8 of its training time" in line
     assert "use f" in line and "pretraining bought" in line
+
+
+def test_verdict_scratch_names_the_pretrained_model_it_is_tested_against():
+    y = np.array(["a", "b"] * 50)
+    ft_ok = np.ones(100, bool)
+    feat_ok = ft_ok.copy()
+    feat_ok[:3] = False  # features: within noise of fine-tuning, and much cheaper
+    scratch_ok = ft_ok.copy()
+    scratch_ok[-4:] = False  # scratch: within noise of the fine-tuned model too
+    preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "s": _preds(y, scratch_ok), "_y_true": y}
+    table = _table([["finetune", "t", 1.0, 800.0], ["features", "f", 0.97, 100.0], ["scratch", "s", 0.96, 50.0]])
+    line = verdict(table, preds)
+    assert "use f" in line and "the scratch CNN (0.960) is within noise of t (1.000, p=" in line
+
+
+def test_verdict_when_the_scratch_cnn_wins():
+    y = np.array(["a", "b"] * 50)
+    scratch_ok = np.ones(100, bool)
+    ft_ok = np.arange(100) >= 30
+    feat_ok = np.arange(100) >= 32
+    preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "s": _preds(y, scratch_ok), "_y_true": y}
+    table = _table([["scratch", "s", 1.0, 50.0], ["finetune", "t", 0.7, 800.0], ["features", "f", 0.68, 100.0]])
+    line = verdict(table, preds)
+    assert "; but the scratch CNN (1.000) beats t (0.700, p=" in line
+    assert "pretraining did not help here, use the scratch CNN." in line
 
 
 def test_verdict_significant_difference():
@@ -150,13 +210,20 @@ def test_compare_refuses_another_commands_folder(tmp_path):
         compare("digits", tmp_path / "run", CompareConfig(**TINY), progress=False, log=quiet)
 
 
-def test_cli_compare_errors_are_one_line_and_fast(tmp_path):
-    code = ("import sys, cli\nfrom click.testing import CliRunner\n"
-            "r = CliRunner().invoke(cli.main, ['compare', '--strategies', 'features,svm', '--out', sys.argv[1]])\n"
+@pytest.mark.parametrize(("args", "message"), [
+    (["--strategies", "features,svm"], "Unknown strategy 'svm'"),
+    (["--data", "/nonexistent/folder"], "--data '/nonexistent/folder' is not a folder"),
+    (["--backbone", "resnet5"], "Unknown backbone 'resnet5'"),
+])
+def test_cli_compare_errors_are_one_line_and_fast(tmp_path, args, message):
+    code = ("import sys, json, cli\nfrom click.testing import CliRunner\n"
+            "r = CliRunner().invoke(cli.main, ['compare', '--out', sys.argv[1]] + json.loads(sys.argv[2]))\n"
             "print(r.exit_code, repr(r.output))\nprint('tensorflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                         cwd=ROOT, check=True).stdout.splitlines()
-    assert out[0].startswith("2 ") and "Unknown strategy 'svm'" in out[0] and "Traceback" not in out[0]
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), json.dumps(args)], capture_output=True,
+                         text=True, cwd=ROOT, check=True).stdout.splitlines()
+    assert out[0].startswith("2 ") and out[0][2:].lstrip("'\"").startswith("Error: ")
+    assert message in out[0] and "Traceback" not in out[0]
+    assert out[0].count("\\n") == 1, "one line"
     assert out[1] == "False"
     assert not (tmp_path / "run").exists()
 

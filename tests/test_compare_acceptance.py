@@ -60,7 +60,7 @@ def test_digits_demo_is_the_command_with_no_arguments(tmp_path, monkeypatch):
     within = "within noise" in line.split(";")[0]
     p = table.loc[table["model"] == min((features, tuned), key=lambda r: r["test_accuracy"])["model"],
                   "mcnemar_p_vs_best"].iloc[0]
-    if top["differs_from_best"] == "best":  # the p-value in the table is against this very row
-        assert within == (p >= 0.05)
+    assert top["differs_from_best"] == "best"  # so the p-value in the table is against this very row
+    assert within == (p >= 0.05)
     print(f"digits: features {features['model']} {features['test_accuracy']:.3f} vs fine-tuned "
           f"{tuned['test_accuracy']:.3f}")

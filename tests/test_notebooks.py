@@ -56,6 +56,10 @@ def test_quickstart_notebook(tmp_path):
     book, out = run_notebook("01-quickstart.ipynb", tmp_path)
     table = pd.read_csv(out / "compare.csv")
     assert set(table["strategy"]) == {"features", "finetune", "scratch"}
+    # The per-class cell shows the best model's classes (whichever strategy won), not an empty table.
+    cell = next(c for c in book.cells if c.cell_type == "code" and "per_class.csv" in c.source)
+    shown = next(o["data"]["text/plain"] for o in cell.outputs if "text/plain" in o.get("data", {}))
+    assert all(f"\n{i} " in shown for i in range(10)) and "support" in shown
     assert _images(book) == len(list((out / "plots").glob("*.png"))) >= 5
 
 

@@ -53,6 +53,9 @@ def test_accuracy_vs_time_labels_do_not_overlap_and_are_short():
     close = np.sort(heights[:3])
     assert np.all(np.diff(close) >= 0.01 - 1e-12)  # the three points near 5 s get separate lines
     assert heights[3] == ys[3] and heights[0] == ys[0]  # a lone point and the top one keep their own height
+    # A label that would run over another model's point moves below it.
+    heights = _spread(np.array([19.6, 25.5]), np.array([0.959, 0.959]), gap=0.005)
+    assert heights[0] <= 0.959 - 0.005 + 1e-12 and heights[1] == 0.959
     row = {"strategy": "features", "backbone": "resnet50", "classifier": "logreg", "model": "resnet50 features"}
     assert _short_label(row, False) == "features + logreg"
     assert _short_label(row, True) == "resnet50 features + logreg"

@@ -39,6 +39,11 @@ _API = {
     "compare": "transfer.compare",
     "tsne_plot": "transfer.compare",
     "conv_kernels_plot": "transfer.compare",
+    "confusion_matrix_png": "transfer.plots",
+    "training_curves_png": "transfer.plots",
+    "accuracy_vs_time_png": "transfer.plots",
+    "tsne_png": "transfer.plots",
+    "conv_kernels_png": "transfer.plots",
     "load_state_dict": "transfer.torchfile",
     "TransferError": "transfer.errors",
 }

@@ -15,6 +15,7 @@ sub-run folder per trained model family, and the combined report::
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 from pathlib import Path
@@ -145,7 +146,7 @@ def _names(value) -> tuple[str, ...]:
 
 
 def _slug(value: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value)).strip("_")
 
 
 @dataclasses.dataclass
@@ -167,7 +168,8 @@ def _share_split(run: Path, folder: Path):
 
 
 def _read_subrun(sub: SubRun) -> tuple[pd.DataFrame, pd.DataFrame]:
-    metrics = pd.read_csv(sub.folder / "metrics.csv")
+    # classifier and freeze are names: "0.50" must not become 0.5, nor ".5" and "0.5" the same model
+    metrics = pd.read_csv(sub.folder / "metrics.csv", dtype={"classifier": str, "freeze": str})
     preds = pd.read_csv(sub.folder / "predictions.csv", dtype={"true_label": str, "pred_label": str})
     return metrics, preds
 
@@ -282,13 +284,15 @@ def verdict(table: pd.DataFrame, preds: dict) -> str:
         pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["test_accuracy"])
         p = p_between(pre, s)
         gain = pre["test_accuracy"] - s["test_accuracy"]
+        # Against the most accurate pretrained model, named, since it need not be the one recommended above.
         if p < SIGNIFICANCE and gain > 0:
             parts.append(f"pretraining bought {gain:+.3f} over the scratch CNN ({s['test_accuracy']:.3f}, p={p:.3g})")
         elif p < SIGNIFICANCE:
-            parts.append(f"the scratch CNN ({s['test_accuracy']:.3f}) beats pretraining here (p={p:.3g})")
+            parts.append(f"but the scratch CNN ({s['test_accuracy']:.3f}) beats {pre['model']} "
+                         f"({pre['test_accuracy']:.3f}, p={p:.3g}): pretraining did not help here, use the scratch CNN")
         else:
-            parts.append(f"the scratch CNN ({s['test_accuracy']:.3f}) is within noise of it (p={p:.2f}): "
-                         "pretraining bought nothing significant here")
+            parts.append(f"the scratch CNN ({s['test_accuracy']:.3f}) is within noise of {pre['model']} "
+                         f"({pre['test_accuracy']:.3f}, p={p:.2f}): pretraining bought nothing significant here")
     return "; ".join(parts) + "."
 
 
@@ -307,11 +311,12 @@ def _first_conv_kernel(model):
     return None, None
 
 
-def make_plots(run: Path, cfg: CompareConfig, table: pd.DataFrame, preds: dict, subruns, classes, log=print):
-    """Every PNG of the report, into ``run/plots``; returns their paths."""
+def make_plots(run: Path, cfg: CompareConfig, table: pd.DataFrame, preds: dict, subruns, classes, log=print,
+               folder=None):
+    """Every PNG of the report, into ``folder`` (default ``run/plots``); returns their paths."""
     from transfer import plots
 
-    folder = run / "plots"
+    folder = Path(folder) if folder is not None else run / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     made = []
     y_true = preds["_y_true"]
@@ -331,15 +336,19 @@ def make_plots(run: Path, cfg: CompareConfig, table: pd.DataFrame, preds: dict, 
                     history, folder / f"curves-{sub.folder.parent.name}-{sub.folder.name}.png",
                     title=f"{sub.backbone} {sub.folder.name}: head (stage 1) then fine-tuning (stage 2)"))
     for backbone in cfg.backbones:
-        made.append(tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png",
-                              seed=cfg.seed))
+        if "features" in cfg.strategies:  # the features strategy 2 used, from its cache: no second CNN pass
+            made.append(tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png",
+                                  seed=cfg.seed))
         tuned = [s for s in subruns if s.strategy == "finetune" and s.backbone == backbone]
-        if tuned:  # the run that trained the most layers shows the most change
+        if tuned and cfg.weights == "none":
+            log(f"no conv-kernels plot for {backbone}: with --weights none there are no pretrained kernels to "
+                "compare with")
+        elif tuned:  # the run that trained the most layers shows the most change
             sub = max(tuned, key=lambda s: int(pd.read_csv(s.folder / "layers.csv")["trainable"].sum()))
             png, name, change = conv_kernels_plot(sub.folder, folder / f"conv-kernels-{backbone}.png")
             made.append(png)
             log(f"first conv layer {name} of {backbone}: its largest weight change in {sub.folder.name} is "
-                f"{change:.1%} of its largest weight")
+                f"{change:.2%} of its largest weight")
     return [m for m in made if m is not None]
 
 
@@ -398,7 +407,10 @@ def conv_kernels_plot(run_dir, path):
 
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())["finetune"]
-    weights = None if cfg["weights"] == "none" else cfg["weights"]
+    if cfg["weights"] == "none":
+        raise TransferError(f"{run_dir} was fine-tuned from random weights (weights='none'): there are no "
+                            "pretrained kernels to compare with.")
+    weights = cfg["weights"]
     _, before = _first_conv_kernel(build_backbone(cfg["backbone"], weights=weights, image_size=cfg["image_size"]))
     name, after = _first_conv_kernel(keras.saving.load_model(run_dir / "model.keras", compile=False))
     if before is None or after is None:
@@ -431,6 +443,7 @@ def compare(data="digits", out=None, cfg: CompareConfig | None = None, *, val_fr
         raise TransferError("out is required: the folder the compare run writes to.")
     run = Path(out)
     check_run_folder(run, "compare")
+    source = resolve_source(data)  # a wrong --data fails here, before TensorFlow is loaded
     for backbone in cfg.backbones if "finetune" in cfg.strategies else ():
         from transfer.backbones import build_backbone
         from transfer.finetune import frozen_count
@@ -439,7 +452,6 @@ def compare(data="digits", out=None, cfg: CompareConfig | None = None, *, val_fr
                                 .validated().image_size).layers
         for f in cfg.freeze:  # every --freeze value, before hours of training run into a typo
             frozen_count(f, layers)
-    source = resolve_source(data)
     run.mkdir(parents=True, exist_ok=True)
     split = prepare_split(source, run, val_fraction, test_fraction, cfg.seed)
     classes = sorted(set(split["label"]))
@@ -473,14 +485,23 @@ def compare(data="digits", out=None, cfg: CompareConfig | None = None, *, val_fr
 
     table, preds = combine(subruns, run, seed=cfg.seed)
     line = verdict(table, preds)
-    made = make_plots(run, cfg, table, preds, subruns, classes, log=log)
+    # Plots are drawn into a staging folder: a failure while drawing leaves the previous report and plots whole.
+    staging = run / ".plots-new"
+    shutil.rmtree(staging, ignore_errors=True)
+    drawn = make_plots(run, cfg, table, preds, subruns, classes, log=log, folder=staging)
     skipped = [pd.read_csv(s.folder / "skipped.csv", dtype=str) for s in subruns if (s.folder / "skipped.csv").exists()]
     write_csv(pd.concat(skipped).drop_duplicates("path").sort_values("path") if skipped
               else pd.DataFrame(columns=["path", "reason"]), run / "skipped.csv")
     write_csv(table, run / "compare.csv")
-    for old in (run / "plots").glob("*.png"):  # plots of models an earlier compare here had, this one has not
+    plots_dir = run / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    made = [plots_dir / png.name for png in drawn]
+    for png in drawn:
+        os.replace(png, plots_dir / png.name)
+    for old in plots_dir.glob("*.png"):  # plots of models an earlier compare here had, this one has not
         if old not in made:
             old.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
     write_config(run / "config.json", {
         "command": "compare", "data": str(data), "compare": dataclasses.asdict(cfg), "val_fraction": val_fraction,
         "test_fraction": test_fraction, "split_reused": bool(split.attrs.get("reused", False)),

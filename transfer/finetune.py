@@ -250,6 +250,8 @@ def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=N
     def to_float(img, y, ok):
         return tf.cast(img, tf.float32), y
 
+    # A backbone's preprocess_input may import lazily: AutoGraph cannot read importlib's source and would warn.
+    @tf.autograph.experimental.do_not_convert
     def preprocess_batch(x, y):
         return preprocess_input(x), y
 
@@ -258,8 +260,7 @@ def image_batches(paths, labels, cfg, *, shuffle=False, augment=False, skipped=N
     if augment:
         aug = _augmenter(cfg.seed)
 
-        # Keras layers are graph-ready: AutoGraph would only fail to read importlib's source and warn about it.
-        @tf.autograph.experimental.do_not_convert
+        @tf.autograph.experimental.do_not_convert  # Keras layers are graph-ready
         def augmented(x, y):
             return aug(x, training=True), y
 
@@ -396,7 +397,8 @@ def _make_callback(state: RunState, stage: str, monitor: str, cfg, log):
                     opt.learning_rate.assign(max(lr * 0.3, 1e-7))
                     s["lr_wait"] = 0
                 if cfg.patience and s["wait"] >= cfg.patience:
-                    log(f"early stopping: {monitor} has not improved for {cfg.patience} epochs")
+                    if epoch + 1 < self.params.get("epochs", epoch + 2):  # not when the last epoch just ran
+                        log(f"early stopping: {monitor} has not improved for {cfg.patience} epochs")
                     self.model.stop_training = True
             s["epoch"] = epoch + 1
             s["lr"] = float(np.asarray(opt.learning_rate))
@@ -578,9 +580,11 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         train = batches(train_rows, shuffle=True, augment=cfg.augment, skipped=skipped)
         val = batches(val_rows, skipped=skipped) if len(val_rows) else None
 
-        if state.meta["stages"] and all(state.stage(st)["done"] for st in ("head", "finetune")
-                                        if (cfg.head_epochs if st == "head" else cfg.epochs)):
+        finished = bool(state.meta["stages"]) and all(state.stage(st)["done"] for st in ("head", "finetune")
+                                                      if (cfg.head_epochs if st == "head" else cfg.epochs))
+        if finished:
             log(f"{out} holds this run, finished: evaluating its best model without training")
+        say = (lambda msg: None) if finished else log  # no "stage 1: ..." lines for stages that will not train
         # Stage 1: the head alone.
         backbone.trainable = False
         head_epochs = 0
@@ -590,7 +594,7 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         feature_key = None
         if cfg.head_epochs:
             if head_from_features:
-                log(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} on the backbone's features "
+                say(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} on the backbone's features "
                     f"(cached in {features_dir})")
                 head, head_epochs, feats = _head_on_features(cfg, split, index_of, classes, state, class_weight,
                                                              features_dir, log, strategy)
@@ -599,7 +603,7 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
                 for layer in head.layers[1:]:
                     model.get_layer(layer.name).set_weights(layer.get_weights())
             else:
-                log(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} through the frozen backbone")
+                say(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} through the frozen backbone")
                 head_epochs = _fit_stage(model, state, "head", train, val, cfg.head_epochs, cfg.lr, steps, cfg,
                                          class_weight, log, strategy)
                 _load_best_or_last(model, state, "head")
@@ -613,7 +617,7 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=0.15,
         first = layers[layers["trainable"]]
         where = (f"layers {first['index'].min()}-{first['index'].max()} of {len(layers)} "
                  f"({first['name'].iloc[0]} ... {first['name'].iloc[-1]})") if len(first) else "none"
-        log(f"stage 2: backbone trainable: {where}; {trainable:,} trainable / {frozen:,} frozen parameters "
+        say(f"stage 2: backbone trainable: {where}; {trainable:,} trainable / {frozen:,} frozen parameters "
             f"(BatchNorm {'training' if cfg.train_bn else 'frozen, inference mode'})")
         if cfg.train_bn and cfg.batch_size < 32:
             log(f"warning: BatchNorm trains on batches of {cfg.batch_size}: small batches make its statistics "

@@ -85,18 +85,25 @@ def _short_label(row: dict, several_backbones: bool) -> str:
     return f"{row['backbone']} {name}" if several_backbones and row.get("backbone") else name
 
 
-def _spread(xs, ys, gap, near=0.7):
-    """Label heights: each point's own, moved down where labels of points close in log-x would overlap."""
-    order = np.argsort(-np.asarray(ys), kind="stable")
+def _spread(xs, ys, gap, near=0.7, shift=1.12):
+    """Label heights: each point's own, moved down where it would overlap an earlier label or another point.
+
+    Labels start at ``x * shift`` and are taken to reach ``near`` decades to the right (log-x axis).
+    """
+    lx, ys = np.log10(np.asarray(xs, dtype=float)), np.asarray(ys, dtype=float)
+    heights = ys.copy()
     placed: list[tuple[float, float]] = []
-    heights = np.asarray(ys, dtype=float).copy()
-    for i in order:
+    for i in np.argsort(-ys, kind="stable"):
         y = heights[i]
-        for lx, ly in sorted(placed, key=lambda p: -p[1]):
-            if abs(np.log10(xs[i]) - lx) < near and y > ly - gap:
-                y = ly - gap
+        for _ in range(2 * len(ys) + 1):
+            clash = [h for x, h in placed if abs(lx[i] - x) < near and abs(y - h) < gap]
+            clash += [ys[j] for j in range(len(ys)) if j != i and np.log10(shift) <= lx[j] - lx[i] < near
+                      and abs(y - ys[j]) < gap / 2]
+            if not clash:
+                break
+            y = min(clash) - gap
         heights[i] = y
-        placed.append((float(np.log10(xs[i])), y))
+        placed.append((float(lx[i]), float(y)))
     return heights
 
 
@@ -135,7 +142,7 @@ def tsne_png(pixels, features, labels, path, seed=0) -> Path:
     labels = np.asarray(labels)
     n = len(labels)
     perplexity = float(min(30, max(2, (n - 1) // 3)))
-    plt, (fig, axes) = _figure(1, 2, figsize=(10, 4.5))
+    plt, (fig, axes) = _figure(1, 2, figsize=(11, 4.5))
     for ax, data, title in ((axes[0], pixels, "pixels"), (axes[1], features, "CNN features")):
         flat = np.asarray(data, dtype=np.float32).reshape(n, -1)
         emb = TSNE(perplexity=perplexity, random_state=seed, init="pca").fit_transform(flat)
@@ -145,7 +152,9 @@ def tsne_png(pixels, features, labels, path, seed=0) -> Path:
         ax.set_title(f"t-SNE of {title}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[1].legend(fontsize=7, markerscale=2, loc="best")
+    # Beside the plot, not on it: a legend inside would cover points.
+    axes[1].legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0,
+                   ncol=1 if len(set(labels)) <= 20 else 2)
     return _save(plt, fig, path)
 
 
