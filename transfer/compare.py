@@ -167,6 +167,23 @@ def _share_split(run: Path, folder: Path):
                             f"--out, or delete {folder} to train it again on this split.")
 
 
+def _finished(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` holds a finished sub-run made with ``settings`` (as its config.json records them).
+
+    Its split is the compare run's (checked by ``_share_split``), so its reports can be reused as they are:
+    a rerun does not refit, and the report keeps the timings measured when the models were trained.
+    """
+    import json
+
+    if not all((folder / name).exists() for name in ("config.json", "metrics.csv", "predictions.csv")):
+        return False
+    try:
+        saved = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return all(saved.get(key) == value for key, value in settings.items())
+
+
 def _read_subrun(sub: SubRun) -> tuple[pd.DataFrame, pd.DataFrame]:
     # classifier and freeze are names: "0.50" must not become 0.5, nor ".5" and "0.5" the same model
     metrics = pd.read_csv(sub.folder / "metrics.csv", dtype={"classifier": str, "freeze": str})
@@ -469,9 +486,18 @@ def compare(data="digits", out=None, cfg: CompareConfig | None = None, *, val_fr
     for backbone in cfg.backbones:
         if "features" in cfg.strategies:
             folder = sub("features", backbone, run / backbone / "classify")
-            log(f"strategy 2 (features + classifiers) with {backbone} -> {folder}")
-            classify(data, folder, cfg.extract_config(backbone), list(cfg.classifiers), seed=cfg.seed,
-                     progress=progress, features_dir=features_dir, log=prefixed("features"))
+            extract_cfg = cfg.extract_config(backbone).validated()
+            from transfer.features import cache_key
+
+            if _finished(folder, {"extract": dataclasses.asdict(extract_cfg), "classifiers": list(cfg.classifiers),
+                                  "seed": cfg.seed,
+                                  "feature_cache_key": cache_key(extract_cfg, [str(p) for p in split["path"]])}):
+                log(f"strategy 2 (features + classifiers) with {backbone}: reusing {folder} (same settings, "
+                    "split and images)")
+            else:
+                log(f"strategy 2 (features + classifiers) with {backbone} -> {folder}")
+                classify(data, folder, extract_cfg, list(cfg.classifiers), seed=cfg.seed,
+                         progress=progress, features_dir=features_dir, log=prefixed("features"))
         if "finetune" in cfg.strategies:
             for f in cfg.freeze:
                 folder = sub("finetune", backbone, run / backbone / f"finetune-{_slug(f)}")
@@ -480,8 +506,12 @@ def compare(data="digits", out=None, cfg: CompareConfig | None = None, *, val_fr
                          log=prefixed(f"finetune {f}"))
     if "scratch" in cfg.strategies:
         folder = sub("scratch", "none", run / "scratch")
-        log(f"baseline: a small CNN from random init -> {folder}")
-        train_scratch(data, folder, cfg.scratch_config(), log=prefixed("scratch"))
+        scratch_cfg = cfg.scratch_config().validated()
+        if _finished(folder, {"scratch": dataclasses.asdict(scratch_cfg)}):
+            log(f"baseline: reusing {folder} (same settings and split)")
+        else:
+            log(f"baseline: a small CNN from random init -> {folder}")
+            train_scratch(data, folder, scratch_cfg, log=prefixed("scratch"))
 
     table, preds = combine(subruns, run, seed=cfg.seed)
     line = verdict(table, preds)
