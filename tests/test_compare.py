@@ -256,3 +256,13 @@ def test_cli_compare_prints_table_verdict_and_paths(tmp_path):
     assert f"Report: {out / 'compare.csv'}" in result.output
     assert f"Plots:  {out / 'plots'}/" in result.output and "tsne-efficientnet_lite0.png" in result.output
     assert len(pd.read_csv(out / "compare.csv")) == 3
+
+
+def test_compare_without_pretrained_weights_skips_the_kernel_plot(tmp_path):
+    data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
+    lines = []
+    compare(data, tmp_path / "run", CompareConfig(**dict(TINY, strategies="finetune", freeze="none", weights="none",
+                                                         epochs=1)), progress=False, log=lines.append)
+    assert any(line.startswith("no conv-kernels plot for efficientnet_lite0: with --weights none") for line in lines)
+    assert not list((tmp_path / "run" / "plots").glob("conv-kernels-*.png"))
+    assert (tmp_path / "run" / "compare.csv").exists()

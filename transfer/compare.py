@@ -354,18 +354,25 @@ def make_plots(run: Path, cfg: CompareConfig, table: pd.DataFrame, preds: dict, 
                     title=f"{sub.backbone} {sub.folder.name}: head (stage 1) then fine-tuning (stage 2)"))
     for backbone in cfg.backbones:
         if "features" in cfg.strategies:  # the features strategy 2 used, from its cache: no second CNN pass
-            made.append(tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png",
-                                  seed=cfg.seed))
+            png = tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png",
+                            seed=cfg.seed)
+            if png is None:
+                log(f"no t-SNE plot for {backbone}: fewer than 5 readable evaluation images")
+            made.append(png)
         tuned = [s for s in subruns if s.strategy == "finetune" and s.backbone == backbone]
         if tuned and cfg.weights == "none":
             log(f"no conv-kernels plot for {backbone}: with --weights none there are no pretrained kernels to "
                 "compare with")
         elif tuned:  # the run that trained the most layers shows the most change
             sub = max(tuned, key=lambda s: int(pd.read_csv(s.folder / "layers.csv")["trainable"].sum()))
-            png, name, change = conv_kernels_plot(sub.folder, folder / f"conv-kernels-{backbone}.png")
-            made.append(png)
-            log(f"first conv layer {name} of {backbone}: its largest weight change in {sub.folder.name} is "
-                f"{change:.2%} of its largest weight")
+            try:
+                png, name, change = conv_kernels_plot(sub.folder, folder / f"conv-kernels-{backbone}.png")
+            except TransferError as e:  # a missing plot must not cost the report of everything trained
+                log(f"no conv-kernels plot for {backbone}: {e}")
+            else:
+                made.append(png)
+                log(f"first conv layer {name} of {backbone}: its largest weight change in {sub.folder.name} is "
+                    f"{change:.2%} of its largest weight")
     return [m for m in made if m is not None]
 
 
