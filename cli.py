@@ -1,13 +1,18 @@
-"""The `transfer` command line: parse, call the `transfer` API, say where results went.
+"""The `transfer` command line: parse, build a config, call the `transfer` API, say where results went.
 
-Kept thin and fast: TensorFlow is imported only by commands that build a model.
+Kept thin and fast: TensorFlow is imported only by commands that build a model.  Every default is read
+from the dataclass (or function) that holds it; library errors name arguments (``image_size=4``), and
+the group below turns them into this command's flags (``--image-size 4``).
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import inspect
 import io
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,8 +22,27 @@ import click
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from transfer import __version__  # noqa: E402
-from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, get_backbone  # noqa: E402
+from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone  # noqa: E402
+from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
+from transfer.features import ExtractConfig  # noqa: E402
+from transfer.finetuning import SCHEDULES, FinetuneConfig  # noqa: E402
+from transfer.images import RESIZE_MODES, ImageOptions  # noqa: E402
+from transfer.precision import PRECISIONS  # noqa: E402
+from transfer.predict import predict_imagenet  # noqa: E402
+from transfer.scratch import ScratchConfig  # noqa: E402
+from transfer.splits import TEST_FRACTION, VAL_FRACTION  # noqa: E402
+
+
+def as_flags(message: str, command: click.Command | None) -> str:
+    """A library message with ``name=value`` (and bare ``two_words`` names) written as ``command``'s flags."""
+    for param in command.params if command is not None else ():
+        if isinstance(param, click.Option):
+            flag = max(param.opts, key=len)
+            message = re.sub(rf"(?<![\w-]){param.name}=", f"{flag} ", message)
+            if "_" in param.name:
+                message = re.sub(rf"(?<![\w-]){param.name}\b", flag, message)
+    return message
 
 
 class _Group(click.Group):
@@ -28,7 +52,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except TransferError as e:
-            click.echo(f"Error: {e}", err=True)
+            name = ctx.invoked_subcommand
+            click.echo(f"Error: {as_flags(str(e), self.get_command(ctx, name) if name else None)}", err=True)
             ctx.exit(2)
 
 
@@ -38,11 +63,81 @@ def main():
     """Fine-tune a pretrained ImageNet CNN, or train classifiers on its frozen features?"""
 
 
-def _backbone_option(f):
-    return click.option(
-        "--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
-        help="Registry name; `transfer backbones` lists them.",
-    )(f)
+def _options(*options):
+    """Apply click options in the order they are listed."""
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return apply
+
+
+def _config(cls, params: dict):
+    """``cls`` from the command's parameters that are fields of it."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in params.items() if k in names})
+
+
+def _given(ctx: click.Context, params: dict) -> dict:
+    """The parameters the user gave (not left at their defaults)."""
+    return {k: v for k, v in params.items()
+            if ctx.get_parameter_source(k) not in (None, click.core.ParameterSource.DEFAULT)}
+
+
+def _default_of(function, name):
+    """The default of ``function``'s argument ``name``: written there once, shown in ``--help``."""
+    return inspect.signature(function).parameters[name].default
+
+
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _none_word(ctx, param, value):
+    return None if value == "none" else value
+
+
+BACKBONE = click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
+                        help="Registry name; `transfer backbones` lists them.")
+DATA = click.option("--data", "-d", required=True,
+                    help="A folder (one sub-folder per class, optionally under train/ val/ test/), a CSV manifest "
+                         "(path,label[,split]), or a built-in: digits, fashion-mnist.")
+IMAGE_SIZE = click.option("--image-size", type=click.IntRange(8), help="Input size (default: the backbone's).")
+RESIZE = click.option("--resize", type=click.Choice(RESIZE_MODES), default=ImageOptions.resize, show_default=True,
+                      help="crop: keep aspect, centre-crop; plain: stretch.")
+BATCH_SIZE = click.option("--batch-size", type=click.IntRange(1), default=ImageOptions.batch_size, show_default=True)
+WEIGHTS = click.option("--weights", default=BackboneOptions.weights, show_default=True,
+                       help="'imagenet', 'none' or a weights file.")
+SPLIT = _options(
+    click.option("--val-fraction", type=float, default=VAL_FRACTION, show_default=True,
+                 help="Validation share when the data has no splits of its own."),
+    click.option("--test-fraction", type=float, default=TEST_FRACTION, show_default=True,
+                 help="Test share when the data has no splits of its own."),
+    click.option("--seed", type=int, default=0, show_default=True),
+)
+PRECISION = click.option("--precision", type=click.Choice(PRECISIONS), default=FinetuneConfig.precision,
+                         show_default=True,
+                         help="auto: mixed_float16 on a GPU, bf16 on a CPU where it measures faster.")
+FEATURE_OPTIONS = _options(
+    click.option("--layer", default=ExtractConfig.layer, show_default=True,
+                 help="pooled, flatten (the last conv block flattened) or a layer name (e.g. fc1)."),
+    click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=ExtractConfig.pooling,
+                 show_default=True, callback=_none_word, help="Pooling of conv outputs ('none' flattens them)."),
+)
+FINETUNE_OPTIONS = _options(
+    click.option("--head-epochs", type=click.IntRange(0), default=FinetuneConfig.head_epochs, show_default=True,
+                 help="Stage 1: head only, at --lr."),
+    click.option("--epochs", type=click.IntRange(0), default=FinetuneConfig.epochs, show_default=True,
+                 help="Stage 2: unfrozen down to --freeze, at --lr / --lr-mult."),
+    click.option("--lr", type=float, default=FinetuneConfig.lr, show_default=True),
+    click.option("--lr-mult", type=float, default=FinetuneConfig.lr_mult, show_default=True,
+                 help="Stage 2 trains at --lr / --lr-mult (fastai's default: 100)."),
+    click.option("--augment/--no-augment", default=FinetuneConfig.augment, show_default=True,
+                 help="Flip, rotation, zoom, contrast. Off: stage 1 trains on the cached features."),
+    click.option("--patience", type=click.IntRange(0), default=FinetuneConfig.patience, show_default=True,
+                 help="Early stopping on validation loss (best weights restored); 0: off."),
+    PRECISION,
+)
 
 
 @main.command()
@@ -54,18 +149,12 @@ def backbones(as_csv):
              "yes" if r.weights_offline() else "no", r.weights_source] for r in REGISTRY.values()]
     if as_csv:
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerows([header, *rows])
-        click.echo(out.getvalue(), nl=False)
-        return
+        csv.writer(out, lineterminator="\n").writerows([header, *rows])
+        return click.echo(out.getvalue(), nl=False)
     shown = [[name, f"{size}", f"{feat}", f"{params:,}", off, src] for name, size, feat, params, off, src in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *shown, strict=True)]
     for line in [header, *shown]:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
-
-
-def _count(n, noun):
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _check_writable(path: Path | None):
@@ -83,92 +172,76 @@ def _check_writable(path: Path | None):
         raise TransferError(f"--output {path} is a folder: give a file name ending in .csv.")
 
 
-def _write_csv_atomic(df, path: Path):
-    from transfer.fileio import atomic_path
+def _write_outputs(preds, skipped, output):
+    """The predictions CSV and, always beside it, the skipped files (so no stale list survives)."""
+    from transfer.fileio import write_csv
 
+    if output is None:
+        return
+    skipped_path = output.with_name(output.stem + ".skipped.csv")
     try:
-        with atomic_path(path, suffix=".csv") as tmp:
-            df.to_csv(tmp, index=False)
+        write_csv(preds, output)
+        write_csv(skipped, skipped_path)
     except OSError as e:
-        raise TransferError(f"Cannot write {path}: {e.strerror or e}.") from None
+        raise TransferError(f"Cannot write {output}: {e.strerror or e}.") from None
+    click.echo(f"Predictions written to {output}; skipped files ({len(skipped)}) to {skipped_path}")
 
 
-@main.command()
-@_backbone_option
-@click.option("--weights", default="imagenet", show_default=True,
-              help="'imagenet' or the path to a weights file with the ImageNet classifier "
-                   "(a Keras .h5/.weights.h5, or a .pth for efficientnet_lite*).")
-@click.option("--top", "-k", type=click.IntRange(1, 1000), default=5, show_default=True,
-              help="Classes to show per image.")
-@click.option("--resize", type=click.Choice(["plain", "crop"]), default="plain", show_default=True,
-              help="plain: stretch to the input size; crop: keep aspect, centre-crop.")
-@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the predictions to this CSV (path,rank,class_index,class_name,score).")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Classify with this run's backbone + fitted classifier instead of ImageNet classes.")
-@click.option("--classifier", help="With --run: which fitted classifier (default: the run's best).")
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, paths):
-    """ImageNet top-K classes for image files or folders.
-
-    With no PATHS, predicts two photos that ship with scikit-learn.
-    With --run RUN_DIR, predicts the classes of a `transfer classify` run.
-    """
-    row = get_backbone(backbone)  # fail fast, before TensorFlow is imported
-    _check_writable(output)
+def _echo_predictions(preds, run_dir):
     if run_dir is not None:
-        return _predict_run(run_dir, classifier, batch_size, output, paths)
-    if not paths:
-        from transfer.data import sample_images
-
-        paths = sample_images()
-        click.echo(f"No PATHS given: predicting the sample photos of scikit-learn ({len(paths)} images).")
-
-    from transfer.predict import predict_imagenet
-
-    preds, skipped = predict_imagenet(list(paths), row.name, top=top, weights=weights,
-                                      resize=resize, batch_size=batch_size)
+        for r in preds.itertuples():
+            click.echo(f"{r.pred_label}  {r.score:7.3f}  {r.path}")
+        return
     for path, group in preds.groupby("path", sort=False):
         click.echo(path)
         for r in group.itertuples():
             click.echo(f"  {r.rank:>3}  {r.score:6.3f}  {r.class_name} ({r.class_index})")
-    for r in skipped.itertuples():
-        click.echo(f"skipped {r.path}: {r.reason}", err=True)
-    n_images = preds["path"].nunique()
-    click.echo(f"{_count(n_images, 'image')} predicted with {row.name}, {len(skipped)} skipped.")
-    if n_images == 0:  # before writing, so an earlier CSV is not replaced by an empty one
-        raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
-    _write_outputs(preds, skipped, output)
 
 
-def _report_skipped(skipped):
-    for r in skipped.itertuples():
-        click.echo(f"skipped {r.path}: {r.reason}", err=True)
+@main.command()
+@BACKBONE
+@click.option("--weights", default=_default_of(predict_imagenet, "weights"), show_default=True,
+              help="'imagenet' or the path to a weights file with the ImageNet classifier "
+                   "(a Keras .h5/.weights.h5, or a .pth for efficientnet_lite*).")
+@click.option("--top", "-k", type=click.IntRange(1, 1000), default=_default_of(predict_imagenet, "top"),
+              show_default=True, help="Classes to show per image.")
+@click.option("--resize", type=click.Choice(RESIZE_MODES), default=_default_of(predict_imagenet, "resize"),
+              show_default=True,
+              help="plain: stretch to the input size (as ImageNet models are evaluated); crop: keep aspect.")
+@BATCH_SIZE
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the predictions to this CSV (path,rank,class_index,class_name,score).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Classify with this run's model (classify: backbone + fitted classifier; finetune).")
+@click.option("--classifier", help="With --run: which fitted classifier (default: the run's best).")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, paths):
+    """ImageNet top-K classes for image files or folders (no PATHS: two photos that ship with scikit-learn).
 
+    With --run RUN_DIR, predicts the classes of a `transfer classify` or `transfer finetune` run.
+    """
+    from transfer.images import sample_images
 
-def _predict_run(run_dir, classifier, batch_size, output, paths):
+    row = get_backbone(backbone)  # fail fast, before TensorFlow is imported
+    _check_writable(output)
+    if run_dir is None and not paths:
+        paths = sample_images()
+        click.echo(f"No PATHS given: predicting the sample photos of scikit-learn ({len(paths)} images).")
     from transfer.predict import predict_run
 
-    preds, skipped = predict_run(run_dir, list(paths), classifier=classifier, batch_size=batch_size)
-    for r in preds.itertuples():
-        click.echo(f"{r.pred_label}  {r.score:7.3f}  {r.path}")
-    _report_skipped(skipped)
-    used = preds["classifier"].iloc[0] if len(preds) else "-"
-    click.echo(f"{_count(len(preds), 'image')} classified with {run_dir} ({used}), {len(skipped)} skipped.")
-    if not len(preds):
+    preds, skipped = (predict_run(run_dir, list(paths), classifier=classifier, batch_size=batch_size) if run_dir
+                      else predict_imagenet(list(paths), row.name, top=top, weights=weights, resize=resize,
+                                            batch_size=batch_size))
+    _echo_predictions(preds, run_dir)
+    for r in skipped.itertuples():
+        click.echo(f"skipped {r.path}: {r.reason}", err=True)
+    n = preds["path"].nunique()
+    how = f"classified with {run_dir} ({preds['classifier'].iloc[0] if n else '-'})" if run_dir else \
+        f"predicted with {row.name}"
+    click.echo(f"{_count(n, 'image')} {how}, {len(skipped)} skipped.")
+    if n == 0:  # before writing, so an earlier CSV is not replaced by an empty one
         raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")
     _write_outputs(preds, skipped, output)
-
-
-def _write_outputs(preds, skipped, output):
-    """The predictions CSV and, always beside it, the skipped files (so no stale list survives)."""
-    if output is None:
-        return
-    _write_csv_atomic(preds, output)
-    skipped_path = output.with_name(output.stem + ".skipped.csv")
-    _write_csv_atomic(skipped, skipped_path)
-    click.echo(f"Predictions written to {output}; skipped files ({len(skipped)}) to {skipped_path}")
 
 
 def _report_skipped_count(out: Path):
@@ -179,62 +252,21 @@ def _report_skipped_count(out: Path):
             click.echo(f"{_count(n, 'file')} could not be read and were skipped: see {skipped}")
 
 
-def _pixels_and_split_options(f):
-    """Options every training command shares: how images become pixels, and the split."""
-    options = [
-        click.option("--resize", type=click.Choice(["crop", "plain"]), default="crop", show_default=True,
-                     help="crop: keep aspect, centre-crop; plain: stretch."),
-        click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True),
-        click.option("--weights", default="imagenet", show_default=True,
-                     help="'imagenet', 'none' or a weights file."),
-        click.option("--val-fraction", type=float, default=0.15, show_default=True,
-                     help="Validation share when the data has no splits of its own."),
-        click.option("--test-fraction", type=float, default=0.15, show_default=True,
-                     help="Test share when the data has no splits of its own."),
-        click.option("--seed", type=int, default=0, show_default=True),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _extract_options(f):
-    options = [
-        _backbone_option,
-        click.option("--data", "-d", required=True,
-                     help="A folder (one sub-folder per class, optionally under train/ val/ test/), a CSV "
-                          "manifest (path,label[,split]), or a built-in: digits, fashion-mnist."),
-        click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                     help="Run folder for features, reports and models."),
-        click.option("--layer", default="pooled", show_default=True,
-                     help="pooled, flatten (the last conv block flattened) or a layer name (e.g. fc1)."),
-        click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True,
-                     help="Pooling of conv outputs ('none' flattens them)."),
-        click.option("--image-size", type=click.IntRange(8), help="Input size (default: the backbone's)."),
-        _pixels_and_split_options,
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _extract_config(backbone, layer, pooling, image_size, resize, batch_size, weights):
-    from transfer.features import ExtractConfig
-
-    get_backbone(backbone)
-    return ExtractConfig(backbone=backbone, weights=weights, layer=layer,
-                         pooling=None if pooling == "none" else pooling, image_size=image_size,
-                         resize=resize, batch_size=batch_size).validated()
+EXTRACT_OPTIONS = _options(
+    BACKBONE, DATA,
+    click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                 help="Run folder for features, reports and models."),
+    FEATURE_OPTIONS, IMAGE_SIZE, RESIZE, BATCH_SIZE, WEIGHTS, SPLIT,
+)
 
 
 @main.command()
-@_extract_options
-def extract(backbone, data, out, layer, pooling, image_size, resize, batch_size, weights, val_fraction,
-            test_fraction, seed):
+@EXTRACT_OPTIONS
+def extract(data, out, val_fraction, test_fraction, seed, **options):
     """Run the frozen backbone once over every image and cache the features."""
     from transfer.features import extract as run_extract
 
-    cfg = _extract_config(backbone, layer, pooling, image_size, resize, batch_size, weights)
+    cfg = _config(ExtractConfig, options).validated()
     split, feats = run_extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     how = "reused from the cache" if feats.from_cache else f"extracted in {feats.seconds:.1f} s"
     click.echo(f"{len(feats.paths)} images -> {feats.features.shape[1]} features each ({how}); "
@@ -243,21 +275,20 @@ def extract(backbone, data, out, layer, pooling, image_size, resize, batch_size,
 
 
 @main.command()
-@_extract_options
-@click.option("--classifier", "-c", "classifiers", default="linear_svm,rbf_svm,logreg,knn,mlp", show_default=True,
-              help="Comma-separated: linear_svm, rbf_svm, logreg, knn, mlp (or 'all').")
-def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size, weights, val_fraction,
-             test_fraction, seed, classifiers):
+@EXTRACT_OPTIONS
+@click.option("--classifier", "-c", "classifiers", default=",".join(DEFAULT_CLASSIFIERS), show_default=True,
+              help=f"Comma-separated: {', '.join(CLASSIFIERS)} (or 'all').")
+def classify(data, out, classifiers, val_fraction, test_fraction, seed, **options):
     """Train scikit-learn classifiers on the frozen features and evaluate them."""
     from transfer.classifiers import classify as run_classify
     from transfer.classifiers import parse_classifiers
 
     parse_classifiers(classifiers)  # fail before any extraction
-    cfg = _extract_config(backbone, layer, pooling, image_size, resize, batch_size, weights)
+    cfg = _config(ExtractConfig, options).validated()
     table = run_classify(data, out, cfg, classifiers, val_fraction=val_fraction, test_fraction=test_fraction,
                          seed=seed, log=click.echo)
-    cols = ["classifier", "test_accuracy", "test_macro_f1", "fit_seconds", "best_params"]
-    click.echo(table[cols].to_string(index=False))
+    click.echo(table[["classifier", "test_accuracy", "test_macro_f1", "fit_seconds", "best_params"]]
+               .to_string(index=False))
     click.echo(f"Evaluated on the {table['eval_split'].iloc[0]} split ({table['n_test'].iloc[0]} images).")
     _report_skipped_count(out)
     click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json "
@@ -265,132 +296,49 @@ def classify(backbone, data, out, layer, pooling, image_size, resize, batch_size
 
 
 @main.command()
-@_backbone_option
+@BACKBONE
 @click.option("--data", "-d", required=True, help="As for classify: a folder, a CSV manifest, digits or fashion-mnist.")
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run folder (its own: an extract run's folder shares its split and features).")
-@click.option("--freeze", default="none", show_default=True,
+@click.option("--freeze", default=FinetuneConfig.freeze, show_default=True,
               help="Frozen in stage 2: all (head only), none, a layer count from the input, a fraction (0.7), or a "
                    "layer/block name from which on everything trains (block6a).")
-@click.option("--head-epochs", type=click.IntRange(0), default=5, show_default=True,
-              help="Stage 1: head only, at --lr.")
-@click.option("--epochs", type=click.IntRange(0), default=10, show_default=True,
-              help="Stage 2: unfrozen down to --freeze, at --lr / --lr-mult.")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--lr-mult", type=float, default=100.0, show_default=True,
-              help="Stage 2 trains at --lr / --lr-mult (fastai's default: 100).")
-@click.option("--dropout", type=float, default=0.2, show_default=True)
-@click.option("--hidden", type=click.IntRange(0), default=0, show_default=True,
+@FINETUNE_OPTIONS
+@click.option("--dropout", type=float, default=FinetuneConfig.dropout, show_default=True)
+@click.option("--hidden", type=click.IntRange(0), default=FinetuneConfig.hidden, show_default=True,
               help="Units of a hidden dense layer in the head (0: none).")
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Flip, rotation, zoom, contrast. Off: stage 1 trains on the cached features.")
-@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
-@click.option("--patience", type=click.IntRange(0), default=3, show_default=True,
-              help="Early stopping on validation loss (best weights restored); 0: off.")
-@click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine",
-              show_default=True, help="Learning-rate schedule of each stage.")
-@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
-              default="auto", show_default=True)
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
+              callback=_none_word)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=FinetuneConfig.schedule, show_default=True,
+              help="Learning-rate schedule of each stage.")
 @click.option("--train-bn", is_flag=True, help="Let BatchNorm layers train (in training mode).")
-@click.option("--image-size", type=click.IntRange(8), help="Input size (default: the backbone's).")
-@_pixels_and_split_options
+@IMAGE_SIZE
+@RESIZE
+@BATCH_SIZE
+@WEIGHTS
+@SPLIT
 @click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache for stage 1 (default: OUT/features); a classify run's features/ reuses its CNN pass.")
-def finetune(backbone, data, out, freeze, head_epochs, epochs, lr, lr_mult, dropout, hidden, augment, class_weight,
-             patience, schedule, precision, train_bn, image_size, resize, batch_size, weights, val_fraction,
-             test_fraction, seed, features_dir):
+def finetune(data, out, val_fraction, test_fraction, features_dir, **options):
     """Fine-tune the backbone with a new head (strategy 1); resumes when run again after a kill."""
-    get_backbone(backbone)
-    from transfer.finetune import FinetuneConfig
-    from transfer.finetune import finetune as run_finetune
+    from transfer.finetuning import finetune as run_finetune
 
-    cfg = FinetuneConfig(backbone=backbone, weights=weights, image_size=image_size, resize=resize,
-                         batch_size=batch_size, freeze=freeze, head_epochs=head_epochs, epochs=epochs, lr=lr,
-                         lr_mult=lr_mult, dropout=dropout, hidden=hidden, augment=augment,
-                         class_weight=class_weight, patience=patience, schedule=schedule, precision=precision,
-                         train_bn=train_bn, seed=seed).validated()
-    table = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
-                         features_dir=features_dir, log=click.echo)
-    r = table.iloc[0]
+    cfg = _config(FinetuneConfig, options).validated()
+    r = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
+                     features_dir=features_dir, log=click.echo).iloc[0]
     _report_skipped_count(out)
     click.echo(f"Reports in {out}: model.keras history.csv metrics.csv predictions.csv per_class.csv layers.csv "
                f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['test_accuracy']:.3f})")
 
 
-def _default_out(data) -> Path:
-    name = Path(str(data)).stem if str(data) not in ("digits", "fashion-mnist") else str(data)
-    from transfer.compare import _slug
+def _echo_compare(table, line, out: Path):
+    import pandas as pd
 
-    return Path("runs") / f"compare-{_slug(name) or 'data'}"
-
-
-@main.command()
-@click.option("--data", "-d", help="As for classify: a folder, a CSV manifest, digits or fashion-mnist. Not given: "
-                                   "the digits demo (--data digits --image-size 96 --no-augment --lr-mult 10).")
-@click.option("--backbone", "-b", default=DEFAULT_BACKBONE, show_default=True,
-              help="One or more registry names, comma-separated: every strategy runs for each.")
-@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder (default: runs/compare-NAME, NAME from --data).")
-@click.option("--strategies", default="features,finetune,scratch", show_default=True,
-              help="Comma-separated: features (strategy 2), finetune (strategy 1), scratch (baseline).")
-@click.option("--classifier", "-c", "classifiers", default="linear_svm,rbf_svm,logreg,knn,mlp", show_default=True,
-              help="Strategy 2's classifiers, comma-separated (or 'all').")
-@click.option("--layer", default="pooled", show_default=True,
-              help="Strategy 2's feature layer: pooled, flatten or a layer name.")
-@click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True)
-@click.option("--freeze", default="none", show_default=True,
-              help="Strategy 1 runs once per value, comma-separated: all, none, a count, a fraction, a layer name "
-                   "(e.g. all,100,none).")
-@click.option("--head-epochs", type=click.IntRange(0), default=5, show_default=True)
-@click.option("--epochs", type=click.IntRange(0), default=10, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--lr-mult", type=float, default=100.0, show_default=True)
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="Augmentation for fine-tuning and the scratch CNN.")
-@click.option("--patience", type=click.IntRange(0), default=3, show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16", "mixed_bfloat16"]),
-              default="auto", show_default=True, help="Fine-tuning precision, as for finetune.")
-@click.option("--scratch-size", type=click.IntRange(16), default=64, show_default=True,
-              help="Input size of the from-scratch CNN.")
-@click.option("--scratch-epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--image-size", type=click.IntRange(8), help="Input size of the backbone (default: its own).")
-@_pixels_and_split_options
-def compare(data, backbone, out, strategies, classifiers, layer, pooling, freeze, head_epochs, epochs, lr, lr_mult,
-            augment, patience, precision, scratch_size, scratch_epochs, image_size, resize, batch_size, weights,
-            val_fraction, test_fraction, seed):
-    """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
-    from transfer.compare import DEMO_DATA, DEMO_OPTIONS, CompareConfig
-
-    demo = data is None
-    if demo:  # options given on the command line still win over the demo's
-        data = DEMO_DATA
-        ctx = click.get_current_context()
-        chosen = {k: v for k, v in DEMO_OPTIONS.items()
-                  if ctx.get_parameter_source(k) in (None, click.core.ParameterSource.DEFAULT)}
-        image_size = chosen.get("image_size", image_size)
-        augment = chosen.get("augment", augment)
-        lr_mult = chosen.get("lr_mult", lr_mult)
-    out = out or _default_out(data)
-    cfg = CompareConfig(backbones=backbone, strategies=strategies, classifiers=classifiers, layer=layer,
-                        pooling=None if pooling == "none" else pooling, image_size=image_size, resize=resize,
-                        batch_size=batch_size, weights=weights, freeze=freeze, head_epochs=head_epochs,
-                        epochs=epochs, lr=lr, lr_mult=lr_mult, augment=augment, patience=patience, precision=precision,
-                        scratch_size=scratch_size, scratch_epochs=scratch_epochs, seed=seed).validated()
-    if demo:
-        click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size {image_size} "
-                   f"--{'' if augment else 'no-'}augment --lr-mult {lr_mult:g}`.")
-    from transfer.compare import compare as run_compare
-
-    table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
-                              log=click.echo)
     shown = table.assign(ci95=[f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table["accuracy_ci_low"],
                                                                       table["accuracy_ci_high"], strict=True)])
     cols = ["model", "test_accuracy", "ci95", "train_seconds", "inference_images_per_second", "trainable_params",
             "mcnemar_p_vs_best", "differs_from_best"]
-    click.echo("")
-    click.echo(f"{table['eval_split'].iloc[0]} split, {table['n_test'].iloc[0]} images, best first:")
-    import pandas as pd
-
+    click.echo(f"\n{table['eval_split'].iloc[0]} split, {table['n_test'].iloc[0]} images, best first:")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
                                                "mcnemar_p_vs_best": "p_vs_best"}).to_string(index=False))
@@ -398,6 +346,47 @@ def compare(data, backbone, out, strategies, classifiers, layer, pooling, freeze
     _report_skipped_count(out)
     click.echo(f"Report: {out / 'compare.csv'}")
     click.echo(f"Plots:  {out / 'plots'}/ ({', '.join(sorted(p.name for p in (out / 'plots').glob('*.png')))})")
+
+
+@main.command()
+@click.option("--data", "-d", help="As for classify: a folder, a CSV manifest, digits or fashion-mnist. Not given: "
+                                   "the digits demo (--data digits --image-size 96 --no-augment --lr-mult 10).")
+@click.option("--backbone", "-b", "backbones", default=DEFAULT_BACKBONE, show_default=True,
+              help="One or more registry names, comma-separated: every strategy runs for each.")
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder (default: runs/compare-NAME, NAME from --data).")
+@click.option("--strategies", default="features,finetune,scratch", show_default=True,
+              help="Comma-separated: features (strategy 2), finetune (strategy 1), scratch (baseline).")
+@click.option("--classifier", "-c", "classifiers", default=",".join(DEFAULT_CLASSIFIERS), show_default=True,
+              help="Strategy 2's classifiers, comma-separated (or 'all').")
+@FEATURE_OPTIONS
+@click.option("--freeze", default=FinetuneConfig.freeze, show_default=True,
+              help="Strategy 1 runs once per value, comma-separated: all, none, a count, a fraction, a layer name "
+                   "(e.g. all,100,none).")
+@FINETUNE_OPTIONS
+@click.option("--scratch-size", type=click.IntRange(16), default=ScratchConfig.image_size, show_default=True,
+              help="Input size of the from-scratch CNN.")
+@click.option("--scratch-epochs", type=click.IntRange(1), default=ScratchConfig.epochs, show_default=True)
+@IMAGE_SIZE
+@RESIZE
+@BATCH_SIZE
+@WEIGHTS
+@SPLIT
+def compare(data, out, val_fraction, test_fraction, **options):
+    """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
+    from transfer.comparison import DEMO_DATA, CompareConfig
+    from transfer.comparison import compare as run_compare
+    from transfer.fileio import slug
+
+    given = _given(click.get_current_context(), options)  # the rest: the dataclass's defaults (or the demo's)
+    cfg = (CompareConfig(**given) if data else CompareConfig.demo(**given)).validated()
+    if not data:
+        data = DEMO_DATA
+        click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size "
+                   f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment --lr-mult {cfg.lr_mult:g}`.")
+    out = out or Path("runs") / f"compare-{slug(Path(str(data)).stem) or 'data'}"
+    table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
+    _echo_compare(table, line, out)
 
 
 if __name__ == "__main__":

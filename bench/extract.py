@@ -3,7 +3,7 @@
     python bench/extract.py [--data FOLDER] [--backbone NAME] [--images N] [--batch-size B]
 
 Prints images/s of
-  1. end-to-end `extract` (transfer.features.predict_images, the loop of run_extraction: tf.data, parallel
+  1. end-to-end `extract` (transfer.images.predict_images, the loop of run_extraction: tf.data, parallel
      decode from JPEG files, resize, batch, prefetch, forward pass),
   2. the same backbone's forward pass alone on pre-decoded tensors,
   3. a naive loop: PIL open per image, then `model.predict` per batch,
@@ -42,14 +42,13 @@ def main(argv=None):
 
     from PIL import Image
 
-    from transfer.data import list_images, load_image
-    from transfer.features import ExtractConfig, build_extractor, forward, predict_images
+    from transfer.backbones import get_backbone
+    from transfer.features import ExtractConfig, build_extractor
+    from transfer.images import forward, list_images, load_image, predict_images
 
     files = [f for f in list_images([args.data])[0] if f.suffix.lower() in (".jpg", ".jpeg")][: args.images]
     cfg = ExtractConfig(backbone=args.backbone, batch_size=args.batch_size).validated()
     size, bs = cfg.image_size, cfg.batch_size
-    from transfer.backbones import get_backbone
-
     row = get_backbone(cfg.backbone)
     model = build_extractor(cfg)
     decoded = np.stack([load_image(f, size, cfg.resize) for f in files])

@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import ROOT, colour_folder
-from transfer.compare import COMPARE_COLUMNS, CompareConfig, compare, verdict
+from transfer.comparison import CompareConfig, compare
 from transfer.errors import TransferError
+from transfer.verdict import COMPARE_COLUMNS, verdict
 
 TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
             scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
@@ -87,7 +88,7 @@ def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
 
     monkeypatch.setattr(features, "run_extraction", must_not_run)
     monkeypatch.setattr(classifiers, "fit_classifier", must_not_run)
-    monkeypatch.setattr(scratch, "train_scratch", must_not_run)
+    monkeypatch.setattr(scratch, "scratch_run", must_not_run)
     plots_before = sorted(p.name for p in (run / "plots").glob("*.png"))
     lines = []
     again, _ = compare(data, run, CompareConfig(freeze="all,none", **TINY), progress=False, log=lines.append)
@@ -111,9 +112,7 @@ def test_compare_trains_again_what_changed(tiny_run):
 
 
 def test_a_failure_while_plotting_keeps_the_previous_report_and_plots(tmp_path, monkeypatch):
-    import importlib
-
-    compare_module = importlib.import_module("transfer.compare")  # transfer.compare is the function
+    from transfer import compare_plots as compare_module
 
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
     run = tmp_path / "run"

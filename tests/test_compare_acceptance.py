@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from transfer.compare import CompareConfig, compare
+from transfer.comparison import CompareConfig, compare
 
 PLOTS = {"confusion-features.png", "confusion-finetune.png", "confusion-scratch.png", "accuracy-vs-time.png",
          "curves-efficientnet_lite0-finetune-none.png", "tsne-efficientnet_lite0.png",

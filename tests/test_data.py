@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import solid_image
-from transfer import data
-from transfer.data import evaluation_split, load_image, make_split, prepare_split, resolve_source
+from transfer import sources
 from transfer.errors import TransferError
+from transfer.images import load_image
+from transfer.sources import resolve_source
+from transfer.splits import evaluation_split, make_split, prepare_split
 
 
 def tree(root, splits=("train", "val"), classes=("red", "blue"), n=3):
@@ -156,16 +158,16 @@ def test_fashion_mnist_reads_the_debian_files(tmp_path, keras_cache, monkeypatch
     write_idx(folder / "train-labels-idx1-ubyte.gz", np.arange(20) % 10)
     write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 255, (10, 28, 28)))
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", np.arange(10))
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", folder)
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", folder)
     table = resolve_source("fashion-mnist").table
     assert table.groupby("split").size().to_dict() == {"test": 10, "train": 20}
-    assert set(table["label"]) == set(data.FASHION_MNIST_CLASSES)
+    assert set(table["label"]) == set(sources.FASHION_MNIST_CLASSES)
 
 
 def test_fashion_mnist_missing_names_both_ways(tmp_path, keras_cache, monkeypatch):
     import keras
 
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "absent")
 
     def offline():
         raise Exception("URL fetch failure on https://example/train-labels: None -- no network")

@@ -14,7 +14,8 @@ import cli
 from tests.conftest import ROOT, colour_folder
 from transfer import features
 from transfer.errors import TransferError
-from transfer.finetune import FinetuneConfig, finetune, frozen_count
+from transfer.finetune_model import frozen_count
+from transfer.finetuning import FinetuneConfig, finetune
 
 TINY = dict(image_size=32, batch_size=8, precision="float32")
 
@@ -88,7 +89,7 @@ def test_frozen_layers_are_unchanged_and_trainable_ones_changed(run):
     import keras
 
     from transfer.backbones import build_backbone
-    from transfer.finetune import build_model
+    from transfer.finetune_model import build_model
 
     _, out, _ = run
     # The weights at the end of stage 2 (model.keras holds the best epoch, which may be stage 1's).

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from transfer.finetune import FinetuneConfig, finetune
+from transfer.finetuning import FinetuneConfig, finetune
 
 
 @pytest.mark.slow

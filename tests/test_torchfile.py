@@ -91,7 +91,7 @@ import keras.src.backend.config as config
 config._KERAS_DIR = {str(tmp_path)!r}  # cold cache: convert from the .pth
 import numpy as np
 from transfer.backbones import build_backbone, get_backbone
-from transfer.data import load_image, sample_images
+from transfer.images import load_image, sample_images
 row = get_backbone("efficientnet_lite0")
 model = build_backbone(row, include_top=True)
 flower = [p for p in sample_images() if p.name == "flower.jpg"][0]

@@ -1,50 +1,57 @@
 """transfer: fine-tune an ImageNet CNN, or train classifiers on its frozen features?
 
-The public API is imported lazily so that ``import transfer`` (and the CLI's
-fast paths) do not pull in TensorFlow.
+The public API, re-exported from the module of each stage.  Names are
+imported on first use, so that ``import transfer`` (and the CLI's fast
+paths) do not pull in TensorFlow.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 _API = {
+    # backbones
     "REGISTRY": "transfer.backbones",
     "Backbone": "transfer.backbones",
     "get_backbone": "transfer.backbones",
     "build_backbone": "transfer.backbones",
     "feature_model": "transfer.backbones",
-    "predict_imagenet": "transfer.predict",
-    "load_image": "transfer.data",
-    "list_images": "transfer.data",
-    "sample_images": "transfer.data",
+    "load_state_dict": "transfer.torchfile",
     "class_names": "transfer.imagenet",
+    # source -> split -> images
+    "resolve_source": "transfer.sources",
+    "make_split": "transfer.splits",
+    "ImageOptions": "transfer.images",
+    "load_image": "transfer.images",
+    "list_images": "transfer.images",
+    "sample_images": "transfer.images",
+    # strategy 2: features -> classifiers
     "ExtractConfig": "transfer.features",
     "extract": "transfer.features",
     "extract_features": "transfer.features",
     "classify": "transfer.classifiers",
     "CLASSIFIERS": "transfer.classifiers",
-    "resolve_source": "transfer.data",
-    "make_split": "transfer.data",
-    "predict_run": "transfer.predict",
-    "FinetuneConfig": "transfer.finetune",
-    "finetune": "transfer.finetune",
+    # strategy 1 and the baseline
+    "FinetuneConfig": "transfer.finetuning",
+    "finetune": "transfer.finetuning",
     "ScratchConfig": "transfer.scratch",
     "train_scratch": "transfer.scratch",
-    "CompareConfig": "transfer.compare",
-    "compare": "transfer.compare",
-    "tsne_plot": "transfer.compare",
-    "conv_kernels_plot": "transfer.compare",
+    # runs, the comparison and its report
+    "Result": "transfer.runs",
+    "CompareConfig": "transfer.comparison",
+    "compare": "transfer.comparison",
+    "tsne_plot": "transfer.compare_plots",
+    "conv_kernels_plot": "transfer.compare_plots",
     "confusion_matrix_png": "transfer.plots",
     "training_curves_png": "transfer.plots",
     "accuracy_vs_time_png": "transfer.plots",
     "tsne_png": "transfer.plots",
     "conv_kernels_png": "transfer.plots",
-    "load_state_dict": "transfer.torchfile",
+    # new images
+    "predict_imagenet": "transfer.predict",
+    "predict_run": "transfer.predict",
     "TransferError": "transfer.errors",
 }
 
@@ -61,20 +68,3 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(list(globals()) + list(_API))
-
-
-# `transfer.compare` and `transfer.finetune` are both a function of the API and the module that
-# holds it. Importing the module makes Python set the package attribute to the module, which would
-# turn `transfer.compare(...)` into "module is not callable" depending on import order; keep the
-# function (the module stays reachable through `from transfer.compare import ...`).
-_SHADOWED = {name for name, module in _API.items() if module == f"{__name__}.{name}"}
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name, value):
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from transfer.errors import TransferError
 from transfer.fileio import keras_home
+from transfer.images import ImageOptions
 
 POOLINGS = ("avg", "max", None)
 
@@ -159,7 +160,7 @@ _ROWS = [
 ]
 
 REGISTRY: dict[str, Backbone] = {row.name: row for row in _ROWS}
-DEFAULT_BACKBONE = "efficientnet_lite0"
+DEFAULT_BACKBONE = _ROWS[0].name  # efficientnet_lite0: small, and its ImageNet weights install with the package
 
 
 def _aliases(name: str) -> str:
@@ -198,8 +199,37 @@ def _check_size(row: Backbone, image_size):
     return image_size
 
 
-def _check_weights(weights):
-    """Normalise ``weights`` to 'imagenet', None or an existing Path."""
+@dataclasses.dataclass(frozen=True)
+class BackboneOptions(ImageOptions):
+    """The image options, and which pretrained backbone reads the images: the start of a strategy's config.
+
+    Attributes:
+        backbone: a registry name (``transfer backbones`` lists them).
+        weights: ``"imagenet"``, ``"none"`` (random init) or a weights file.
+    """
+
+    backbone: str = DEFAULT_BACKBONE
+    weights: str = "imagenet"
+
+    def checked_backbone(self):
+        """A copy with the registry name, the backbone's own size where ``image_size`` is None, and
+        ``weights`` as ``imagenet``, ``none`` or a file path, after checking them all.
+
+        Raises:
+            TransferError: naming the option, what is allowed and what was given.
+        """
+        row = get_backbone(self.backbone)
+        opts = self.checked_images(row.min_input_size, row.input_size, what=row.name)
+        weights = check_weights(self.weights)
+        return dataclasses.replace(opts, backbone=row.name, weights=str(weights) if weights is not None else "none")
+
+
+def check_weights(weights):
+    """Normalise ``weights`` to 'imagenet', None or an existing Path.
+
+    Raises:
+        TransferError: neither 'imagenet', 'none' nor an existing file.
+    """
     if weights is None or (isinstance(weights, str) and weights.lower() in ("none", "random")):
         return None
     if isinstance(weights, str) and weights.lower() == "imagenet":
@@ -308,7 +338,7 @@ def build_backbone(name, *, weights="imagenet", image_size=None, pooling=None, i
     if pooling not in POOLINGS:
         raise TransferError(f"pooling={pooling!r} is not valid. Expected one of: avg, max, none.")
     size = _check_size(row, image_size)
-    weights = _check_weights(weights)
+    weights = check_weights(weights)
     if row.family == "efficientnet_lite":
         return _build_lite(row, weights, size, pooling, include_top)
     return _build_keras(row, weights, size, pooling, include_top)

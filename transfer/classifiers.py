@@ -7,13 +7,14 @@ parameter grid; ``GridSearchCV`` on the training split picks the parameters.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from transfer.errors import TransferError
+from transfer.splits import TEST_FRACTION, VAL_FRACTION
 
 
 def _linear_svm(n_samples):
@@ -79,6 +80,9 @@ CLASSIFIERS = {
                                      "mlpclassifier__alpha": [1e-4, 1e-2, 1.0]}),
     ]
 }
+
+
+DEFAULT_CLASSIFIERS = tuple(CLASSIFIERS)
 
 
 def parse_classifiers(value) -> list[str]:
@@ -203,8 +207,95 @@ def load_classifier(path):
     return sio.load(path, trusted=sio.get_untrusted_types(file=path))
 
 
-def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp", *, val_fraction=0.15,
-             test_fraction=0.15, seed=0, progress=True, features_dir=None, log=print):
+def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print) -> list:
+    """Strategy 2 in an opened run folder: features (cached or extracted), each classifier tuned and scored.
+
+    Writes the run's reports (see :func:`classify`) and returns one
+    :class:`~transfer.runs.Result` per classifier.
+
+    Args:
+        run: from :func:`transfer.runs.open_run`.
+        cfg: a validated :class:`~transfer.features.ExtractConfig`.
+        names: classifier names (see :func:`parse_classifiers`).
+    """
+    from transfer.features import extract_features
+    from transfer.fileio import write_csv
+    from transfer.runs import metrics_table, write_reports, write_skipped
+
+    features_dir = Path(features_dir) if features_dir is not None else run.out / "features"
+    feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress)
+    write_skipped(feats.skipped, run.out / "skipped.csv")  # before any check that may refer the user to it
+    data = _feature_splits(run, feats)
+    results, searches = [], []
+    for name in names:
+        log(f"fitting {name} (grid search on {len(data.y_train)} training images)...")
+        fit = fit_classifier(name, data.x_train, data.y_train, data.x_refit, data.y_refit, seed=run.seed)
+        results.append(_scored(fit, data, cfg, feats, run))
+        searches.append(fit.search)
+        save_classifier(fit.estimator, run.out / "classifiers" / f"{name}.skops")
+    write_csv(pd.concat(searches), run.out / "search.csv")
+    write_reports(run, results, {
+        "extract": dataclasses.asdict(cfg), "classifiers": list(names),
+        "best_classifier": metrics_table(results)["classifier"].iloc[0],
+        "features_from_cache": feats.from_cache, "feature_cache_key": feats.key, "features_dir": str(features_dir),
+    })
+    return results
+
+
+@dataclasses.dataclass
+class _FeatureSplits:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_eval: np.ndarray
+    y_eval: np.ndarray
+    eval_paths: list
+    classes: list
+    x_refit: np.ndarray | None = None
+    y_refit: np.ndarray | None = None
+
+
+def _feature_splits(run, feats) -> _FeatureSplits:
+    """The run's splits as feature arrays (readable images only); refit on train + val when test scores."""
+    index = {p: i for i, p in enumerate(feats.paths)}
+    readable = run.split[run.split["path"].isin(index)]
+    rows = {s: readable[readable["split"] == s] for s in ("train", "val", "test")}
+    eval_split = run.eval_split
+    if rows[eval_split].empty:
+        raise TransferError(f"No readable image is left in the {eval_split} split (see {run.out / 'skipped.csv'}): "
+                            "nothing to evaluate on.")
+
+    def xy(frame):
+        return feats.features[[index[p] for p in frame["path"]]], frame["label"].to_numpy()
+
+    data = _FeatureSplits(*xy(rows["train"]), *xy(rows[eval_split]), rows[eval_split]["path"].tolist(),
+                          sorted(set(readable["label"])))
+    if eval_split == "test" and len(rows["val"]):
+        data.x_refit, data.y_refit = xy(pd.concat([rows["train"], rows["val"]]))
+    if set(data.y_train) != set(data.classes):
+        raise TransferError(f"The training split lacks the class(es) {sorted(set(data.classes) - set(data.y_train))}: "
+                            "every class needs training images.")
+    return data
+
+
+def _scored(fit, data: _FeatureSplits, cfg, feats, run):
+    from transfer.runs import Result
+
+    start = time.perf_counter()
+    pred = fit.estimator.predict(data.x_eval)
+    # Per image: the CNN pass (steady-state rate of the extraction) plus this classifier.
+    per_image = 1 / feats.images_per_second + (time.perf_counter() - start) / len(data.y_eval)
+    return Result(
+        strategy="features", backbone=cfg.backbone, classifier=fit.name, eval_split=run.eval_split,
+        paths=data.eval_paths, y_true=data.y_eval, y_pred=pred, classes=data.classes,
+        scores=class_scores(fit.estimator, data.x_eval), layer=cfg.layer, params=fit.best_params,
+        n_train=len(data.y_train if data.y_refit is None else data.y_refit), fit_seconds=fit.fit_seconds,
+        extract_seconds=feats.seconds, feature_dim=int(feats.features.shape[1]),
+        inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
+        trainable_params=fitted_parameter_count(fit.estimator), run_dir=run.out, skipped=dict(feats.skipped))
+
+
+def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fraction=VAL_FRACTION,
+             test_fraction=TEST_FRACTION, seed=0, progress=True, features_dir=None, log=print) -> pd.DataFrame:
     """``transfer classify``: features (cached or extracted), tuned classifiers, reports.
 
     Writes ``metrics.csv``, ``predictions.csv``, ``per_class.csv``,
@@ -212,86 +303,18 @@ def classify(data, out, cfg=None, classifiers="linear_svm,rbf_svm,logreg,knn,mlp
     ``classifiers/NAME.skops`` into ``out``; the feature cache goes to
     ``features_dir`` (default ``out/features``).
 
+    Args:
+        data: a folder, a CSV manifest, ``digits`` or ``fashion-mnist`` (see
+            :func:`transfer.sources.resolve_source`), or a split table.
+        classifiers: comma-separated names or a list (``all``: every one).
+
     Returns:
         The metrics table, one row per classifier, best first.
     """
-    import dataclasses as dc
-    from pathlib import Path
-
-    from transfer.data import evaluation_split
-    from transfer.evaluate import evaluate, per_class
-    from transfer.features import ExtractConfig, extract
-    from transfer.report import check_run_folder, write_config, write_csv
+    from transfer.features import ExtractConfig
+    from transfer.runs import metrics_table, open_run
 
     names = parse_classifiers(classifiers)
     cfg = (cfg or ExtractConfig()).validated()
-    out = Path(out)
-    check_run_folder(out, "classify")
-    split, feats = extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-                           progress=progress, features_dir=features_dir)
-    eval_split = evaluation_split(split)
-    index = {p: i for i, p in enumerate(feats.paths)}
-    reused = split.attrs.get("reused", False)
-    split = split[split["path"].isin(index)].reset_index(drop=True)
-    split.attrs["reused"] = reused
-    rows = {s: split[split["split"] == s] for s in ("train", "val", "test")}
-
-    def xy(frame):
-        return feats.features[[index[p] for p in frame["path"]]], frame["label"].to_numpy()
-
-    if rows[eval_split].empty:
-        raise TransferError(f"No readable image is left in the {eval_split} split (see {out / 'skipped.csv'}): "
-                            "nothing to evaluate on.")
-    x_train, y_train = xy(rows["train"])
-    x_eval, y_eval = xy(rows[eval_split])
-    x_refit = y_refit = None
-    if eval_split == "test" and len(rows["val"]):
-        x_refit, y_refit = xy(pd.concat([rows["train"], rows["val"]]))
-    classes = sorted(set(split["label"]))
-    if set(y_train) != set(classes):
-        raise TransferError(f"The training split lacks the class(es) {sorted(set(classes) - set(y_train))}: "
-                            "every class needs training images.")
-
-    metrics, preds, per_cls, searches = [], [], [], []
-    for name in names:
-        log(f"fitting {name} (grid search on {len(y_train)} training images)...")
-        fit = fit_classifier(name, x_train, y_train, x_refit, y_refit, seed=seed)
-        start = time.perf_counter()
-        pred = fit.estimator.predict(x_eval)
-        # Per image: the CNN pass (steady-state rate of the extraction) plus this classifier.
-        per_image = 1 / feats.images_per_second + (time.perf_counter() - start) / len(y_eval)
-        scores = class_scores(fit.estimator, x_eval)
-        est_classes = list(fit.estimator.classes_)
-        metrics.append({
-            "strategy": "features", "backbone": cfg.backbone, "layer": cfg.layer, "classifier": name,
-            "best_params": json.dumps(fit.best_params, default=str), "eval_split": eval_split,
-            "n_train": len(y_train) if y_refit is None else len(y_refit), "n_test": len(y_eval),
-            **evaluate(y_eval, pred, scores, est_classes),
-            "fit_seconds": round(fit.fit_seconds, 3), "extract_seconds": round(feats.seconds, 3),
-            "feature_dim": int(feats.features.shape[1]),
-            "inference_images_per_second": round(1 / per_image, 2) if per_image > 0 else float("nan"),
-            "trainable_params": fitted_parameter_count(fit.estimator),
-        })
-        top = scores[np.arange(len(pred)), [est_classes.index(p) for p in pred]]
-        preds.append(pd.DataFrame({"classifier": name, "path": rows[eval_split]["path"].to_numpy(),
-                                   "true_label": y_eval, "pred_label": pred, "score": top}))
-        per_cls.append(per_class(y_eval, pred, classes).assign(classifier=name))
-        searches.append(fit.search)
-        save_classifier(fit.estimator, out / "classifiers" / f"{name}.skops")
-
-    table = pd.DataFrame(metrics).sort_values("test_accuracy", ascending=False, kind="stable")
-    write_csv(table, out / "metrics.csv")
-    write_csv(pd.concat(preds), out / "predictions.csv")
-    write_csv(pd.concat(per_cls)[["classifier", "label", "precision", "recall", "f1", "support"]],
-              out / "per_class.csv")
-    write_csv(pd.concat(searches), out / "search.csv")
-    write_config(out / "config.json", {
-        "command": "classify", "data": str(data), "extract": dc.asdict(cfg), "classifiers": names,
-        "val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed,
-        "split_reused": bool(split.attrs.get("reused", False)), "eval_split": eval_split, "classes": classes,
-        "best_classifier": table.iloc[0]["classifier"],
-        "features_from_cache": feats.from_cache, "feature_cache_key": feats.key,
-        "features_dir": str(Path(features_dir) if features_dir is not None else out / "features"),
-        "n_skipped": len(feats.skipped),
-    })
-    return table
+    run = open_run(data, out, "classify", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    return metrics_table(classify_run(run, cfg, names, features_dir=features_dir, progress=progress, log=log))

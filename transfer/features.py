@@ -11,53 +11,51 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from transfer.backbones import FEATURE_LAYERS, POOLINGS, _check_weights, get_backbone
-from transfer.data import ImageError, check_resize, decode_image
+from transfer.backbones import FEATURE_LAYERS, POOLINGS, BackboneOptions, get_backbone
 from transfer.errors import TransferError
 from transfer.fileio import atomic_path
+from transfer.images import timed_predict
+from transfer.splits import TEST_FRACTION, VAL_FRACTION
 
 # Bump when decoding or extraction changes the numbers (2: JPEG draft decoding).
 CACHE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class ExtractConfig:
-    """What determines the features (besides the images themselves)."""
+class ExtractConfig(BackboneOptions):
+    """What determines the features, besides the images themselves.
 
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
+    Attributes:
+        layer: ``pooled`` (global pooling of the last conv block), ``flatten``
+            (that block flattened) or the name of any layer of the backbone.
+        pooling: ``avg``, ``max`` or None (flatten conv outputs).
+    """
+
     layer: str = "pooled"
     pooling: str | None = "avg"
-    image_size: int | None = None
-    resize: str = "crop"
-    batch_size: int = 32
 
     def validated(self) -> ExtractConfig:
-        row = get_backbone(self.backbone)
+        """A copy with every option checked and resolved (the backbone's size, its registry name).
+
+        Raises:
+            TransferError: naming the option, what is allowed and what was given.
+        """
         if self.pooling not in POOLINGS:
             raise TransferError(f"pooling={self.pooling!r} is not valid. Expected one of: avg, max, none.")
-        check_resize(self.resize)
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise TransferError(f"batch_size={self.batch_size!r} is not valid: give a positive integer.")
-        size = self.image_size or row.input_size
-        if size < row.min_input_size:
-            raise TransferError(f"image_size={size} is too small for {row.name}: it needs >= {row.min_input_size}.")
         if not self.layer:
             raise TransferError(f"layer must be one of {', '.join(FEATURE_LAYERS)} or a layer name.")
-        weights = _check_weights(self.weights)
-        weights = str(weights) if weights is not None else "none"
+        cfg = self.checked_backbone()
         pooling = self.pooling
         if self.layer == "flatten":
             pooling = None  # has no effect: keep it out of the cache key
         elif self.layer == "pooled" and pooling is None:
             pooling = "avg"
-        return dataclasses.replace(self, backbone=row.name, image_size=size, weights=weights, pooling=pooling)
+        return dataclasses.replace(cfg, pooling=pooling)
 
 
 @dataclasses.dataclass
@@ -105,59 +103,6 @@ def cache_key(cfg: ExtractConfig, paths) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def image_dataset(paths, size: int, resize: str, batch_size: int, skipped: dict):
-    """A ``tf.data`` pipeline yielding ``(indices, images, ok)`` batches.
-
-    Decoding runs in parallel through PIL (which handles EXIF orientation,
-    palettes and GIFs); a file that cannot be decoded yields a blank image
-    with ``ok = False`` and its reason in ``skipped[index]``.
-    """
-    import tensorflow as tf
-
-    paths = [str(p) for p in paths]
-    lock = threading.Lock()
-
-    def decode(i):
-        i = int(i)
-        try:
-            return decode_image(paths[i], size, resize), np.bool_(True)
-        except ImageError as e:
-            with lock:
-                skipped[i] = str(e)
-            return np.zeros((size, size, 3), np.uint8), np.bool_(False)
-
-    def load(i):
-        img, ok = tf.numpy_function(decode, [i], [tf.uint8, tf.bool], stateful=False)
-        img.set_shape((size, size, 3))
-        ok.set_shape(())
-        return i, img, ok
-
-    import os
-
-    ds = tf.data.Dataset.range(len(paths))
-    # Batches carry their indices, so decoding may finish out of order: a slow
-    # (large) photo does not hold up the images behind it.
-    ds = ds.map(load, num_parallel_calls=os.cpu_count() or 2, deterministic=False)
-    ds = ds.batch(batch_size).prefetch(2)
-    options = tf.data.Options()
-    # tf.data's autotuner measured here: every few runs its start-up stalled
-    # ~0.8 s, and fixed parallelism (one decoder per core) was as fast.
-    options.autotune.enabled = False
-    return ds.with_options(options)
-
-
-def forward(model, x, batch_size: int) -> np.ndarray:
-    """``model`` on one batch, padded to ``batch_size`` rows.
-
-    Every call then has the same input shape, so the compiled function is
-    traced once; a short last batch would otherwise cost a retrace (seconds).
-    """
-    n = len(x)
-    if n < batch_size:
-        x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
-    return np.asarray(model.predict_on_batch(x), dtype=np.float32)[:n]
-
-
 def _progress(total, desc):
     from tqdm.auto import tqdm
 
@@ -170,51 +115,6 @@ def build_extractor(cfg: ExtractConfig):
 
     return feature_model(cfg.backbone, layer=cfg.layer, pooling=cfg.pooling, weights=cfg.weights,
                          image_size=cfg.image_size)
-
-
-def predict_images(model, paths, size: int, resize: str, batch_size: int, preprocess, on_batch=None):
-    """Run ``model`` over image files through the tf.data pipeline.
-
-    Args:
-        preprocess: maps float RGB pixels in [0, 255] to the model's input.
-        on_batch: called with the number of files in each batch (progress bars).
-
-    Returns:
-        ``(kept, outputs, skipped)``: indices into ``paths`` of the readable
-        images in input order, the model's outputs for them (one row each,
-        flattened), and ``{index: reason}`` for the unreadable ones.
-    """
-    skipped: dict[int, str] = {}
-    kept, chunks = [], []
-    for idx, images, ok in image_dataset(paths, size, resize, batch_size, skipped):
-        ok = ok.numpy()
-        if ok.any():
-            out = forward(model, preprocess(images.numpy().astype(np.float32)), batch_size)
-            chunks.append(out[ok].reshape(int(ok.sum()), -1))
-            kept.extend(int(i) for i in idx.numpy()[ok])
-        if on_batch is not None:
-            on_batch(len(ok))
-    dim = int(np.prod(model.output.shape[1:]))
-    outputs = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    order = np.argsort(kept, kind="stable")  # back to the input order
-    return [kept[i] for i in order], outputs[order], skipped
-
-
-def timed_predict(model, paths, size: int, resize: str, batch_size: int, preprocess, on_batch=None):
-    """:func:`predict_images` after one warm-up batch, timed.
-
-    The warm-up traces the model's function first, so the rate measures
-    steady-state inference from image files (decoding included), not the
-    one-off tracing.
-
-    Returns:
-        ``(kept, outputs, skipped, images_per_second)``.
-    """
-    forward(model, np.zeros((batch_size, size, size, 3), np.float32), batch_size)
-    start = time.perf_counter()
-    kept, outputs, skipped = predict_images(model, paths, size, resize, batch_size, preprocess, on_batch=on_batch)
-    seconds = time.perf_counter() - start
-    return kept, outputs, skipped, (len(paths) / seconds if paths and seconds > 0 else float("nan"))
 
 
 def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
@@ -230,7 +130,7 @@ def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
                                                row.preprocess_input, on_batch=bar.update if bar else None)
     if bar is not None:
         bar.close()
-    return [paths[i] for i in kept], feats, [(paths[i], reason) for i, reason in sorted(skipped.items())], rate
+    return [paths[i] for i in kept], feats, [(p, skipped[p]) for p in paths if p in skipped], rate
 
 
 def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -> Features:
@@ -266,8 +166,8 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -
     return Features(kept, feats, skipped, seconds, key, False, rate)
 
 
-def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=0.15, test_fraction=0.15, seed=0,
-            progress=True, features_dir=None):
+def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,
+            seed=0, progress=True, features_dir=None):
     """``transfer extract``: split the data, compute (or reuse) the features of every image.
 
     Writes ``split.csv``, ``skipped.csv`` and the feature cache under
@@ -276,17 +176,11 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=0.15, t
     Returns:
         ``(split, features)``: the split table and the :class:`Features`.
     """
-    import pandas as pd
-
-    from transfer.data import prepare_split, resolve_source
-    from transfer.report import write_csv
+    from transfer.runs import open_run, write_skipped
 
     cfg = (cfg or ExtractConfig()).validated()
-    source = resolve_source(data)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    split = prepare_split(source, out, val_fraction, test_fraction, seed)
-    cache_dir = Path(features_dir) if features_dir is not None else out / "features"
-    feats = extract_features(split["path"], cfg, cache_dir=cache_dir, progress=progress)
-    write_csv(pd.DataFrame(feats.skipped, columns=["path", "reason"]), out / "skipped.csv")
-    return split, feats
+    run = open_run(data, out, None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    feats = extract_features(run.split["path"], cfg, cache_dir=features_dir or run.out / "features",
+                             progress=progress)
+    write_skipped(feats.skipped, run.out / "skipped.csv")
+    return run.split, feats

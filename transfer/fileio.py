@@ -1,10 +1,11 @@
-"""Small file helpers: the Keras cache directory and atomic writes."""
+"""Small file helpers: the Keras cache directory and atomic writes (a file is whole or absent)."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -63,3 +64,16 @@ def atomic_path(path, suffix: str | None = None):
 def write_text_atomic(path, text: str):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(df, path) -> Path:
+    """Write a DataFrame as CSV (no index), atomically."""
+    path = Path(path)
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def slug(value) -> str:
+    """``value`` as a safe file or folder name (letters, digits, ``.``, ``_``, ``-``)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(value)).strip("_")

@@ -1,35 +1,20 @@
-"""ImageNet top-K predictions of a pretrained backbone."""
+"""Predictions for new images: ImageNet top-K of a backbone, or the classes of a finished run."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from transfer.backbones import get_backbone
-from transfer.data import ImageError, check_resize, list_images, load_image
+from transfer.backbones import DEFAULT_BACKBONE, get_backbone
 from transfer.errors import TransferError
-from transfer.features import forward
+from transfer.imagenet import class_names
+from transfer.images import check_resize, list_images, predict_images
 
 PREDICTION_COLUMNS = ["path", "rank", "class_index", "class_name", "score"]
 SKIPPED_COLUMNS = ["path", "reason"]
 
 
-def _batches(files, size, resize, batch_size, skipped):
-    batch, names = [], []
-    for f in files:
-        try:
-            batch.append(load_image(f, size, resize))
-            names.append(str(f))
-        except ImageError as e:
-            skipped.append((str(f), str(e)))
-        if len(batch) == batch_size:
-            yield names, np.stack(batch)
-            batch, names = [], []
-    if batch:
-        yield names, np.stack(batch)
-
-
-def predict_imagenet(paths, backbone="efficientnet_lite0", *, top=5, weights="imagenet",
+def predict_imagenet(paths, backbone=DEFAULT_BACKBONE, *, top=5, weights="imagenet",
                      resize="plain", batch_size=32):
     """Predict ImageNet classes for image files or folders.
 
@@ -39,7 +24,7 @@ def predict_imagenet(paths, backbone="efficientnet_lite0", *, top=5, weights="im
         top: how many classes to keep per image (1-1000).
         weights: ``"imagenet"`` or a weights file (the model keeps its
             ImageNet classifier, so ``"none"`` makes no sense here).
-        resize: ``"plain"`` or ``"crop"`` (see :func:`transfer.data.load_image`).
+        resize: ``"plain"`` or ``"crop"`` (see :func:`transfer.images.decode_image`).
         batch_size: images per forward pass.
 
     Returns:
@@ -61,19 +46,18 @@ def predict_imagenet(paths, backbone="efficientnet_lite0", *, top=5, weights="im
         raise TransferError("weights='none' gives a random network whose ImageNet classes mean nothing: "
                             "use 'imagenet' or a weights file with the ImageNet classifier.")
     files, skipped = list_images(paths)
-    rows = []
-    model = names = None
-    for batch_paths, x in _batches(files, row.input_size, resize, batch_size, skipped):
-        if model is None:  # built only once an image has decoded: bad input alone stays fast
-            from transfer.backbones import build_backbone
-            from transfer.imagenet import class_names
 
-            model = build_backbone(row, weights=weights, include_top=True)
-            names = class_names()
-        probs = forward(model, row.preprocess_input(x), batch_size)
-        order = np.argsort(-probs, axis=1)[:, :top]
-        for path, p, idx in zip(batch_paths, probs, order, strict=True):
-            rows += [(path, r + 1, int(i), names[i], float(p[i])) for r, i in enumerate(idx)]
+    def build():  # only once an image has decoded: input with nothing readable stays fast
+        from transfer.backbones import build_backbone
+
+        return build_backbone(row, weights=weights, include_top=True)
+
+    kept, probs, bad = predict_images(build, files, row.input_size, resize, batch_size, row.preprocess_input)
+    skipped += list(bad.items())
+    names = class_names() if kept else ()
+    order = np.argsort(-probs, axis=1)[:, :top]
+    rows = [(str(files[k]), r + 1, int(i), names[i], float(p[i]))
+            for k, p, idx in zip(kept, probs, order, strict=True) for r, i in enumerate(idx)]
     return (pd.DataFrame(rows, columns=PREDICTION_COLUMNS),
             pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
 
@@ -104,14 +88,14 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
     try:
         config = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
-        raise TransferError(f"{run} is not a transfer run folder (no readable config.json): give the --out "
-                            "folder of `transfer classify`.") from None
+        raise TransferError(f"{run} is not a transfer run folder (no readable config.json): give the out "
+                            "folder of `transfer classify` or `transfer finetune`.") from None
     if config.get("command") == "finetune":
         if classifier:
-            raise TransferError(f"{run} is a fine-tuning run with one model: drop --classifier {classifier}.")
+            raise TransferError(f"{run} is a fine-tuning run with one model: drop classifier={classifier}.")
         return _predict_finetuned(run, config, paths, batch_size)
     if config.get("command") != "classify":
-        raise TransferError(f"{run} holds a {config.get('command')!r} run; predict --run needs the --out folder "
+        raise TransferError(f"{run} holds a {config.get('command')!r} run; run_dir must be the out folder "
                             "of classify or finetune.")
     name = classifier or config["best_classifier"]
     model_file = run / "classifiers" / f"{name}.skops"
@@ -121,7 +105,7 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
         fitted = [c for c in config["classifiers"] if (run / "classifiers" / f"{c}.skops").exists()]
         raise TransferError(f"{run} has no fitted classifier {name!r}. Expected one of: {', '.join(fitted)}.")
     if str(config["extract"]["weights"]).lower() in ("none", "random"):
-        raise TransferError(f"{run} used random backbone weights (--weights none), which are not saved, so its "
+        raise TransferError(f"{run} used random backbone weights (weights='none'), which are not saved, so its "
                             "features cannot be recomputed: classify again with imagenet or a weights file.")
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
@@ -146,8 +130,6 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
 def _predict_finetuned(run, config, paths, batch_size=None):
     import keras
 
-    from transfer.features import predict_images
-
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
     model_file = run / "model.keras"
@@ -159,8 +141,7 @@ def _predict_finetuned(run, config, paths, batch_size=None):
     classes = np.array(config["classes"])
     bs = batch_size or cfg["batch_size"]
     files, skipped = list_images(paths)
-    kept, probs, bad = predict_images(model, [str(f) for f in files], cfg["image_size"], cfg["resize"], bs,
-                                      row.preprocess_input)
+    kept, probs, bad = predict_images(model, files, cfg["image_size"], cfg["resize"], bs, row.preprocess_input)
     rows = [(str(files[i]), classes[p.argmax()], float(p.max()), "finetune") for i, p in zip(kept, probs, strict=True)]
-    skipped += [(str(files[i]), reason) for i, reason in sorted(bad.items())]
+    skipped += list(bad.items())
     return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))

@@ -4,19 +4,20 @@ initialisation on the same split, so that a report can show what pretraining bou
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from transfer.data import check_resize
 from transfer.errors import TransferError
+from transfer.images import ImageOptions
+from transfer.splits import TEST_FRACTION, VAL_FRACTION
+
+MIN_SIZE = 16  # two 2x poolings leave a 4x4 map
 
 
 @dataclasses.dataclass(frozen=True)
-class ScratchConfig:
+class ScratchConfig(ImageOptions):
     """Options of the from-scratch baseline.
 
     Attributes:
@@ -26,8 +27,6 @@ class ScratchConfig:
     """
 
     image_size: int = 32
-    resize: str = "crop"
-    batch_size: int = 32
     epochs: int = 30
     lr: float = 1e-3
     patience: int = 5
@@ -35,15 +34,17 @@ class ScratchConfig:
     seed: int = 0
 
     def validated(self) -> ScratchConfig:
-        if not isinstance(self.image_size, int) or self.image_size < 16:
-            raise TransferError(f"image_size={self.image_size!r} is too small for the scratch CNN: give >= 16.")
-        check_resize(self.resize)
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise TransferError(f"{name}={getattr(self, name)} is not valid: give a positive integer.")
+        """Check every option.
+
+        Raises:
+            TransferError: naming the option, what is allowed and what was given.
+        """
+        cfg = self.checked_images(MIN_SIZE, what="the scratch CNN")
+        if self.epochs < 1:
+            raise TransferError(f"epochs={self.epochs} is not valid: give a positive integer.")
         if not self.lr > 0:
             raise TransferError(f"lr={self.lr} is not valid: give a positive number.")
-        return self
+        return cfg
 
 
 def build_scratch_model(image_size: int, n_classes: int):
@@ -68,48 +69,25 @@ def _identity(x):
     return x
 
 
-def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=0.15, test_fraction=0.15,
-                  log=print):
-    """Train the scratch CNN on the run's split and evaluate it like the other strategies.
+def _fit(run, cfg: ScratchConfig, skipped: dict):
+    """Train on the run's train split, early stopping on val; returns ``(model, history)``."""
+    import warnings
 
-    Writes ``model.keras``, ``history.csv``, ``metrics.csv`` (``strategy=scratch``),
-    ``predictions.csv``, ``per_class.csv``, ``config.json``, ``split.csv`` and
-    ``skipped.csv`` into ``out``.
-
-    Returns:
-        The one-row metrics table.
-    """
     import keras
 
-    from transfer.data import evaluation_split, prepare_split, resolve_source
-    from transfer.evaluate import evaluate, per_class
-    from transfer.features import timed_predict
-    from transfer.fileio import atomic_path
-    from transfer.finetune import image_batches
-    from transfer.report import check_run_folder, write_config, write_csv
+    from transfer.images import training_batches
 
-    cfg = (cfg or ScratchConfig()).validated()
-    out = Path(out)
-    check_run_folder(out, "scratch")
-    source = resolve_source(data)
-    out.mkdir(parents=True, exist_ok=True)
-    split = prepare_split(source, out, val_fraction, test_fraction, cfg.seed)
-    eval_split = evaluation_split(split)
-    classes = sorted(set(split["label"]))
-    index_of = {c: i for i, c in enumerate(classes)}
-    rows = {s: split[split["split"] == s] for s in ("train", "val", "test")}
-    skipped: dict[str, str] = {}
+    index_of = {c: i for i, c in enumerate(run.classes)}
 
     def batches(frame, **kw):
-        return image_batches(frame["path"], frame["label"].map(index_of), cfg, preprocess=_identity,
-                             skipped=skipped, **kw)
+        return training_batches(frame["path"], frame["label"].map(index_of), cfg, _identity, skipped, seed=cfg.seed,
+                                **kw)
 
     keras.utils.set_random_seed(cfg.seed)
-    model = build_scratch_model(cfg.image_size, len(classes))
+    model = build_scratch_model(cfg.image_size, len(run.classes))
     model.compile(keras.optimizers.Adam(cfg.lr), "sparse_categorical_crossentropy", metrics=["accuracy"],
                   jit_compile=False)
-    val = batches(rows["val"]) if len(rows["val"]) else None
-    monitor = "val_loss" if val is not None else "loss"
+    val = batches(run.rows("val")) if len(run.rows("val")) else None
     timings = []
 
     class Timer(keras.callbacks.Callback):
@@ -119,52 +97,72 @@ def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=0
         def on_epoch_end(self, epoch, logs=None):
             timings.append(round(time.perf_counter() - self.start, 3))
 
-    import warnings
-
+    stop = keras.callbacks.EarlyStopping("val_loss" if val is not None else "loss", patience=cfg.patience,
+                                         restore_best_weights=True)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        fit = model.fit(batches(rows["train"], shuffle=True, augment=cfg.augment), validation_data=val,
-                        epochs=cfg.epochs, verbose=2, shuffle=False,
-                        callbacks=[Timer(), keras.callbacks.EarlyStopping(monitor, patience=cfg.patience,
-                                                                          restore_best_weights=True)])
+        fit = model.fit(batches(run.rows("train"), shuffle=True, augment=cfg.augment), validation_data=val,
+                        epochs=cfg.epochs, verbose=2, shuffle=False, callbacks=[Timer(), stop])
     history = pd.DataFrame(fit.history)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     history.insert(0, "stage", "scratch")
     history["seconds"] = timings
-    train_seconds = float(sum(timings))
+    return model, history
 
-    eval_paths = rows[eval_split]["path"].tolist()
-    kept, probs, bad, rate = timed_predict(model, eval_paths, cfg.image_size, cfg.resize, cfg.batch_size, _identity)
+
+def scratch_run(run, cfg: ScratchConfig, log=print):
+    """The scratch CNN in an opened run folder: trained, scored, reports written.
+
+    Returns:
+        Its :class:`~transfer.runs.Result`.
+    """
+    from transfer.fileio import atomic_path, write_csv
+    from transfer.images import timed_predict
+    from transfer.runs import Result, write_reports
+
+    skipped: dict[str, str] = {}
+    model, history = _fit(run, cfg, skipped)
+    rows = run.rows(run.eval_split)
+    paths = rows["path"].tolist()
+    kept, probs, bad, rate = timed_predict(model, paths, cfg.image_size, cfg.resize, cfg.batch_size, _identity)
     if not kept:
-        raise TransferError(f"No readable image in the {eval_split} split: nothing to evaluate on.")
-    skipped.update({eval_paths[i]: reason for i, reason in bad.items()})
-    y_true = rows[eval_split]["label"].to_numpy()[kept]
-    y_pred = np.array(classes)[probs.argmax(1)]
-    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
-    metrics = pd.DataFrame([{
-        "strategy": "scratch", "backbone": "none", "layer": "", "classifier": "scratch_cnn",
-        "best_params": json.dumps({"lr": cfg.lr, "image_size": cfg.image_size}), "eval_split": eval_split,
-        "n_train": int((~rows["train"]["path"].isin(skipped)).sum()), "n_test": len(kept),
-        **evaluate(y_true, y_pred, probs, classes),
-        "fit_seconds": round(train_seconds, 3), "extract_seconds": 0.0, "feature_dim": 128,
-        "inference_images_per_second": round(rate, 2), "trainable_params": trainable, "frozen_params": 0,
-        "freeze": "none", "epochs_run": len(history),
-    }])
-    with atomic_path(out / "model.keras", suffix=".keras") as tmp:
+        raise TransferError(f"No readable image in the {run.eval_split} split: nothing to evaluate on.")
+    skipped.update(bad)
+    result = Result(
+        strategy="scratch", backbone="none", classifier="scratch_cnn", eval_split=run.eval_split,
+        paths=[paths[i] for i in kept], y_true=rows["label"].to_numpy()[kept],
+        y_pred=np.array(run.classes)[probs.argmax(1)], classes=run.classes, scores=probs,
+        params={"lr": cfg.lr, "image_size": cfg.image_size},
+        n_train=int((~run.rows("train")["path"].isin(skipped)).sum()), fit_seconds=float(history["seconds"].sum()),
+        feature_dim=int(model.get_layer("fc").units), inference_images_per_second=rate,
+        trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)), frozen_params=0,
+        freeze="none", epochs_run=len(history), run_dir=run.out, skipped=skipped)
+    with atomic_path(run.out / "model.keras", suffix=".keras") as tmp:
         model.save(tmp)
-    write_csv(metrics, out / "metrics.csv")
-    write_csv(history, out / "history.csv")
-    write_csv(pd.DataFrame({"classifier": "scratch_cnn", "path": [eval_paths[i] for i in kept],
-                            "true_label": y_true, "pred_label": y_pred, "score": probs.max(1)}),
-              out / "predictions.csv")
-    per_cls = per_class(y_true, y_pred, classes).assign(classifier="scratch_cnn")
-    write_csv(per_cls[["classifier", "label", "precision", "recall", "f1", "support"]], out / "per_class.csv")
-    write_csv(pd.DataFrame(sorted(skipped.items()), columns=["path", "reason"]), out / "skipped.csv")
-    write_config(out / "config.json", {
-        "command": "scratch", "data": str(data), "scratch": dataclasses.asdict(cfg), "val_fraction": val_fraction,
-        "test_fraction": test_fraction, "seed": cfg.seed, "split_reused": bool(split.attrs.get("reused", False)),
-        "eval_split": eval_split, "classes": classes, "n_skipped": len(skipped),
-    })
-    log(f"scratch CNN: {eval_split} accuracy {metrics['test_accuracy'].iloc[0]:.3f}, {train_seconds:.0f} s of "
-        f"training ({len(history)} epochs)")
-    return metrics
+    write_csv(history, run.out / "history.csv")
+    write_reports(run, [result], {"scratch": dataclasses.asdict(cfg)})
+    log(f"scratch CNN: {run.eval_split} accuracy {result.metrics()['test_accuracy']:.3f}, "
+        f"{result.fit_seconds:.0f} s of training ({len(history)} epochs)")
+    return result
+
+
+def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=VAL_FRACTION,
+                  test_fraction=TEST_FRACTION, log=print) -> pd.DataFrame:
+    """Train the scratch CNN on the run's split and evaluate it like the other strategies.
+
+    Writes ``model.keras``, ``history.csv``, ``metrics.csv`` (``strategy=scratch``),
+    ``predictions.csv``, ``per_class.csv``, ``config.json``, ``split.csv`` and
+    ``skipped.csv`` into ``out``.
+
+    Args:
+        data: a folder, a CSV manifest, ``digits`` or ``fashion-mnist`` (see
+            :func:`transfer.sources.resolve_source`), or a split table.
+
+    Returns:
+        The one-row metrics table.
+    """
+    from transfer.runs import metrics_table, open_run
+
+    cfg = (cfg or ScratchConfig()).validated()
+    run = open_run(data, out, "scratch", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+    return metrics_table([scratch_run(run, cfg, log=log)])

@@ -1,0 +1,163 @@
+"""The plots of a compare report, drawn from its records and its sub-runs' artefacts.
+
+Which models and files each plot shows is decided here; how a plot is
+drawn is :mod:`transfer.plots`.  ``tsne_plot`` and ``conv_kernels_plot``
+also serve any single run folder (notebooks use them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer.errors import TransferError
+from transfer.runs import STRATEGIES
+
+
+def _first_conv_kernel(model):
+    """The kernel of the first convolution that reads the RGB input, searching nested models."""
+    import keras
+
+    stack = [model]
+    while stack:
+        layer = stack.pop(0)
+        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D):
+            kernel = np.asarray(layer.kernel)
+            if kernel.shape[2] == 3:
+                return layer.name, kernel
+        stack[0:0] = list(getattr(layer, "layers", []))
+    return None, None
+
+
+def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classes, folder, log=print):
+    """Every PNG of a compare report, into ``folder``; returns their paths.
+
+    Args:
+        run: the compare run folder (its split and feature cache).
+        table, preds: from :func:`transfer.verdict.combine`.
+        results: the records of every sub-run.
+        cfg: the validated :class:`~transfer.comparison.CompareConfig`.
+    """
+    from transfer import plots
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    y_true = preds["_y_true"]
+    made = []
+    for strategy in STRATEGIES:
+        rows = table[table["strategy"] == strategy]
+        if len(rows):
+            r = rows.iloc[0]
+            made.append(plots.confusion_matrix_png(
+                y_true, preds[r["model"]]["pred_label"].to_numpy(), classes, folder / f"confusion-{strategy}.png",
+                title=f"{r['model']}: {r['eval_split']} accuracy {r['test_accuracy']:.3f}"))
+    made.append(plots.accuracy_vs_time_png(table, folder / "accuracy-vs-time.png"))
+    tuned = [r for r in results if r.strategy == "finetune"]
+    for res in tuned:
+        history = pd.read_csv(Path(res.run_dir) / "history.csv")
+        if len(history):
+            name = Path(res.run_dir).name
+            made.append(plots.training_curves_png(
+                history, folder / f"curves-{res.backbone}-{name}.png",
+                title=f"{res.backbone} {name}: head (stage 1) then fine-tuning (stage 2)"))
+    for backbone in cfg.backbones:
+        if "features" in cfg.strategies:
+            made.append(_tsne(run, cfg, backbone, folder, log))
+        made.append(_kernels([r for r in tuned if r.backbone == backbone], cfg, backbone, folder, log))
+    return [m for m in made if m is not None]
+
+
+def _tsne(run, cfg, backbone, folder, log):
+    # The features strategy 2 used, from its cache: no second CNN pass.
+    png = tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png", seed=cfg.seed)
+    if png is None:
+        log(f"no t-SNE plot for {backbone}: fewer than 5 readable evaluation images")
+    return png
+
+
+def _kernels(tuned, cfg, backbone, folder, log):
+    if not tuned:
+        return None
+    if cfg.weights == "none":
+        log(f"no conv-kernels plot for {backbone}: with --weights none there are no pretrained kernels to "
+            "compare with")
+        return None
+    res = max(tuned, key=lambda r: r.trainable_params)  # the run that trained the most shows the most change
+    try:
+        png, name, change = conv_kernels_plot(res.run_dir, folder / f"conv-kernels-{backbone}.png")
+    except TransferError as e:  # a missing plot must not cost the report of everything trained
+        log(f"no conv-kernels plot for {backbone}: {e}")
+        return None
+    log(f"first conv layer {name} of {backbone}: its largest weight change in {Path(res.run_dir).name} is "
+        f"{change:.2%} of its largest weight")
+    return png
+
+
+def tsne_plot(run_dir, cfg, path, *, features_dir=None, limit=1000, seed=0):
+    """t-SNE of a run's evaluation images in pixel space beside the same images in CNN feature space.
+
+    Args:
+        run_dir: a run folder with ``split.csv`` (compare, classify, extract or finetune).
+        cfg: the :class:`~transfer.features.ExtractConfig` of the features to show.
+        path: the PNG to write.
+        features_dir: the feature cache (default ``run_dir/features``): a cached
+            pass over the whole split is reused, otherwise the CNN runs once.
+        limit: at most this many images (a seeded sample; t-SNE is quadratic).
+
+    Returns:
+        The PNG's path, or None when fewer than 5 evaluation images are readable.
+    """
+    from transfer import plots
+    from transfer.features import extract_features
+    from transfer.images import decode_image
+    from transfer.splits import evaluation_split, read_split
+
+    run_dir = Path(run_dir)
+    split = read_split(run_dir / "split.csv")
+    rows = split[split["split"] == evaluation_split(split)]
+    if len(rows) > limit:
+        rows = rows.sample(limit, random_state=seed).sort_index()
+    # The features of the whole split, as strategy 2 caches them (the same key: no second CNN pass).
+    cache = Path(features_dir) if features_dir is not None else run_dir / "features"
+    feats = extract_features(split["path"], cfg, cache_dir=cache, progress=False)
+    pos = {p: i for i, p in enumerate(feats.paths)}
+    rows = rows[rows["path"].isin(pos)]
+    if len(rows) < 5:
+        return None
+    pixels = np.stack([decode_image(p, 32, cfg.resize) for p in rows["path"]]).astype(np.float32) / 255
+    features = feats.features[[pos[p] for p in rows["path"]]]
+    return plots.tsne_png(pixels, features, rows["label"].to_numpy(), path, seed=seed)
+
+
+def conv_kernels_plot(run_dir, path):
+    """The first conv layer's kernels of a fine-tuning run's backbone: ImageNet (before) and tuned (after).
+
+    Args:
+        run_dir: a ``finetune`` run folder (its ``config.json`` and ``model.keras``).
+        path: the PNG to write.
+
+    Returns:
+        ``(png path, layer name, relative change)``: the change is the largest
+        absolute weight change over the largest absolute weight before.
+    """
+    import json
+
+    import keras
+
+    from transfer import plots
+    from transfer.backbones import build_backbone
+
+    run_dir = Path(run_dir)
+    cfg = json.loads((run_dir / "config.json").read_text())["finetune"]
+    if cfg["weights"] == "none":
+        raise TransferError(f"{run_dir} was fine-tuned from random weights (weights='none'): there are no "
+                            "pretrained kernels to compare with.")
+    weights = cfg["weights"]
+    _, before = _first_conv_kernel(build_backbone(cfg["backbone"], weights=weights, image_size=cfg["image_size"]))
+    name, after = _first_conv_kernel(keras.saving.load_model(run_dir / "model.keras", compile=False))
+    if before is None or after is None:
+        raise TransferError(f"{cfg['backbone']} has no convolution that reads the RGB input: no kernels to plot.")
+    change = float(np.abs(after - before).max() / max(np.abs(before).max(), 1e-12))
+    return plots.conv_kernels_png(before, after, path), name, change

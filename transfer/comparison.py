@@ -1,0 +1,268 @@
+"""``transfer compare``: both strategies and a from-scratch baseline on one split, in one report.
+
+A compare run folder holds one ``split.csv`` that every sub-run shares, one
+feature cache shared by strategy 2 and the head stage of strategy 1, a
+sub-run folder per trained model family, and the combined report::
+
+    RUN/split.csv                      the one split
+    RUN/features/                      feature cache (all backbones)
+    RUN/BACKBONE/classify/             strategy 2 (a `classify` run)
+    RUN/BACKBONE/finetune-FREEZE/      strategy 1, one per freeze value
+    RUN/scratch/                       the CNN trained from random init
+    RUN/compare.csv, RUN/config.json, RUN/plots/*.png
+
+The source is read and split once; the sub-runs receive the split itself
+and return :class:`~transfer.runs.Result` records, which
+:mod:`transfer.verdict` combines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from transfer.backbones import DEFAULT_BACKBONE
+from transfer.classifiers import DEFAULT_CLASSIFIERS
+from transfer.errors import TransferError
+from transfer.features import ExtractConfig
+from transfer.finetuning import FinetuneConfig
+from transfer.runs import STRATEGIES
+from transfer.scratch import ScratchConfig
+from transfer.splits import TEST_FRACTION, VAL_FRACTION
+
+CONFIGS = {"features": ExtractConfig, "finetune": FinetuneConfig, "scratch": ScratchConfig}
+# The digits demo (`transfer compare` with no arguments, CompareConfig.demo()): 96 px (8-px digits gain
+# nothing at 224 px but time), no augmentation (a mirrored digit is another digit) and stage 2 at lr/10
+# (digits are far from ImageNet, so the backbone has to move more than fastai's lr/100 lets it).
+DEMO_DATA = "digits"
+DEMO_OPTIONS = {"image_size": 96, "augment": False, "lr_mult": 10.0}
+
+
+def _feeds(name: str, *strategies: str):
+    """A compare option that is ``name`` of the configs of ``strategies``, with the first one's default."""
+    return dataclasses.field(default=getattr(CONFIGS[strategies[0]], name),
+                             metadata={"strategies": strategies, "name": name})
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig:
+    """Options of ``transfer compare``.
+
+    Each option passes on to the strategies' own configs (see
+    :meth:`config_for`) and takes its default from there: the image options
+    and ``weights`` to both strategies, so both see the same pixels.
+
+    Attributes:
+        backbones: registry names; every strategy runs for each.
+        strategies: any of ``features``, ``finetune``, ``scratch``.
+        classifiers: strategy 2's scikit-learn classifiers.
+        freeze: strategy 1 runs once per value (``all``, ``none``, a count,
+            a fraction or a layer name, as ``transfer finetune --freeze``).
+        scratch_size: input size of the from-scratch CNN.
+        scratch_epochs: its epoch limit (early stopping on validation loss).
+    """
+
+    backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
+    strategies: tuple[str, ...] = STRATEGIES
+    classifiers: tuple[str, ...] = DEFAULT_CLASSIFIERS
+    layer: str = _feeds("layer", "features")
+    pooling: str | None = _feeds("pooling", "features")
+    image_size: int | None = _feeds("image_size", "features", "finetune")
+    resize: str = _feeds("resize", "features", "finetune", "scratch")
+    batch_size: int = _feeds("batch_size", "features", "finetune", "scratch")
+    weights: str = _feeds("weights", "features", "finetune")
+    freeze: tuple[str, ...] = (FinetuneConfig.freeze,)
+    head_epochs: int = _feeds("head_epochs", "finetune")
+    epochs: int = _feeds("epochs", "finetune")
+    lr: float = _feeds("lr", "finetune")
+    lr_mult: float = _feeds("lr_mult", "finetune")
+    augment: bool = _feeds("augment", "finetune", "scratch")
+    patience: int = _feeds("patience", "finetune")
+    precision: str = _feeds("precision", "finetune")
+    scratch_size: int = _feeds("image_size", "scratch")
+    scratch_epochs: int = _feeds("epochs", "scratch")
+    seed: int = _feeds("seed", "finetune", "scratch")
+
+    @classmethod
+    def demo(cls, **options) -> CompareConfig:
+        """The settings of the digits demo (``transfer compare`` with no arguments); ``options`` override them."""
+        return cls(**{**DEMO_OPTIONS, **options})
+
+    def config_for(self, strategy: str, **fixed):
+        """The config of one strategy (``features``, ``finetune`` or ``scratch``) that these options make."""
+        given = {f.metadata["name"]: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if strategy in f.metadata.get("strategies", ())}
+        return CONFIGS[strategy](**{**given, **fixed})
+
+    def extract_config(self, backbone) -> ExtractConfig:
+        return self.config_for("features", backbone=backbone)
+
+    def finetune_config(self, backbone, freeze) -> FinetuneConfig:
+        return self.config_for("finetune", backbone=backbone, freeze=freeze)
+
+    def scratch_config(self) -> ScratchConfig:
+        return self.config_for("scratch")
+
+    def validated(self) -> CompareConfig:
+        """Check every option before any work; comma-separated strings become tuples.
+
+        Raises:
+            TransferError: naming the option, what is allowed and what was given.
+        """
+        from transfer.backbones import get_backbone
+        from transfer.classifiers import parse_classifiers
+
+        backbones = tuple(dict.fromkeys(get_backbone(b).name for b in _names(self.backbones)))
+        if not backbones:
+            raise TransferError("backbones is empty: give at least one registry name (`transfer backbones`).")
+        strategies = _names(self.strategies)
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown or not strategies:
+            raise TransferError(f"Unknown strategy {unknown[0] if unknown else self.strategies!r}. Expected a "
+                                f"comma-separated list of: {', '.join(STRATEGIES)}.")
+        freeze = tuple(dict.fromkeys(_names(self.freeze)))
+        if "finetune" in strategies and not freeze:
+            raise TransferError("freeze is empty: give one or more of all, none, a count, a fraction or a layer name.")
+        classifiers = _names(self.classifiers)
+        cfg = dataclasses.replace(
+            self, backbones=backbones, strategies=tuple(s for s in STRATEGIES if s in strategies), freeze=freeze,
+            classifiers=tuple(parse_classifiers(list(classifiers))) if "features" in strategies else classifiers)
+        for backbone in backbones:  # each sub-config checks its own options (sizes, epochs, rates...)
+            if "features" in strategies:
+                cfg.extract_config(backbone).validated()
+            for f in freeze if "finetune" in strategies else ():
+                cfg.finetune_config(backbone, f).validated()
+        if "scratch" in strategies:
+            cfg.scratch_config().validated()
+        return cfg
+
+
+def _names(value) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    return tuple(str(v).strip() for v in items if str(v).strip())
+
+
+def _prefixed(log, tag):
+    return lambda msg: log(f"[{tag}] {msg}")
+
+
+def _features(run, cfg: CompareConfig, backbone: str, progress, log) -> list:
+    """Strategy 2 with ``backbone``, or its finished sub-run when the settings, split and images are the same."""
+    from transfer.classifiers import classify_run
+    from transfer.features import cache_key
+    from transfer.runs import finished_with, open_run, read_results
+
+    folder = run.out / backbone / "classify"
+    sub = open_run(run.split, folder, "classify", seed=cfg.seed)
+    ecfg = cfg.extract_config(backbone).validated()
+    if finished_with(folder, {"extract": dataclasses.asdict(ecfg), "classifiers": list(cfg.classifiers),
+                              "seed": cfg.seed, "feature_cache_key": cache_key(ecfg, list(run.split["path"]))}):
+        log(f"strategy 2 (features + classifiers) with {backbone}: reusing {folder} (same settings, split and images)")
+        return read_results(folder)
+    log(f"strategy 2 (features + classifiers) with {backbone} -> {folder}")
+    return classify_run(sub, ecfg, cfg.classifiers, features_dir=run.out / "features", progress=progress,
+                        log=_prefixed(log, "features"))
+
+
+def _finetuned(run, cfg: CompareConfig, backbone: str, freeze: str, log):
+    """Strategy 1 with ``backbone`` and one ``freeze`` value (a finished run resumes to its evaluation)."""
+    from transfer.fileio import slug
+    from transfer.finetuning import finetune_run
+    from transfer.runs import open_run
+
+    folder = run.out / backbone / f"finetune-{slug(freeze)}"
+    sub = open_run(run.split, folder, "finetune", seed=cfg.seed)
+    log(f"strategy 1 (fine-tuning, freeze {freeze}) with {backbone} -> {folder}")
+    return finetune_run(sub, cfg.finetune_config(backbone, freeze).validated(), features_dir=run.out / "features",
+                        log=_prefixed(log, f"finetune {freeze}"))
+
+
+def _scratch(run, cfg: CompareConfig, log):
+    """The from-scratch baseline, or its finished sub-run when the settings and split are the same."""
+    from transfer.runs import finished_with, open_run, read_results
+    from transfer.scratch import scratch_run
+
+    folder = run.out / "scratch"
+    sub = open_run(run.split, folder, "scratch", seed=cfg.seed)
+    scfg = cfg.scratch_config().validated()
+    if finished_with(folder, {"scratch": dataclasses.asdict(scfg)}):
+        log(f"baseline: reusing {folder} (same settings and split)")
+        return read_results(folder)[0]
+    log(f"baseline: a small CNN from random init -> {folder}")
+    return scratch_run(sub, scfg, log=_prefixed(log, "scratch"))
+
+
+def _write_report(run, cfg: CompareConfig, results, log):
+    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict)``.
+
+    Plots are drawn into a staging folder: a failure while drawing leaves the
+    previous report and plots whole.
+    """
+    from transfer.compare_plots import make_plots
+    from transfer.fileio import write_csv
+    from transfer.runs import write_config, write_skipped
+    from transfer.verdict import combine, verdict
+
+    table, preds = combine(results, run.out, seed=cfg.seed)
+    line = verdict(table, preds)
+    staging = run.out / ".plots-new"
+    shutil.rmtree(staging, ignore_errors=True)
+    drawn = make_plots(run.out, table, preds, results, cfg, run.classes, staging, log=log)
+    write_skipped({p: reason for r in results for p, reason in r.skipped.items()}, run.out / "skipped.csv")
+    write_csv(table, run.out / "compare.csv")
+    plots_dir = run.out / "plots"
+    plots_dir.mkdir(exist_ok=True)
+    made = [plots_dir / png.name for png in drawn]
+    for png in drawn:
+        os.replace(png, plots_dir / png.name)
+    for old in plots_dir.glob("*.png"):  # plots of models an earlier compare here had, this one has not
+        if old not in made:
+            old.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
+    write_config(run.out / "config.json", {
+        **run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0],
+        "verdict": line, "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
+        "plots": [str(p.relative_to(run.out)) for p in made],
+    })
+    return table, line
+
+
+def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_fraction=VAL_FRACTION,
+            test_fraction=TEST_FRACTION, progress=True, log=print) -> tuple[pd.DataFrame, str]:
+    """Run strategy 2, strategy 1 and the scratch baseline on one split; write the combined report.
+
+    Args:
+        data: as for every command: a folder, a CSV manifest, ``digits`` or ``fashion-mnist``.
+        out: the run folder (see the module docstring for its layout).
+        cfg: the options; :class:`CompareConfig` defaults when omitted.
+
+    Returns:
+        ``(table, verdict)``: the compare table (``compare.csv``), best first,
+        and the one-line verdict.
+    """
+    from transfer.finetune_model import check_freeze
+    from transfer.runs import check_run_folder, open_run
+    from transfer.sources import resolve_source
+
+    cfg = (cfg or CompareConfig()).validated()
+    if out is None:
+        raise TransferError("out is required: the folder the compare run writes to.")
+    check_run_folder(out, "compare")
+    source = resolve_source(data)  # a wrong data fails here, before TensorFlow is loaded
+    for backbone in cfg.backbones if "finetune" in cfg.strategies else ():
+        # every freeze value, before hours of training run into a typo
+        check_freeze(backbone, cfg.finetune_config(backbone, "none").validated().image_size, cfg.freeze)
+    run = open_run(source, out, "compare", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+    results = []
+    for backbone in cfg.backbones:
+        if "features" in cfg.strategies:
+            results += _features(run, cfg, backbone, progress, log)
+        for f in cfg.freeze if "finetune" in cfg.strategies else ():
+            results.append(_finetuned(run, cfg, backbone, f, log))
+    if "scratch" in cfg.strategies:
+        results.append(_scratch(run, cfg, log))
+    return _write_report(run, cfg, results, log)

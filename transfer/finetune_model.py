@@ -1,0 +1,128 @@
+"""Strategy 1, the model: a pretrained backbone, a new head, and which layers train.
+
+``freeze`` (all, none, a count, a fraction or a layer / block name) says how
+many backbone layers stay frozen in stage 2; BatchNorm layers stay frozen
+and in inference mode unless ``train_bn``.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+import pandas as pd
+
+from transfer.errors import TransferError
+
+
+def frozen_count(freeze: str, layers) -> int:
+    """How many backbone layers (from the input) stay frozen in stage 2.
+
+    Raises:
+        TransferError: a number beyond the layer count, or a name no layer has
+            (the message lists the nearest names).
+    """
+    names = [layer.name for layer in layers]
+    # Counts and fractions are of the real layers: the InputLayer is always "frozen".
+    offset = 1 if layers and type(layers[0]).__name__ == "InputLayer" else 0
+    n = len(names) - offset
+    value = str(freeze).strip()
+    if value.lower() == "all":
+        return n + offset
+    if value.lower() == "none":
+        return 0
+    try:
+        number = float(value)
+    except ValueError:
+        number = None
+    if number is not None:
+        if number.is_integer() and "." not in value:
+            if not 0 <= number <= n:
+                raise TransferError(f"freeze={value!r}: the backbone has {n} layers after its input layer; give 0 "
+                                    f"to {n}, a fraction, a layer name, 'all' or 'none'.")
+            return int(number) + offset if number else 0
+        if not 0 <= number <= 1:
+            raise TransferError(f"freeze={value!r}: a fraction must lie in [0, 1].")
+        return int(round(number * n)) + offset if number else 0
+    for i, name in enumerate(names):
+        if name == value or name.startswith(value + "_"):
+            return i
+    prefixes = sorted({nm.split("_")[0] for nm in names} | set(names))
+    close = difflib.get_close_matches(value, prefixes, n=5, cutoff=0.5)
+    raise TransferError(f"freeze={value!r}: the backbone has no such layer or block"
+                        + (f"; nearest: {', '.join(close)}" if close else "")
+                        + ". Give a layer name, a block prefix, a number, a fraction, 'all' or 'none'.")
+
+
+def _is_bn(layer) -> bool:
+    import keras
+
+    return isinstance(layer, keras.layers.BatchNormalization)
+
+
+def build_model(cfg, n_classes: int):
+    """Backbone (pretrained, headless) + pooling, dropout, [hidden dense], softmax."""
+    import keras
+
+    from transfer.backbones import build_backbone
+
+    backbone = build_backbone(cfg.backbone, weights=cfg.weights, image_size=cfg.image_size, pooling=None)
+    inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
+    # training=False keeps BatchNorm on its ImageNet statistics even while
+    # the backbone's other weights train: the known trap of Keras fine-tuning.
+    x = backbone(inputs) if cfg.train_bn else backbone(inputs, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    head = head_layers(cfg, n_classes)
+    for layer in head:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"{cfg.backbone}_finetune"), backbone
+
+
+def head_layers(cfg, n_classes: int) -> list:
+    """The new head after pooling: dropout, an optional hidden dense layer, a float32 softmax."""
+    import keras
+
+    layers = [keras.layers.Dropout(cfg.dropout, name="head_dropout")]
+    if cfg.hidden:
+        layers.append(keras.layers.Dense(cfg.hidden, activation="relu", name="head_hidden"))
+    layers.append(keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head_output"))
+    return layers
+
+
+def set_trainable(backbone, n_frozen: int, train_bn: bool):
+    """Freeze the first ``n_frozen`` backbone layers; BatchNorm stays frozen unless ``train_bn``."""
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= n_frozen and (train_bn or not _is_bn(layer))
+
+
+def layer_table(backbone) -> pd.DataFrame:
+    """One row per backbone layer: index, name, type, trainable, parameters (``layers.csv``)."""
+    return pd.DataFrame([
+        {"index": i, "name": layer.name, "type": type(layer).__name__, "trainable": bool(layer.trainable),
+         "params": int(sum(np.prod(w.shape) for w in layer.weights))}
+        for i, layer in enumerate(backbone.layers)
+    ])
+
+
+def param_counts(model) -> tuple[int, int]:
+    """``(trainable, frozen)`` parameter counts of ``model`` as it is set now."""
+    trainable = int(sum(np.prod(w.shape) for w in model.trainable_weights))
+    frozen = int(sum(np.prod(w.shape) for w in model.non_trainable_weights))
+    return trainable, frozen
+
+
+def check_freeze(backbone: str, image_size: int, values) -> None:
+    """Check ``freeze`` values against the backbone's real layers, before any data or weights are touched.
+
+    The layers come from a random-init build (about half a second): no
+    weights are loaded or downloaded for the check.
+
+    Raises:
+        TransferError: the first value that fits no layer (see :func:`frozen_count`).
+    """
+    from transfer.backbones import build_backbone
+
+    layers = build_backbone(backbone, weights=None, image_size=image_size).layers
+    for value in values:
+        frozen_count(value, layers)

@@ -1,0 +1,361 @@
+"""Strategy 1: fine-tune the pretrained CNN with a new head, in two stages.
+
+As the Keras transfer-learning guide and fastai's ``fine_tune`` do it: the
+head alone on a frozen backbone (on the cached features of strategy 2 when
+augmentation is off, so it takes seconds), then the backbone unfrozen down
+to ``freeze`` at ``lr / lr_mult``.  The model and what trains are in
+:mod:`transfer.finetune_model`; the resumable epoch loop in
+:mod:`transfer.training`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer.backbones import BackboneOptions, get_backbone
+from transfer.errors import TransferError
+from transfer.splits import TEST_FRACTION, VAL_FRACTION
+
+SCHEDULES = ("cosine", "plateau", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig(BackboneOptions):
+    """Options of ``transfer finetune`` (names after fastai's ``fine_tune``).
+
+    Attributes:
+        freeze: what stays frozen in stage 2: ``all`` (head only), ``none``,
+            a number of backbone layers counted from the input, a fraction
+            (``0.7``), or a layer / block name: that layer and everything
+            after it train (``block6a`` or ``block6a_expand_conv``).
+        head_epochs: stage 1 epochs (head only) at ``lr``.
+        epochs: stage 2 epochs at ``lr / lr_mult``.
+        hidden: units of a hidden dense layer in the head (0: none).
+        augment: flip, rotation, zoom, contrast; off, stage 1 trains on the cached features.
+        class_weight: ``balanced`` or None.
+        patience: early stopping on validation loss (best weights kept); 0: off.
+        schedule: learning-rate schedule of each stage: cosine, plateau or constant.
+        precision: auto (measured), float32, mixed_float16 or mixed_bfloat16.
+        train_bn: let BatchNorm layers train, in training mode.
+    """
+
+    freeze: str = "none"
+    head_epochs: int = 5
+    epochs: int = 10
+    lr: float = 1e-3
+    lr_mult: float = 100.0
+    dropout: float = 0.2
+    hidden: int = 0
+    augment: bool = True
+    class_weight: str | None = None
+    patience: int = 3
+    schedule: str = "cosine"
+    precision: str = "auto"
+    train_bn: bool = False
+    seed: int = 0
+
+    def validated(self) -> FinetuneConfig:
+        """A copy with every option checked and resolved (the backbone's size, its registry name).
+
+        Raises:
+            TransferError: naming the option, what is allowed and what was given.
+        """
+        from transfer.precision import PRECISIONS
+
+        cfg = self.checked_backbone()
+        for name in ("head_epochs", "epochs", "hidden", "patience"):
+            if getattr(self, name) < 0:
+                raise TransferError(f"{name}={getattr(self, name)} is not valid: give 0 or more.")
+        if self.head_epochs + self.epochs == 0:
+            raise TransferError("head_epochs and epochs are both 0: nothing would be trained.")
+        if not (0 < self.lr < math.inf and 0 < self.lr_mult < math.inf):
+            raise TransferError(f"lr={self.lr} and lr_mult={self.lr_mult} must both be positive.")
+        if not 0 <= self.dropout < 1:
+            raise TransferError(f"dropout={self.dropout} is not valid: give a fraction in [0, 1).")
+        if self.class_weight not in (None, "none", "balanced"):
+            raise TransferError(f"class_weight={self.class_weight!r} is not valid. Expected 'balanced' or none.")
+        for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise TransferError(f"{name}={getattr(self, name)!r} is not valid. Expected one of: "
+                                    f"{', '.join(allowed)}.")
+        return dataclasses.replace(cfg, freeze=str(self.freeze),
+                                   class_weight=None if self.class_weight == "none" else self.class_weight)
+
+
+def _count(n, noun):
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _config_hash(cfg, split, precision) -> str:
+    blob = json.dumps({"cfg": dataclasses.asdict(cfg), "precision": precision,
+                       "split": sorted(map(tuple, split.values.tolist()))},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class _Training:
+    """What both stages of one fine-tuning share."""
+
+    run: object
+    cfg: FinetuneConfig
+    state: object
+    strategy: object
+    features_dir: Path
+    log: object
+    say: object  # log, or silent when the run already finished (no lines for stages that will not train)
+    class_weight: dict | None = None
+    train: object = None
+    val: object = None
+    steps: int = 0
+
+    @property
+    def index_of(self) -> dict:
+        return {c: i for i, c in enumerate(self.run.classes)}
+
+    def batches(self, rows, **kw):
+        from transfer.images import training_batches
+
+        return training_batches(rows["path"], rows["label"].map(self.index_of), self.cfg,
+                                get_backbone(self.cfg.backbone).preprocess_input, self.state.skipped,
+                                seed=self.cfg.seed, **kw)
+
+    def fit(self, model, stage, train, val, epochs, lr) -> int:
+        from transfer.training import fit_stage
+
+        return fit_stage(model, self.state, stage, train, val, epochs, lr, self.steps, self.cfg, self.class_weight,
+                         self.log, self.strategy)
+
+
+def _balanced_weights(y) -> dict:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    weights = compute_class_weight("balanced", classes=present, y=y)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
+def _prepare(job: _Training):
+    """The model, the training batches and the class weights; says whether the run already finished."""
+    from transfer.finetune_model import build_model
+
+    cfg, run, state = job.cfg, job.run, job.state
+    with job.strategy.scope():
+        model, backbone = build_model(cfg, len(run.classes))
+    train_rows, val_rows = run.rows("train"), run.rows("val")
+    if cfg.class_weight == "balanced":
+        job.class_weight = _balanced_weights(train_rows["label"].map(job.index_of).to_numpy("int32"))
+    job.steps = math.ceil(len(train_rows) / cfg.batch_size)
+    job.train = job.batches(train_rows, shuffle=True, augment=cfg.augment)
+    job.val = job.batches(val_rows) if len(val_rows) else None
+    finished = bool(state.meta["stages"]) and all(state.stage(st)["done"] for st in ("head", "finetune")
+                                                  if (cfg.head_epochs if st == "head" else cfg.epochs))
+    if finished:
+        job.log(f"{run.out} holds this run, finished: evaluating its best model without training")
+        job.say = lambda msg: None
+    return model, backbone
+
+
+def _head_on_features(job: _Training):
+    """Stage 1 on the cached features of strategy 2: a head that trains in seconds."""
+    import keras
+
+    from transfer.features import ExtractConfig, extract_features
+    from transfer.finetune_model import head_layers
+    from transfer.training import array_batches, load_best_or_last
+
+    cfg, run = job.cfg, job.run
+    ecfg = ExtractConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(BackboneOptions)})
+    feats = extract_features(run.split["path"], ecfg, cache_dir=job.features_dir)
+    pos = {p: i for i, p in enumerate(feats.paths)}
+
+    def batches(frame, shuffle=True):
+        frame = frame[frame["path"].isin(pos)]
+        x, y = feats.features[[pos[p] for p in frame["path"]]], frame["label"].map(job.index_of).to_numpy("int32")
+        return array_batches(x, y, cfg.batch_size, cfg.seed, shuffle=shuffle)
+
+    # Extracting (or not, when cached) draws different random numbers: reseed so the head starts the same.
+    keras.utils.set_random_seed(cfg.seed)
+    with job.strategy.scope():
+        inputs = keras.Input((feats.features.shape[1],), name="features")
+        x = inputs
+        for layer in head_layers(cfg, len(run.classes)):
+            x = layer(x)
+        head = keras.Model(inputs, x, name="head")
+    val = batches(run.rows("val"), shuffle=False) if len(run.rows("val")) else None
+    epochs = job.fit(head, "head", batches(run.rows("train")), val, cfg.head_epochs, cfg.lr)
+    load_best_or_last(head, job.state, "head")
+    return head, epochs, feats
+
+
+def _train_head(job: _Training, model, backbone) -> dict:
+    """Stage 1: the head alone, on cached features or through the frozen backbone."""
+    from transfer.training import load_best_or_last
+
+    cfg = job.cfg
+    backbone.trainable = False
+    # The cached features must come from this very backbone: random init is not reproducible.
+    on_features = not cfg.augment and cfg.weights != "none"
+    info = {"epochs": 0, "on_features": on_features, "extract_seconds": 0.0, "feature_key": None}
+    if cfg.head_epochs and on_features:
+        job.say(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} on the backbone's features "
+                f"(cached in {job.features_dir})")
+        head, info["epochs"], feats = _head_on_features(job)
+        job.state.skipped.update(feats.skipped)
+        info["extract_seconds"], info["feature_key"] = feats.seconds, feats.key
+        for layer in head.layers[1:]:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    elif cfg.head_epochs:
+        job.say(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} through the frozen backbone")
+        info["epochs"] = job.fit(model, "head", job.train, job.val, cfg.head_epochs, cfg.lr)
+        load_best_or_last(model, job.state, "head")
+    if not job.state.has("after-head"):
+        job.state.save_weights(model, "after-head")
+    return info
+
+
+def _train_backbone(job: _Training, model, backbone):
+    """Stage 2: unfreeze down to ``freeze``, recompile at ``lr / lr_mult``; keep the best model of both stages."""
+    from transfer.finetune_model import frozen_count, layer_table, param_counts, set_trainable
+    from transfer.training import load_best_or_last
+
+    cfg, state = job.cfg, job.state
+    n_frozen = frozen_count(cfg.freeze, backbone.layers)
+    set_trainable(backbone, n_frozen, cfg.train_bn)
+    layers = layer_table(backbone)
+    trainable, frozen = param_counts(model)
+    first = layers[layers["trainable"]]
+    where = (f"layers {first['index'].min()}-{first['index'].max()} of {len(layers)} "
+             f"({first['name'].iloc[0]} ... {first['name'].iloc[-1]})") if len(first) else "none"
+    job.say(f"stage 2: backbone trainable: {where}; {trainable:,} trainable / {frozen:,} frozen parameters "
+            f"(BatchNorm {'training' if cfg.train_bn else 'frozen, inference mode'})")
+    if cfg.train_bn and cfg.batch_size < 32:
+        job.log(f"warning: BatchNorm trains on batches of {cfg.batch_size}: small batches make its statistics "
+                "noisy; consider leaving train_bn off")
+    epochs = 0
+    if cfg.epochs and n_frozen < len(backbone.layers):
+        epochs = job.fit(model, "finetune", job.train, job.val, cfg.epochs, cfg.lr / cfg.lr_mult)
+    if state.meta.get("best_stage") == "finetune" or state.meta.get("best") is None:
+        load_best_or_last(model, state, "finetune")
+    else:  # no fine-tuning epoch beat the head alone: keep the model as it was after stage 1
+        state.load_weights(model, "after-head")
+        if epochs:
+            job.log("no fine-tuning epoch beat the head alone on validation loss: keeping the stage 1 model")
+    return {"epochs": epochs, "n_frozen": n_frozen, "layers": layers, "trainable": trainable, "frozen": frozen}
+
+
+def _scored(job: _Training, model, head: dict, body: dict):
+    """The kept model on the evaluation split, as a result record."""
+    from transfer.images import timed_predict
+    from transfer.runs import Result
+
+    cfg, run = job.cfg, job.run
+    rows = run.rows(run.eval_split)
+    paths = rows["path"].tolist()
+    kept, probs, skipped, rate = timed_predict(model, paths, cfg.image_size, cfg.resize, cfg.batch_size,
+                                               get_backbone(cfg.backbone).preprocess_input)
+    if not kept:
+        raise TransferError(f"No readable image in the {run.eval_split} split: nothing to evaluate on.")
+    job.state.skipped.update(skipped)
+    history = job.state.history()
+    return Result(
+        strategy="finetune", backbone=cfg.backbone, classifier="finetune", eval_split=run.eval_split,
+        paths=[paths[i] for i in kept], y_true=rows["label"].to_numpy()[kept],
+        y_pred=np.array(run.classes)[probs.argmax(1)], classes=run.classes, scores=probs, layer="pooled",
+        params={"lr": cfg.lr, "lr_mult": cfg.lr_mult, "dropout": cfg.dropout, "hidden": cfg.hidden},
+        n_train=int((~run.rows("train")["path"].isin(job.state.skipped)).sum()),
+        # Training time of all epochs, whichever invocations ran them (resumes included).
+        fit_seconds=float(history["seconds"].sum()), extract_seconds=head["extract_seconds"],
+        feature_dim=int(model.get_layer("head_pool").output.shape[-1]), inference_images_per_second=rate,
+        trainable_params=body["trainable"], frozen_params=body["frozen"], freeze=cfg.freeze,
+        epochs_run=len(history), run_dir=run.out, skipped=job.state.skipped)
+
+
+def _write(job: _Training, model, result, precision: str, head: dict, body: dict):
+    from transfer.fileio import atomic_path, write_csv
+    from transfer.runs import write_reports
+
+    cfg, run = job.cfg, job.run
+    with atomic_path(run.out / "model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    write_csv(body["layers"], run.out / "layers.csv")
+    write_reports(run, [result], {
+        "finetune": dataclasses.asdict(cfg), "precision": precision,
+        "head_on_cached_features": bool(head["on_features"] and cfg.head_epochs),
+        "frozen_layers": body["n_frozen"], "head_epochs_run": head["epochs"], "finetune_epochs_run": body["epochs"],
+        "features_dir": str(job.features_dir) if head["on_features"] else None,
+        "feature_cache_key": head["feature_key"],
+    })
+    job.log(f"{cfg.backbone} fine-tuned (freeze {cfg.freeze}): {run.eval_split} accuracy "
+            f"{result.metrics()['test_accuracy']:.3f}, {result.fit_seconds:.0f} s of training "
+            f"({head['epochs']} head + {_count(body['epochs'], 'fine-tuning epoch')}, {precision}); "
+            f"{_count(len(job.state.skipped), 'file')} skipped")
+
+
+def finetune_run(run, cfg: FinetuneConfig, *, features_dir=None, log=print):
+    """Strategy 1 in an opened run folder: two stages, resumable, scored on the evaluation split.
+
+    Writes the run's reports (see :func:`finetune`) and returns its
+    :class:`~transfer.runs.Result`.
+
+    Args:
+        run: from :func:`transfer.runs.open_run`.
+        cfg: a validated :class:`FinetuneConfig`.
+        features_dir: the feature cache stage 1 uses (default ``run.out/features``).
+    """
+    import keras
+
+    from transfer.precision import choose_precision, distribution_strategy
+    from transfer.training import TrainState
+
+    precision = choose_precision(cfg.precision, cfg.backbone)
+    state = TrainState(run.out, _config_hash(cfg, run.split, precision))
+    keras.utils.set_random_seed(cfg.seed)  # after the precision measurement, which draws random numbers
+    keras.mixed_precision.set_global_policy(precision)
+    job = _Training(run, cfg, state, distribution_strategy(),
+                    Path(features_dir) if features_dir is not None else run.out / "features", log, log)
+    try:
+        model, backbone = _prepare(job)
+        head = _train_head(job, model, backbone)
+        body = _train_backbone(job, model, backbone)
+        result = _scored(job, model, head, body)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    _write(job, model, result, precision, head, body)
+    return result
+
+
+def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,
+             features_dir=None, log=print) -> pd.DataFrame:
+    """``transfer finetune``: two-stage fine-tuning, evaluated on the run's evaluation split.
+
+    Writes ``model.keras`` (the best model), ``history.csv``, ``metrics.csv``,
+    ``predictions.csv``, ``per_class.csv``, ``layers.csv``, ``config.json``,
+    ``split.csv`` and ``skipped.csv`` into ``out``.  Running the same call
+    again after an interruption resumes after the last finished epoch.
+
+    Args:
+        data: a folder, a CSV manifest, ``digits`` or ``fashion-mnist`` (see
+            :func:`transfer.sources.resolve_source`), or a split table.
+        features_dir: where stage 1 finds (or leaves) cached features:
+            default ``out/features``; give a ``classify`` run's ``features``
+            folder to reuse its CNN pass.
+
+    Returns:
+        The one-row metrics table.
+    """
+    from transfer.finetune_model import check_freeze
+    from transfer.runs import metrics_table, open_run
+
+    cfg = (cfg or FinetuneConfig()).validated()
+    # freeze is checked on a random-init backbone before any data or weights are touched.
+    check_freeze(cfg.backbone, cfg.image_size, [cfg.freeze])
+    run = open_run(data, out, "finetune", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+    return metrics_table([finetune_run(run, cfg, features_dir=features_dir, log=log)])

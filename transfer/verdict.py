@@ -1,0 +1,146 @@
+"""The verdict of a comparison: one table of every model on the shared images, paired statistics, one line.
+
+Accuracy, macro-F1 and a bootstrap interval per model; McNemar's test of
+each model against the best, on the images every model classified; and the
+sentence that answers the user's question: which strategy, whether the
+difference is real, at what cost.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer.errors import TransferError
+from transfer.runs import STRATEGIES
+
+COMPARE_COLUMNS = [
+    "strategy", "backbone", "classifier", "freeze", "model", "eval_split", "n_test", "test_accuracy",
+    "test_macro_f1", "accuracy_ci_low", "accuracy_ci_high", "train_seconds", "inference_images_per_second",
+    "trainable_params", "mcnemar_p_vs_best", "differs_from_best", "run_dir",
+]
+SIGNIFICANCE = 0.05
+
+
+def _model_name(r) -> str:
+    from transfer.backbones import get_backbone
+
+    if r["strategy"] == "scratch":
+        return "scratch CNN"
+    short = get_backbone(r["backbone"]).name
+    if r["strategy"] == "features":
+        return f"{short} features + {r['classifier']}"
+    return f"{short} fine-tuned (freeze {r['freeze']})"
+
+
+def combine(results, run: Path, *, n_boot=2000, seed=0):
+    """One row per trained model, with the paired statistics against the best.
+
+    Args:
+        results: the :class:`~transfer.runs.Result` records of every sub-run.
+        run: the compare run folder (``run_dir`` is relative to it).
+
+    Returns:
+        ``(table, predictions)``: the compare table, best first, and for each
+        row (by ``model``) the predictions on the shared evaluation images.
+    """
+    from transfer.evaluate import bootstrap_accuracy, mcnemar_pvalue
+
+    rows, preds = [], {}
+    for res in results:
+        m = res.metrics()  # the numbers as the sub-run's metrics.csv holds them, whether trained now or reused
+        r = {
+            "strategy": res.strategy, "backbone": res.backbone if res.strategy != "scratch" else "none",
+            "classifier": res.classifier if res.strategy == "features" else "",
+            "freeze": str(res.freeze) if res.strategy == "finetune" else "",
+            "eval_split": res.eval_split,
+            "train_seconds": round(m["fit_seconds"] + m["extract_seconds"], 2),
+            "inference_images_per_second": m["inference_images_per_second"],
+            "trainable_params": int(res.trainable_params),
+            "run_dir": str(Path(res.run_dir).relative_to(run)),
+        }
+        r["model"] = _model_name(r)
+        preds[r["model"]] = pd.DataFrame({"true_label": res.y_true, "pred_label": res.y_pred}, index=res.paths)
+        rows.append(r)
+    if not rows:
+        raise TransferError("No model was trained: nothing to compare.")
+    # Statistics on the images every model classified (an image one run could not read is left out of all).
+    common = sorted(set.intersection(*(set(p.index) for p in preds.values())))
+    if not common:
+        raise TransferError("The runs share no evaluation image: nothing to compare on.")
+    aligned = {k: p.loc[common] for k, p in preds.items()}
+    y_true = next(iter(aligned.values()))["true_label"].to_numpy()
+    for r in rows:
+        p = aligned[r["model"]]["pred_label"].to_numpy()
+        r["n_test"] = len(common)
+        r["test_accuracy"] = float(np.mean(p == y_true))
+        from sklearn.metrics import f1_score
+
+        r["test_macro_f1"] = float(f1_score(y_true, p, average="macro"))
+        r["accuracy_ci_low"], r["accuracy_ci_high"] = bootstrap_accuracy(y_true, p, n_boot=n_boot, seed=seed)
+    table = pd.DataFrame(rows).sort_values(["test_accuracy", "test_macro_f1", "train_seconds"],
+                                           ascending=[False, False, True], kind="stable").reset_index(drop=True)
+    best = aligned[table["model"].iloc[0]]["pred_label"].to_numpy()
+    pvalues = [np.nan] + [mcnemar_pvalue(y_true, best, aligned[m]["pred_label"].to_numpy())
+                          for m in table["model"].iloc[1:]]
+    table["mcnemar_p_vs_best"] = pvalues
+    table["differs_from_best"] = ["best"] + ["yes" if p < SIGNIFICANCE else "no (within noise)"
+                                             for p in pvalues[1:]]
+    for col in ("test_accuracy", "test_macro_f1", "accuracy_ci_low", "accuracy_ci_high"):
+        table[col] = table[col].round(4)
+    table["mcnemar_p_vs_best"] = table["mcnemar_p_vs_best"].round(4)
+    return table[COMPARE_COLUMNS], {**aligned, "_y_true": y_true}
+
+
+def _ratio(a: float, b: float) -> str:
+    """``a`` as a fraction or multiple of ``b``, in words."""
+    if not (a > 0 and b > 0):
+        return "at an unmeasured cost"
+    if a <= b:
+        return f"at 1/{b / a:.0f} of its training time" if b / a >= 1.5 else "at about the same training time"
+    return f"at {a / b:.0f}x its training time" if a / b >= 1.5 else "at about the same training time"
+
+
+def verdict(table: pd.DataFrame, preds: dict) -> str:
+    """One line: which strategy to use, whether the difference is real, and what it costs."""
+    from transfer.evaluate import mcnemar_pvalue
+
+    y_true = preds["_y_true"]
+    best_of = {s: table[table["strategy"] == s].iloc[0] for s in STRATEGIES if (table["strategy"] == s).any()}
+
+    def p_between(a, b):
+        return mcnemar_pvalue(y_true, preds[a["model"]]["pred_label"].to_numpy(),
+                              preds[b["model"]]["pred_label"].to_numpy())
+
+    parts = []
+    if "features" in best_of and "finetune" in best_of:
+        a, b = sorted((best_of["features"], best_of["finetune"]), key=lambda r: -r["test_accuracy"])
+        p = p_between(a, b)
+        if p >= SIGNIFICANCE:
+            cheap, dear = sorted((a, b), key=lambda r: r["train_seconds"])
+            parts.append(f"{cheap['model']} ({cheap['test_accuracy']:.3f}) is within noise of {dear['model']} "
+                         f"({dear['test_accuracy']:.3f}, McNemar p={p:.2f}) "
+                         f"{_ratio(cheap['train_seconds'], dear['train_seconds'])}: use {cheap['model']}")
+        else:
+            parts.append(f"{a['model']} ({a['test_accuracy']:.3f}) beats {b['model']} ({b['test_accuracy']:.3f}, "
+                         f"McNemar p={p:.3g}) {_ratio(a['train_seconds'], b['train_seconds'])}: use {a['model']}")
+    else:
+        top = table.iloc[0]
+        parts.append(f"best: {top['model']} ({top['test_accuracy']:.3f})")
+    if "scratch" in best_of and len(best_of) > 1:
+        s = best_of["scratch"]
+        pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["test_accuracy"])
+        p = p_between(pre, s)
+        gain = pre["test_accuracy"] - s["test_accuracy"]
+        # Against the most accurate pretrained model, named, since it need not be the one recommended above.
+        if p < SIGNIFICANCE and gain > 0:
+            parts.append(f"pretraining bought {gain:+.3f} over the scratch CNN ({s['test_accuracy']:.3f}, p={p:.3g})")
+        elif p < SIGNIFICANCE:
+            parts.append(f"but the scratch CNN ({s['test_accuracy']:.3f}) beats {pre['model']} "
+                         f"({pre['test_accuracy']:.3f}, p={p:.3g}): pretraining did not help here, use the scratch CNN")
+        else:
+            parts.append(f"the scratch CNN ({s['test_accuracy']:.3f}) is within noise of {pre['model']} "
+                         f"({pre['test_accuracy']:.3f}, p={p:.2f}): pretraining bought nothing significant here")
+    return "; ".join(parts) + "."
