@@ -24,14 +24,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from transfer import __version__  # noqa: E402
 from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone  # noqa: E402
 from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS  # noqa: E402
+from transfer.comparison import DEMO_DATA, CompareConfig  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
 from transfer.features import ExtractConfig  # noqa: E402
 from transfer.finetuning import SCHEDULES, FinetuneConfig  # noqa: E402
 from transfer.images import RESIZE_MODES, ImageOptions  # noqa: E402
 from transfer.precision import PRECISIONS  # noqa: E402
 from transfer.predict import predict_imagenet  # noqa: E402
-from transfer.scratch import ScratchConfig  # noqa: E402
-from transfer.splits import TEST_FRACTION, VAL_FRACTION  # noqa: E402
+from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION  # noqa: E402
 
 
 def as_flags(message: str, command: click.Command | None) -> str:
@@ -113,7 +113,7 @@ SPLIT = _options(
                  help="Validation share when the data has no splits of its own."),
     click.option("--test-fraction", type=float, default=TEST_FRACTION, show_default=True,
                  help="Test share when the data has no splits of its own."),
-    click.option("--seed", type=int, default=0, show_default=True),
+    click.option("--seed", type=int, default=SEED, show_default=True),
 )
 PRECISION = click.option("--precision", type=click.Choice(PRECISIONS), default=FinetuneConfig.precision,
                          show_default=True,
@@ -307,7 +307,8 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
 @click.option("--dropout", type=float, default=FinetuneConfig.dropout, show_default=True)
 @click.option("--hidden", type=click.IntRange(0), default=FinetuneConfig.hidden, show_default=True,
               help="Units of a hidden dense layer in the head (0: none).")
-@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default="none", show_default=True,
+@click.option("--class-weight", type=click.Choice(["none", "balanced"]), default=FinetuneConfig.class_weight or "none",
+              show_default=True,
               callback=_none_word)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=FinetuneConfig.schedule, show_default=True,
               help="Learning-rate schedule of each stage.")
@@ -355,18 +356,18 @@ def _echo_compare(table, line, out: Path):
               help="One or more registry names, comma-separated: every strategy runs for each.")
 @click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
               help="Run folder (default: runs/compare-NAME, NAME from --data).")
-@click.option("--strategies", default="features,finetune,scratch", show_default=True,
+@click.option("--strategies", default=",".join(CompareConfig.strategies), show_default=True,
               help="Comma-separated: features (strategy 2), finetune (strategy 1), scratch (baseline).")
-@click.option("--classifier", "-c", "classifiers", default=",".join(DEFAULT_CLASSIFIERS), show_default=True,
+@click.option("--classifier", "-c", "classifiers", default=",".join(CompareConfig.classifiers), show_default=True,
               help="Strategy 2's classifiers, comma-separated (or 'all').")
 @FEATURE_OPTIONS
 @click.option("--freeze", default=FinetuneConfig.freeze, show_default=True,
               help="Strategy 1 runs once per value, comma-separated: all, none, a count, a fraction, a layer name "
                    "(e.g. all,100,none).")
 @FINETUNE_OPTIONS
-@click.option("--scratch-size", type=click.IntRange(16), default=ScratchConfig.image_size, show_default=True,
+@click.option("--scratch-size", type=click.IntRange(16), default=CompareConfig.scratch_size, show_default=True,
               help="Input size of the from-scratch CNN.")
-@click.option("--scratch-epochs", type=click.IntRange(1), default=ScratchConfig.epochs, show_default=True)
+@click.option("--scratch-epochs", type=click.IntRange(1), default=CompareConfig.scratch_epochs, show_default=True)
 @IMAGE_SIZE
 @RESIZE
 @BATCH_SIZE
@@ -374,7 +375,6 @@ def _echo_compare(table, line, out: Path):
 @SPLIT
 def compare(data, out, val_fraction, test_fraction, **options):
     """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
-    from transfer.comparison import DEMO_DATA, CompareConfig
     from transfer.comparison import compare as run_compare
     from transfer.fileio import slug
 

@@ -188,15 +188,15 @@ def get_backbone(name: str) -> Backbone:
     )
 
 
-def _check_size(row: Backbone, image_size):
-    if image_size is None:
-        return row.input_size
-    if not isinstance(image_size, int) or image_size < row.min_input_size:
-        raise TransferError(
-            f"image_size={image_size!r} is too small for {row.name}: it needs an integer "
-            f">= {row.min_input_size} (its ImageNet size is {row.input_size})."
-        )
-    return image_size
+def check_pooling(pooling):
+    """Validate a pooling mode: ``avg``, ``max`` or None.
+
+    Raises:
+        TransferError: any other value.
+    """
+    if pooling not in POOLINGS:
+        raise TransferError(f"pooling={pooling!r} is not valid. Expected one of: avg, max, none.")
+    return pooling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -335,9 +335,8 @@ def build_backbone(name, *, weights="imagenet", image_size=None, pooling=None, i
         TransferError: unknown name, bad option, or weights that cannot be had.
     """
     row = get_backbone(name)
-    if pooling not in POOLINGS:
-        raise TransferError(f"pooling={pooling!r} is not valid. Expected one of: avg, max, none.")
-    size = _check_size(row, image_size)
+    check_pooling(pooling)
+    size = ImageOptions(image_size=image_size).checked_images(row.min_input_size, row.input_size, row.name).image_size
     weights = check_weights(weights)
     if row.family == "efficientnet_lite":
         return _build_lite(row, weights, size, pooling, include_top)
@@ -364,8 +363,7 @@ def feature_model(name, *, layer="pooled", pooling="avg", weights="imagenet", im
     from keras import layers
 
     row = get_backbone(name)
-    if pooling not in POOLINGS:
-        raise TransferError(f"pooling={pooling!r} is not valid. Expected one of: avg, max, none.")
+    check_pooling(pooling)
     if layer == "pooled":
         return build_backbone(row, weights=weights, image_size=image_size, pooling=pooling or "avg")
     if layer == "flatten":

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.errors import TransferError
-from transfer.splits import TEST_FRACTION, VAL_FRACTION
+from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 
 
 def _linear_svm(n_samples):
@@ -295,7 +295,7 @@ def _scored(fit, data: _FeatureSplits, cfg, feats, run):
 
 
 def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fraction=VAL_FRACTION,
-             test_fraction=TEST_FRACTION, seed=0, progress=True, features_dir=None, log=print) -> pd.DataFrame:
+             test_fraction=TEST_FRACTION, seed=SEED, progress=True, features_dir=None, log=print) -> pd.DataFrame:
     """``transfer classify``: features (cached or extracted), tuned classifiers, reports.
 
     Writes ``metrics.csv``, ``predictions.csv``, ``per_class.csv``,

@@ -42,10 +42,11 @@ DEMO_DATA = "digits"
 DEMO_OPTIONS = {"image_size": 96, "augment": False, "lr_mult": 10.0}
 
 
-def _feeds(name: str, *strategies: str):
-    """A compare option that is ``name`` of the configs of ``strategies``, with the first one's default."""
-    return dataclasses.field(default=getattr(CONFIGS[strategies[0]], name),
-                             metadata={"strategies": strategies, "name": name})
+def _feeds(name: str, *strategies: str, default=dataclasses.MISSING):
+    """A compare option that is ``name`` of the configs of ``strategies``, with the first one's default
+    unless compare has its own."""
+    return dataclasses.field(default=getattr(CONFIGS[strategies[0]], name) if default is dataclasses.MISSING
+                             else default, metadata={"strategies": strategies, "name": name})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +84,8 @@ class CompareConfig:
     augment: bool = _feeds("augment", "finetune", "scratch")
     patience: int = _feeds("patience", "finetune")
     precision: str = _feeds("precision", "finetune")
-    scratch_size: int = _feeds("image_size", "scratch")
+    # Compare's own default: the scratch CNN sees photos here, and 32 px (its default alone) loses them.
+    scratch_size: int = _feeds("image_size", "scratch", default=64)
     scratch_epochs: int = _feeds("epochs", "scratch")
     seed: int = _feeds("seed", "finetune", "scratch")
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.backbones import FEATURE_LAYERS, POOLINGS, BackboneOptions, get_backbone
+from transfer.backbones import FEATURE_LAYERS, BackboneOptions, check_pooling, get_backbone
 from transfer.errors import TransferError
 from transfer.fileio import atomic_path
 from transfer.images import timed_predict
-from transfer.splits import TEST_FRACTION, VAL_FRACTION
+from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 
 # Bump when decoding or extraction changes the numbers (2: JPEG draft decoding).
 CACHE_VERSION = 2
@@ -45,8 +45,7 @@ class ExtractConfig(BackboneOptions):
         Raises:
             TransferError: naming the option, what is allowed and what was given.
         """
-        if self.pooling not in POOLINGS:
-            raise TransferError(f"pooling={self.pooling!r} is not valid. Expected one of: avg, max, none.")
+        check_pooling(self.pooling)
         if not self.layer:
             raise TransferError(f"layer must be one of {', '.join(FEATURE_LAYERS)} or a layer name.")
         cfg = self.checked_backbone()
@@ -167,7 +166,7 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -
 
 
 def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,
-            seed=0, progress=True, features_dir=None):
+            seed=SEED, progress=True, features_dir=None):
     """``transfer extract``: split the data, compute (or reuse) the features of every image.
 
     Writes ``split.csv``, ``skipped.csv`` and the feature cache under

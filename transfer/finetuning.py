@@ -21,7 +21,7 @@ import pandas as pd
 
 from transfer.backbones import BackboneOptions, get_backbone
 from transfer.errors import TransferError
-from transfer.splits import TEST_FRACTION, VAL_FRACTION
+from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 
 SCHEDULES = ("cosine", "plateau", "constant")
 
@@ -59,7 +59,7 @@ class FinetuneConfig(BackboneOptions):
     schedule: str = "cosine"
     precision: str = "auto"
     train_bn: bool = False
-    seed: int = 0
+    seed: int = SEED
 
     def validated(self) -> FinetuneConfig:
         """A copy with every option checked and resolved (the backbone's size, its registry name).

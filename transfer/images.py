@@ -240,18 +240,18 @@ def training_batches(paths, labels, opts: ImageOptions, preprocess, skipped: dic
     import tensorflow as tf
 
     label_tensor = tf.constant(np.asarray(labels, dtype=np.int32))
+    # The steps are plain Python for tf.data: AutoGraph has nothing to convert in them (and warns on lambdas,
+    # and cannot read the source of a preprocess_input that imports lazily).
+    graph_ready = tf.autograph.experimental.do_not_convert
     ds = _decoded([str(p) for p in paths], opts.image_size, opts.resize, skipped, training=True, shuffle=shuffle,
                   seed=seed)
-    ds = ds.filter(lambda i, img, ok: ok).map(lambda i, img, ok: (tf.cast(img, tf.float32),
-                                                                   tf.gather(label_tensor, i)))
+    ds = ds.filter(graph_ready(lambda i, img, ok: ok))
+    ds = ds.map(graph_ready(lambda i, img, ok: (tf.cast(img, tf.float32), tf.gather(label_tensor, i))))
     ds = ds.batch(opts.batch_size)
     if augment:
         aug = _augmenter(seed)
-        ds = ds.map(tf.autograph.experimental.do_not_convert(lambda x, y: (aug(x, training=True), y)),
-                    num_parallel_calls=tf.data.AUTOTUNE)
-    # A backbone's preprocess_input may import lazily: AutoGraph cannot read importlib's source and would warn.
-    ds = ds.map(tf.autograph.experimental.do_not_convert(lambda x, y: (preprocess(x), y)),
-                num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(graph_ready(lambda x, y: (aug(x, training=True), y)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(graph_ready(lambda x, y: (preprocess(x), y)), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -8,7 +8,7 @@ import pandas as pd
 from transfer.backbones import DEFAULT_BACKBONE, get_backbone
 from transfer.errors import TransferError
 from transfer.imagenet import class_names
-from transfer.images import check_resize, list_images, predict_images
+from transfer.images import ImageOptions, list_images, predict_images
 
 PREDICTION_COLUMNS = ["path", "rank", "class_index", "class_name", "score"]
 SKIPPED_COLUMNS = ["path", "reason"]
@@ -37,9 +37,7 @@ def predict_imagenet(paths, backbone=DEFAULT_BACKBONE, *, top=5, weights="imagen
     row = get_backbone(backbone)
     if not isinstance(top, int) or not 1 <= top <= 1000:
         raise TransferError(f"top={top!r} is not valid: give an integer from 1 to 1000.")
-    check_resize(resize)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise TransferError(f"batch_size={batch_size!r} is not valid: give a positive integer.")
+    ImageOptions(row.input_size, resize, batch_size).checked_images(row.min_input_size, what=row.name)
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
     if str(weights).lower() in ("none", "random"):

@@ -21,7 +21,7 @@ import pandas as pd
 
 from transfer.errors import TransferError
 from transfer.fileio import write_csv, write_text_atomic
-from transfer.splits import TEST_FRACTION, VAL_FRACTION, evaluation_split
+from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION, evaluation_split
 
 STRATEGIES = ("features", "finetune", "scratch")
 PREDICTION_COLUMNS = ["classifier", "path", "true_label", "pred_label", "score"]
@@ -39,7 +39,7 @@ class Run:
     split: pd.DataFrame
     val_fraction: float = VAL_FRACTION
     test_fraction: float = TEST_FRACTION
-    seed: int = 0
+    seed: int = SEED
 
     @property
     def eval_split(self) -> str:
@@ -85,7 +85,7 @@ def check_run_folder(out, command: str):
 
 
 def open_run(data, out, command: str | None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,
-             seed=0) -> Run:
+             seed=SEED) -> Run:
     """Open (or create) a run folder and give it its split, before any model is built.
 
     Args:

@@ -11,7 +11,7 @@ import pandas as pd
 
 from transfer.errors import TransferError
 from transfer.images import ImageOptions
-from transfer.splits import TEST_FRACTION, VAL_FRACTION
+from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 
 MIN_SIZE = 16  # two 2x poolings leave a 4x4 map
 
@@ -31,7 +31,7 @@ class ScratchConfig(ImageOptions):
     lr: float = 1e-3
     patience: int = 5
     augment: bool = False
-    seed: int = 0
+    seed: int = SEED
 
     def validated(self) -> ScratchConfig:
         """Check every option.

@@ -17,10 +17,11 @@ from transfer.fileio import write_csv
 
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
+SEED = 0  # of the split, and of everything seeded after it (folds, shuffles, initial weights)
 SPLIT_COLUMNS = ["path", "label", "split"]
 
 
-def make_split(table: pd.DataFrame, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=0) -> pd.DataFrame:
+def make_split(table: pd.DataFrame, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=SEED) -> pd.DataFrame:
     """Give every image a split: the source's own when it has one, else a stratified, seeded split.
 
     Returns:
@@ -79,7 +80,7 @@ def read_split(path) -> pd.DataFrame:
     return split
 
 
-def prepare_split(source, out, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=0) -> pd.DataFrame:
+def prepare_split(source, out, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=SEED) -> pd.DataFrame:
     """The split of a run: ``out/split.csv`` when the run folder has one, else a new one written there.
 
     Reusing the file means every strategy and every later run in ``out``
