@@ -36,12 +36,13 @@ from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION  # noqa: E402
 
 def as_flags(message: str, command: click.Command | None) -> str:
     """A library message with ``name=value`` (and bare ``two_words`` names) written as ``command``'s flags."""
+    start = r"(?:^|(?<=[\s(`'\"]))"  # a name that starts a word, never one inside a path (runs/lr=0.1/...)
     for param in command.params if command is not None else ():
         if isinstance(param, click.Option):
             flag = max(param.opts, key=len)
-            message = re.sub(rf"(?<![\w-]){param.name}=", f"{flag} ", message)
+            message = re.sub(rf"{start}{param.name}=", f"{flag} ", message)
             if "_" in param.name:
-                message = re.sub(rf"(?<![\w-]){param.name}\b", flag, message)
+                message = re.sub(rf"{start}{param.name}(?![\w/=-])", flag, message)
     return message
 
 
@@ -179,11 +180,11 @@ def _write_outputs(preds, skipped, output):
     if output is None:
         return
     skipped_path = output.with_name(output.stem + ".skipped.csv")
-    try:
-        write_csv(preds, output)
-        write_csv(skipped, skipped_path)
-    except OSError as e:
-        raise TransferError(f"Cannot write {output}: {e.strerror or e}.") from None
+    for df, path in ((preds, output), (skipped, skipped_path)):
+        try:
+            write_csv(df, path)
+        except OSError as e:
+            raise TransferError(f"Cannot write {path}: {e.strerror or e}.") from None
     click.echo(f"Predictions written to {output}; skipped files ({len(skipped)}) to {skipped_path}")
 
 
@@ -235,7 +236,7 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
     _echo_predictions(preds, run_dir)
     for r in skipped.itertuples():
         click.echo(f"skipped {r.path}: {r.reason}", err=True)
-    n = preds["path"].nunique()
+    n = len(preds) if run_dir else preds["path"].nunique()
     how = f"classified with {run_dir} ({preds['classifier'].iloc[0] if n else '-'})" if run_dir else \
         f"predicted with {row.name}"
     click.echo(f"{_count(n, 'image')} {how}, {len(skipped)} skipped.")

@@ -64,8 +64,29 @@ def test_cli_names_flags_where_the_library_names_arguments(tmp_path):
     message = cli.as_flags("image_size=4 is too small; lower val_fraction or use features_dir=x",
                            cli.main.commands["finetune"])
     assert message == "--image-size 4 is too small; lower --val-fraction or use --features-dir x"
+    assert cli.as_flags("head_epochs=0 and epochs=0", cli.main.commands["finetune"]) == "--head-epochs 0 and --epochs 0"
     data = colour_folder(tmp_path / "d", n=3)
     result = CliRunner().invoke(cli.main, ["classify", "--data", str(data), "--out", str(tmp_path / "r"),
                                            "--image-size", "8"])
     assert result.exit_code == 2
-    assert result.output == "Error: --image-size 8 is too small for efficientnet_lite0: give an integer >= 32.\n"
+    assert result.output == ("Error: --image-size 8 is too small for efficientnet_lite0: give an integer >= 32 "
+                             "(its own is 224).\n")
+    # a name inside a path is the user's, not an argument
+    assert cli.as_flags("runs/lr=0.1/seed=3/image_size/x: lr=0.1", cli.main.commands["finetune"]) == \
+        "runs/lr=0.1/seed=3/image_size/x: --lr 0.1"
+
+
+def test_reports_read_back_keep_text_labels_and_unmeasured_rates(tmp_path):
+    from transfer.runs import Result, write_reports
+
+    run = open_run(colour_folder(tmp_path / "data", n=3, splits=("train", "val")), tmp_path / "run", "scratch")
+    paths = run.rows(run.eval_split)["path"].tolist()[:2]
+    made = Result(strategy="scratch", backbone="none", classifier="scratch_cnn", eval_split=run.eval_split,
+                  paths=paths, y_true=["NA", "None"], y_pred=["NA", "NA"], classes=["NA", "None"],
+                  scores=np.array([[0.9, 0.1], [0.6, 0.4]]), inference_images_per_second=float("nan"),
+                  freeze="none", run_dir=run.out)
+    write_reports(run, [made], {})
+    (again,) = read_results(run.out)
+    assert list(again.y_true) == ["NA", "None"] and list(again.y_pred) == ["NA", "NA"]
+    assert np.isnan(again.inference_images_per_second) and again.freeze == "none"
+    assert again.metrics()["test_accuracy"] == 0.5

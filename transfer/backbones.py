@@ -199,7 +199,7 @@ def check_pooling(pooling):
     return pooling
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BackboneOptions(ImageOptions):
     """The image options, and which pretrained backbone reads the images: the start of a strategy's config.
 

@@ -55,8 +55,9 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
                 title=f"{r['model']}: {r['eval_split']} accuracy {r['test_accuracy']:.3f}"))
     made.append(plots.accuracy_vs_time_png(table, folder / "accuracy-vs-time.png"))
     tuned = [r for r in results if r.strategy == "finetune"]
-    for res in tuned:
-        history = pd.read_csv(Path(res.run_dir) / "history.csv")
+    for res in tuned:  # a run whose stages had nothing to train has no history
+        path = Path(res.run_dir) / "history.csv"
+        history = pd.read_csv(path) if path.exists() else pd.DataFrame()
         if len(history):
             name = Path(res.run_dir).name
             made.append(plots.training_curves_png(

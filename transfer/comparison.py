@@ -49,7 +49,7 @@ def _feeds(name: str, *strategies: str, default=dataclasses.MISSING):
                              else default, metadata={"strategies": strategies, "name": name})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CompareConfig:
     """Options of ``transfer compare``.
 
@@ -214,7 +214,11 @@ def _write_report(run, cfg: CompareConfig, results, log):
     staging = run.out / ".plots-new"
     shutil.rmtree(staging, ignore_errors=True)
     drawn = make_plots(run.out, table, preds, results, cfg, run.classes, staging, log=log)
-    write_skipped({p: reason for r in results for p, reason in r.skipped.items()}, run.out / "skipped.csv")
+    skipped = {}
+    for r in results:  # the first sub-run's reason for a file it could not read
+        for path, reason in r.skipped.items():
+            skipped.setdefault(path, reason)
+    write_skipped(skipped, run.out / "skipped.csv")
     write_csv(table, run.out / "compare.csv")
     plots_dir = run.out / "plots"
     plots_dir.mkdir(exist_ok=True)

@@ -26,7 +26,7 @@ from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 CACHE_VERSION = 2
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ExtractConfig(BackboneOptions):
     """What determines the features, besides the images themselves.
 

@@ -26,7 +26,7 @@ from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 SCHEDULES = ("cosine", "plateau", "constant")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(BackboneOptions):
     """Options of ``transfer finetune`` (names after fastai's ``fine_tune``).
 
@@ -74,7 +74,7 @@ class FinetuneConfig(BackboneOptions):
             if getattr(self, name) < 0:
                 raise TransferError(f"{name}={getattr(self, name)} is not valid: give 0 or more.")
         if self.head_epochs + self.epochs == 0:
-            raise TransferError("head_epochs and epochs are both 0: nothing would be trained.")
+            raise TransferError("head_epochs=0 and epochs=0: nothing would be trained; give either more than 0.")
         if not (0 < self.lr < math.inf and 0 < self.lr_mult < math.inf):
             raise TransferError(f"lr={self.lr} and lr_mult={self.lr_mult} must both be positive.")
         if not 0 <= self.dropout < 1:

@@ -23,7 +23,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".
 RESIZE_MODES = ("plain", "crop")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageOptions:
     """How image files become a model's input; every strategy's config starts with these fields.
 
@@ -49,7 +49,8 @@ class ImageOptions:
             raise TransferError(f"batch_size={self.batch_size!r} is not valid: give a positive integer.")
         size = self.image_size if self.image_size is not None else default_size
         if not isinstance(size, int) or size < min_size:
-            raise TransferError(f"image_size={size!r} is too small for {what}: give an integer >= {min_size}.")
+            own = f" (its own is {default_size})" if default_size is not None else ""
+            raise TransferError(f"image_size={size!r} is too small for {what}: give an integer >= {min_size}{own}.")
         return dataclasses.replace(self, image_size=size)
 
 
@@ -301,7 +302,8 @@ def predict_images(model, paths, size: int, resize: str, batch_size: int, prepro
             on_batch(len(ok))
     skipped = {p: skipped[p] for p in map(str, paths) if p in skipped}  # in input order, not decoding order
     if not chunks:
-        return [], np.zeros((0, 0), np.float32), skipped
+        width = int(np.prod(model.output.shape[1:])) if hasattr(model, "output") else 0
+        return [], np.zeros((0, width), np.float32), skipped
     outputs = np.concatenate(chunks)
     order = np.argsort(kept, kind="stable")  # back to the input order
     return [kept[i] for i in order], outputs[order], skipped

@@ -279,10 +279,12 @@ def read_results(folder) -> list[Result]:
     classes = [str(c) for c in json.loads((folder / "config.json").read_text())["classes"]]
     skipped = pd.read_csv(folder / "skipped.csv", dtype=str, keep_default_na=False) \
         if (folder / "skipped.csv").exists() else pd.DataFrame(columns=SKIPPED_COLUMNS)
-    # classifier and freeze are names: "0.50" must not become 0.5, nor ".5" and "0.5" the same model
+    # Names stay text ("0.50" must not become 0.5, a label "NA" must not become missing); an empty number
+    # (an unmeasured rate) is NaN.
     metrics = pd.read_csv(folder / "metrics.csv", dtype={"classifier": str, "freeze": str, "layer": str},
-                          keep_default_na=False)
-    preds = pd.read_csv(folder / "predictions.csv", dtype={"classifier": str, "true_label": str, "pred_label": str})
+                          keep_default_na=False, na_values={"inference_images_per_second": [""]})
+    preds = pd.read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
+    preds["score"] = pd.to_numeric(preds["score"], errors="coerce")
     results = []
     for m in metrics.to_dict("records"):
         p = preds[preds["classifier"] == m["classifier"]]

@@ -16,7 +16,7 @@ from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 MIN_SIZE = 16  # two 2x poolings leave a 4x4 map
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ScratchConfig(ImageOptions):
     """Options of the from-scratch baseline.
 
