@@ -265,3 +265,11 @@ def test_compare_without_pretrained_weights_skips_the_kernel_plot(tmp_path):
     assert any(line.startswith("no conv-kernels plot for efficientnet_lite0: with --weights none") for line in lines)
     assert not list((tmp_path / "run" / "plots").glob("conv-kernels-*.png"))
     assert (tmp_path / "run" / "compare.csv").exists()
+
+
+def test_a_fine_tuning_that_trains_nothing_still_gets_a_report(tmp_path):
+    data = colour_folder(tmp_path / "data", n=4, splits=("train", "val"))
+    table, _ = compare(data, tmp_path / "run", CompareConfig(**dict(TINY, strategies="finetune", freeze="all",
+                                                                    head_epochs=0)), progress=False, log=quiet)
+    assert len(table) == 1 and (tmp_path / "run" / "compare.csv").exists()
+    assert not list((tmp_path / "run" / "plots").glob("curves-*.png"))  # no epoch ran: no curves to draw
