@@ -37,7 +37,8 @@ def predict_imagenet(paths, backbone=DEFAULT_BACKBONE, *, top=5, weights="imagen
     row = get_backbone(backbone)
     if not isinstance(top, int) or not 1 <= top <= 1000:
         raise TransferError(f"top={top!r} is not valid: give an integer from 1 to 1000.")
-    ImageOptions(row.input_size, resize, batch_size).checked_images(row.min_input_size, what=row.name)
+    options = ImageOptions(image_size=row.input_size, resize=resize, batch_size=batch_size)
+    options.checked_images(row.min_input_size, what=row.name)
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
     if str(weights).lower() in ("none", "random"):
