@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import inspect
 import io
+import json
 import os
 import re
 import sys
@@ -27,7 +28,7 @@ from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS  # noqa: E402
 from transfer.comparison import DEMO_DATA, CompareConfig  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
 from transfer.features import ExtractConfig  # noqa: E402
-from transfer.finetuning import SCHEDULES, FinetuneConfig  # noqa: E402
+from transfer.finetuning import HEADS, SCHEDULES, FinetuneConfig  # noqa: E402
 from transfer.images import RESIZE_MODES, ImageOptions  # noqa: E402
 from transfer.precision import PRECISIONS  # noqa: E402
 from transfer.predict import predict_imagenet  # noqa: E402
@@ -126,8 +127,11 @@ FEATURE_OPTIONS = _options(
                  show_default=True, callback=_none_word, help="Pooling of conv outputs ('none' flattens them)."),
 )
 FINETUNE_OPTIONS = _options(
+    click.option("--head", type=click.Choice(HEADS), default=FinetuneConfig.head, show_default=True,
+                 help="Stage 1: probe (a logistic regression on the cached features, its C chosen on val, becomes "
+                      "the head: LP-FT) or train (--head-epochs at --lr)."),
     click.option("--head-epochs", type=click.IntRange(0), default=FinetuneConfig.head_epochs, show_default=True,
-                 help="Stage 1: head only, at --lr."),
+                 help="Stage 1 with --head train: head only, at --lr."),
     click.option("--epochs", type=click.IntRange(0), default=FinetuneConfig.epochs, show_default=True,
                  help="Stage 2: unfrozen down to --freeze, at --lr / --lr-mult."),
     click.option("--lr", type=float, default=FinetuneConfig.lr, show_default=True),
@@ -288,9 +292,10 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
     cfg = _config(ExtractConfig, options).validated()
     table = run_classify(data, out, cfg, classifiers, val_fraction=val_fraction, test_fraction=test_fraction,
                          seed=seed, log=click.echo)
-    click.echo(table[["classifier", "test_accuracy", "test_macro_f1", "fit_seconds", "best_params"]]
+    click.echo(table[["classifier", "accuracy", "macro_f1", "fit_seconds", "best_params"]]
                .to_string(index=False))
     click.echo(f"Evaluated on the {table['eval_split'].iloc[0]} split ({table['n_test'].iloc[0]} images).")
+    click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']}.")
     _report_skipped_count(out)
     click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json "
                "split.csv skipped.csv")
@@ -330,7 +335,7 @@ def finetune(data, out, val_fraction, test_fraction, features_dir, **options):
                      features_dir=features_dir, log=click.echo).iloc[0]
     _report_skipped_count(out)
     click.echo(f"Reports in {out}: model.keras history.csv metrics.csv predictions.csv per_class.csv layers.csv "
-               f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['test_accuracy']:.3f})")
+               f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['accuracy']:.3f})")
 
 
 def _echo_compare(table, line, out: Path):
@@ -338,13 +343,14 @@ def _echo_compare(table, line, out: Path):
 
     shown = table.assign(ci95=[f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table["accuracy_ci_low"],
                                                                       table["accuracy_ci_high"], strict=True)])
-    cols = ["model", "test_accuracy", "ci95", "train_seconds", "inference_images_per_second", "trainable_params",
+    cols = ["model", "accuracy", "ci95", "train_seconds", "inference_images_per_second", "trainable_params",
             "mcnemar_p_vs_best", "differs_from_best"]
     click.echo(f"\n{table['eval_split'].iloc[0]} split, {table['n_test'].iloc[0]} images, best first:")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
                                                "mcnemar_p_vs_best": "p_vs_best"}).to_string(index=False))
     click.echo(f"Verdict: {line}")
+    click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']}.")
     _report_skipped_count(out)
     click.echo(f"Report: {out / 'compare.csv'}")
     click.echo(f"Plots:  {out / 'plots'}/ ({', '.join(sorted(p.name for p in (out / 'plots').glob('*.png')))})")

@@ -14,7 +14,7 @@ from transfer.features import ExtractConfig
 
 TINY = ExtractConfig(image_size=32, batch_size=8)
 METRIC_COLUMNS = ["strategy", "backbone", "layer", "classifier", "best_params", "eval_split", "n_train", "n_test",
-                  "test_accuracy", "test_macro_f1", "fit_seconds", "extract_seconds", "feature_dim",
+                  "accuracy", "macro_f1", "fit_seconds", "extract_seconds", "feature_dim",
                   "inference_images_per_second", "trainable_params"]
 
 
@@ -34,9 +34,9 @@ def test_classify_writes_every_report(run):
     metrics = pd.read_csv(out / "metrics.csv")
     assert list(metrics.columns) == METRIC_COLUMNS  # 2 classes: no top-5 column
     assert set(metrics["classifier"]) == set(CLASSIFIERS)
-    assert (metrics["strategy"] == "features").all() and (metrics["eval_split"] == "val").all()
+    assert (metrics["strategy"] == "features").all() and (metrics["eval_split"] == "test").all()
     assert (metrics["n_train"] == 16).all() and (metrics["n_test"] == 16).all()
-    assert (metrics["test_accuracy"] >= 0.9).all()  # red vs blue
+    assert (metrics["accuracy"] >= 0.9).all()  # red vs blue
     preds = pd.read_csv(out / "predictions.csv")
     assert list(preds.columns) == ["classifier", "path", "true_label", "pred_label", "score"]
     assert len(preds) == 16 * len(CLASSIFIERS)
@@ -45,7 +45,7 @@ def test_classify_writes_every_report(run):
     per_class = pd.read_csv(out / "per_class.csv")
     assert set(per_class["label"]) == {"red", "blue"}
     config = json.loads((out / "config.json").read_text())
-    assert config["eval_split"] == "val" and config["seed"] == 0 and config["versions"]["keras"]
+    assert config["eval_split"] == "test" and config["seed"] == 0 and config["versions"]["keras"]
     assert sorted(p.stem for p in (out / "classifiers").glob("*.skops")) == sorted(CLASSIFIERS)
 
 
@@ -103,7 +103,7 @@ def test_cli_classify_and_extract(tmp_path):
     result = runner.invoke(cli.main, ["classify", "--data", str(data), "--out", str(out), "--image-size", "32",
                                       "--classifier", "logreg,knn"])
     assert result.exit_code == 0, result.output
-    assert "Evaluated on the val split (12 images)" in result.output
+    assert "Evaluated on the test split (12 images)" in result.output
     assert len(pd.read_csv(out / "metrics.csv")) == 2
 
 

@@ -39,7 +39,7 @@ def test_compare_report_rows_and_statistics(tiny_run):
     assert set(table.loc[table["strategy"] == "finetune", "freeze"]) == {"all", "none"}
     assert set(table.loc[table["strategy"] == "features", "classifier"]) == {"logreg", "knn"}
     assert (table["eval_split"] == "test").all() and (table["n_test"] == 16).all()
-    acc = table["test_accuracy"].to_numpy()
+    acc = table["accuracy"].to_numpy()
     assert (np.diff(acc) <= 0).all(), "best first"
     assert (table["accuracy_ci_low"] <= acc + 1e-9).all() and (acc <= table["accuracy_ci_high"] + 1e-9).all()
     assert np.isnan(table["mcnemar_p_vs_best"].iloc[0]) and table["differs_from_best"].iloc[0] == "best"
@@ -145,7 +145,7 @@ def _preds(y, correct):
 
 
 def _table(rows):
-    return pd.DataFrame(rows, columns=["strategy", "model", "test_accuracy", "train_seconds"])
+    return pd.DataFrame(rows, columns=["strategy", "model", "accuracy", "train_seconds"])
 
 
 def test_verdict_within_noise_names_the_cheaper_and_the_cost_ratio():
@@ -250,7 +250,7 @@ def test_cli_compare_prints_table_verdict_and_paths(tmp_path):
             "--no-augment", "--precision", "float32", "--scratch-size", "16", "--scratch-epochs", "1"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    assert "val split, 12 images, best first:" in result.output
+    assert "test split, 12 images, best first:" in result.output
     assert "Verdict: " in result.output
     assert f"Report: {out / 'compare.csv'}" in result.output
     assert f"Plots:  {out / 'plots'}/" in result.output and "tsne-efficientnet_lite0.png" in result.output

@@ -28,9 +28,9 @@ def test_hymenoptera_compare_with_defaults(hymenoptera, tmp_path):
     print(f"Verdict: {line}\nwall time {minutes:.1f} min")
     assert list(pd.read_csv(tmp_path / "run" / "compare.csv")["model"]) == list(table["model"])
     assert set(table["strategy"]) == {"features", "finetune", "scratch"}
-    assert (table["eval_split"] == "val").all() and (table["n_test"] == 153).all()
+    assert (table["eval_split"] == "test").all() and (table["n_test"] == 153).all()
     features, tuned, scratch = (best(table, s) for s in ("features", "finetune", "scratch"))
-    assert features["test_accuracy"] >= 0.93 and tuned["test_accuracy"] >= 0.93
+    assert features["accuracy"] >= 0.93 and tuned["accuracy"] >= 0.93
     # "clearly below": a paired test says so, and the gap is larger than either interval's half-width
     assert scratch["differs_from_best"] == "yes"
     assert scratch["accuracy_ci_high"] < min(features["accuracy_ci_low"], tuned["accuracy_ci_low"])
@@ -55,12 +55,12 @@ def test_digits_demo_is_the_command_with_no_arguments(tmp_path, monkeypatch):
     # The verdict agrees with the table: it names the better of the two strategies' best rows and its accuracy.
     line = re.search(r"Verdict: (.*)", result.output).group(1)
     features, tuned = best(table, "features"), best(table, "finetune")
-    top = max((features, tuned), key=lambda r: r["test_accuracy"])
-    assert f"{top['model']} ({top['test_accuracy']:.3f}" in line
+    top = max((features, tuned), key=lambda r: r["accuracy"])
+    assert f"{top['model']} ({top['accuracy']:.3f}" in line
     within = "within noise" in line.split(";")[0]
-    p = table.loc[table["model"] == min((features, tuned), key=lambda r: r["test_accuracy"])["model"],
+    p = table.loc[table["model"] == min((features, tuned), key=lambda r: r["accuracy"])["model"],
                   "mcnemar_p_vs_best"].iloc[0]
     assert top["differs_from_best"] == "best"  # so the p-value in the table is against this very row
     assert within == (p >= 0.05)
-    print(f"digits: features {features['model']} {features['test_accuracy']:.3f} vs fine-tuned "
-          f"{tuned['test_accuracy']:.3f}")
+    print(f"digits: features {features['model']} {features['accuracy']:.3f} vs fine-tuned "
+          f"{tuned['accuracy']:.3f}")

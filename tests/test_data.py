@@ -29,7 +29,11 @@ def test_folder_with_train_and_val(tmp_path):
     assert sorted(src.table.groupby(["split", "label"]).size().items()) == [
         (("train", "blue"), 3), (("train", "red"), 3), (("val", "blue"), 3), (("val", "red"), 3)]
     split = make_split(src.table)
-    assert evaluation_split(split) == "val"
+    # The source's val is scored; what chooses (val) is carved from its train, so nothing scored also chose.
+    assert evaluation_split(split) == "test"
+    assert (split.loc[split["source_split"] == "val", "split"] == "test").all()
+    carved = split[split["split"] == "val"]
+    assert len(carved) == 2 and set(carved["source_split"]) == {"train"} and set(carved["label"]) == {"red", "blue"}
 
 
 def test_folder_without_splits_gets_a_stratified_seeded_split(tmp_path):
@@ -51,7 +55,7 @@ def test_split_is_written_and_reused(tmp_path):
     src = resolve_source(tree(tmp_path / "d", splits=("train", "val", "test")))
     first = prepare_split(src, tmp_path / "run")
     written = pd.read_csv(tmp_path / "run" / "split.csv")
-    assert list(written.columns) == ["path", "label", "split"] and len(written) == 18
+    assert list(written.columns) == ["path", "label", "split", "source_split"] and len(written) == 18
     again = prepare_split(src, tmp_path / "run")
     assert set(again["path"]) == set(first["path"])
     other = resolve_source(tree(tmp_path / "other"))

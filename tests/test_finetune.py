@@ -14,7 +14,7 @@ import cli
 from tests.conftest import ROOT, colour_folder
 from transfer import features
 from transfer.errors import TransferError
-from transfer.finetune_model import frozen_count
+from transfer.finetune_model import PROBE_CS, frozen_count
 from transfer.finetuning import FinetuneConfig, finetune
 
 TINY = dict(image_size=32, batch_size=8, precision="float32")
@@ -66,10 +66,10 @@ def test_finetune_writes_its_reports(run):
         assert (out / name).exists(), name
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["strategy"].tolist() == ["finetune"]
-    assert {"trainable_params", "frozen_params", "freeze", "epochs_run", "test_accuracy",
-            "test_macro_f1"} <= set(metrics.columns)
+    assert {"trainable_params", "frozen_params", "freeze", "epochs_run", "accuracy",
+            "macro_f1"} <= set(metrics.columns)
     assert metrics["freeze"].iloc[0] == "block6a" and metrics["epochs_run"].iloc[0] == 12
-    assert metrics["test_accuracy"].iloc[0] >= 0.9  # red vs blue
+    assert metrics["accuracy"].iloc[0] >= 0.9  # red vs blue
     history = pd.read_csv(out / "history.csv")
     assert list(history.columns) == ["stage", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
                                      "seconds"]
@@ -82,6 +82,7 @@ def test_finetune_writes_its_reports(run):
     assert not layers[layers["type"] == "BatchNormalization"]["trainable"].any()
     config = json.loads((out / "config.json").read_text())
     assert config["head_on_cached_features"] is True and config["precision"] == "float32"
+    assert config["probe_C"] is None  # the head was trained (the default)
     assert list((out / "features").glob("features-*.npz"))  # stage 1 used strategy 2's cache
 
 
@@ -144,9 +145,11 @@ def test_head_stage_reuses_features_from_extract(tmp_path, monkeypatch):
         raise AssertionError("stage 1 ran the CNN although strategy 2 had cached the features")
 
     monkeypatch.setattr(features, "run_extraction", no_cnn)
-    cfg = FinetuneConfig(freeze="all", head_epochs=2, epochs=0, augment=False, **TINY)
-    table = finetune(data, tmp_path / "run", cfg, log=lambda *_: None)
-    assert table["epochs_run"].iloc[0] == 2
+    for head, epochs_run in (("train", 2), ("probe", 0)):
+        cfg = FinetuneConfig(freeze="all", head=head, head_epochs=2, epochs=0, augment=False, **TINY)
+        table = finetune(data, tmp_path / f"run-{head}", cfg, features_dir=tmp_path / "run" / "features",
+                         log=lambda *_: None)
+        assert table["epochs_run"].iloc[0] == epochs_run
 
 
 def test_unknown_freeze_name_is_one_line(tmp_path):
@@ -207,7 +210,9 @@ def test_augment_plateau_class_weight_and_hidden_head(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["head_on_cached_features"] is False
     assert not (tmp_path / "run" / "features").exists()  # augmentation: no feature cache involved
-    assert table["n_train"].iloc[0] == 13 and table["freeze"].iloc[0] == "0.9"
+    split = pd.read_csv(tmp_path / "run" / "split.csv")
+    assert table["n_train"].iloc[0] == (split["split"] == "train").sum() == 11  # 2 of the 13 carved for val
+    assert table["freeze"].iloc[0] == "0.9"
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert history["stage"].iloc[0] == "head" and len(history) >= 2
 
@@ -245,3 +250,37 @@ def test_random_weights_never_train_the_head_on_cached_features(tmp_path):
     cfg = FinetuneConfig(weights="none", freeze="all", head_epochs=1, epochs=0, augment=False, **TINY)
     finetune(data, tmp_path / "run", cfg, log=lambda *_: None)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["head_on_cached_features"] is False
+
+
+def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot_beat_it(tmp_path):
+    import keras
+
+    from transfer.features import ExtractConfig, extract_features
+    from transfer.finetune_model import fit_probe
+
+    data = colour_folder(tmp_path / "d", n=8, splits=("train", "val"))
+    probe_only = finetune(data, tmp_path / "probe", FinetuneConfig(freeze="all", head="probe", epochs=0,
+                                                                   augment=False, **TINY), log=lambda *_: None)
+    split = pd.read_csv(tmp_path / "probe" / "split.csv")
+    feats = extract_features(split["path"], ExtractConfig(image_size=32, batch_size=8),
+                             cache_dir=tmp_path / "probe" / "features", progress=False)
+    pos = {p: i for i, p in enumerate(feats.paths)}
+    index = {"blue": 0, "red": 1}
+
+    def xy(name):
+        rows = split[split["split"] == name]
+        return feats.features[[pos[p] for p in rows["path"]]], rows["label"].map(index).to_numpy()
+
+    expected = fit_probe(*xy("train"), *xy("val"), 2)
+    assert json.loads((tmp_path / "probe" / "config.json").read_text())["probe_C"] == expected["C"] in PROBE_CS
+    model = keras.saving.load_model(tmp_path / "probe" / "model.keras", compile=False)
+    kernel, bias = model.get_layer("head_output").get_weights()
+    np.testing.assert_allclose(kernel, expected["kernel"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(bias, expected["bias"], rtol=1e-5, atol=1e-6)
+    # A stage 2 that wrecks the backbone (a huge learning rate) never beats the probe on val: the probe is kept.
+    lines = []
+    wrecked = finetune(data, tmp_path / "wrecked", FinetuneConfig(freeze="none", head="probe", epochs=1, lr=50.0,
+                                                                  lr_mult=1.0, augment=False, **TINY),
+                       log=lines.append)
+    assert any("keeping the stage 1 model" in line for line in lines)
+    assert wrecked["accuracy"].iloc[0] == probe_only["accuracy"].iloc[0]

@@ -39,7 +39,7 @@ def test_a_sub_run_refuses_a_folder_made_on_another_split(tmp_path):
     data = colour_folder(tmp_path / "data", n=4, splits=("train", "val"))
     split = open_run(data, tmp_path / "run", "classify").split
     open_run(split, tmp_path / "sub", "classify")  # writes sub/split.csv
-    moved = split.assign(split=np.where(split["split"] == "val", "train", "val"))
+    moved = split.assign(split=split["split"].map({"train": "val", "val": "train", "test": "test"}))
     with pytest.raises(TransferError, match="holds another split"):
         open_run(moved, tmp_path / "sub", "classify")
 
@@ -89,4 +89,4 @@ def test_reports_read_back_keep_text_labels_and_unmeasured_rates(tmp_path):
     (again,) = read_results(run.out)
     assert list(again.y_true) == ["NA", "None"] and list(again.y_pred) == ["NA", "NA"]
     assert np.isnan(again.inference_images_per_second) and again.freeze == "none"
-    assert again.metrics()["test_accuracy"] == 0.5
+    assert again.metrics()["accuracy"] == 0.5

@@ -21,8 +21,9 @@ def test_scratch_baseline_trains_on_the_run_split(tmp_path):
     table = train_scratch(data, out, ScratchConfig(image_size=24, epochs=15, patience=15, lr=3e-3),
                           log=lambda *_: None)
     row = table.iloc[0]
-    assert row["strategy"] == "scratch" and row["eval_split"] == "val" and row["n_test"] == 24
-    assert row["n_train"] == 24 and row["test_accuracy"] >= 0.9  # red vs blue
+    assert row["strategy"] == "scratch" and row["eval_split"] == "test" and row["n_test"] == 24
+    train = pd.read_csv(out / "split.csv").query("split == 'train'")
+    assert row["n_train"] == (~train["path"].str.endswith("empty.png")).sum() and row["accuracy"] >= 0.9
     history = pd.read_csv(out / "history.csv")
     assert history["stage"].eq("scratch").all() and len(history) == row["epochs_run"]
     assert pd.read_csv(out / "skipped.csv")["path"].str.endswith("empty.png").tolist() == [True]

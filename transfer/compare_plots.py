@@ -52,7 +52,7 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
             r = rows.iloc[0]
             made.append(plots.confusion_matrix_png(
                 y_true, preds[r["model"]]["pred_label"].to_numpy(), classes, folder / f"confusion-{strategy}.png",
-                title=f"{r['model']}: {r['eval_split']} accuracy {r['test_accuracy']:.3f}"))
+                title=f"{r['model']}: {r['eval_split']} accuracy {r['accuracy']:.3f}"))
     made.append(plots.accuracy_vs_time_png(table, folder / "accuracy-vs-time.png"))
     tuned = [r for r in results if r.strategy == "finetune"]
     for res in tuned:  # a run whose stages had nothing to train has no history

@@ -77,6 +77,7 @@ class CompareConfig:
     batch_size: int = _feeds("batch_size", "features", "finetune", "scratch")
     weights: str = _feeds("weights", "features", "finetune")
     freeze: tuple[str, ...] = (FinetuneConfig.freeze,)
+    head: str = _feeds("head", "finetune")
     head_epochs: int = _feeds("head_epochs", "finetune")
     epochs: int = _feeds("epochs", "finetune")
     lr: float = _feeds("lr", "finetune")

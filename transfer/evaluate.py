@@ -7,15 +7,15 @@ import pandas as pd
 
 
 def evaluate(y_true, y_pred, scores=None, classes=None) -> dict:
-    """Accuracy, macro-F1 and (with >= 5 classes and per-class scores) top-5 accuracy."""
+    """Accuracy, macro-F1 and (with more than 5 classes and per-class scores) top-5 accuracy."""
     from sklearn.metrics import accuracy_score, f1_score, top_k_accuracy_score
 
     out = {
-        "test_accuracy": float(accuracy_score(y_true, y_pred)),
-        "test_macro_f1": float(f1_score(y_true, y_pred, average="macro")),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro")),
     }
-    if scores is not None and classes is not None and len(classes) >= 5:
-        out["test_top5_accuracy"] = float(top_k_accuracy_score(y_true, scores, k=5, labels=list(classes)))
+    if scores is not None and classes is not None and len(classes) > 5:  # with 5 or fewer, top-5 is always 1
+        out["top5_accuracy"] = float(top_k_accuracy_score(y_true, scores, k=5, labels=list(classes)))
     return out
 
 

@@ -126,3 +126,53 @@ def check_freeze(backbone: str, image_size: int, values) -> None:
     layers = build_backbone(backbone, weights=None, image_size=image_size).layers
     for value in values:
         frozen_count(value, layers)
+
+
+PROBE_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
+
+
+def fit_probe(x_train, y_train, x_val, y_val, n_classes: int, log=print) -> dict:
+    """A linear probe of cached features, as the new head's starting weights (LP-FT, Kumar et al., ICLR 2022).
+
+    A multinomial logistic regression on standardised features, fitted to
+    convergence for each ``C`` of :data:`PROBE_CS` and kept where the
+    validation log-loss is lowest (by 5-fold cross-validation on ``train``
+    when there is no validation split); the standardisation is folded into
+    the weights, so they act on the raw features as the head's dense layer does.
+
+    Args:
+        y_train, y_val: class indices in ``0..n_classes-1``.
+
+    Returns:
+        ``kernel`` (features x classes), ``bias``, the chosen ``C`` and its
+        validation log-loss ``val_loss`` (None without a validation split).
+    """
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.metrics import log_loss
+    from sklearn.preprocessing import StandardScaler
+
+    if len(np.unique(y_train)) < n_classes:
+        raise TransferError(f"The training split lacks {n_classes - len(np.unique(y_train))} of the {n_classes} "
+                            "classes: every class needs training images.")
+    scaler = StandardScaler().fit(x_train)
+    xt = scaler.transform(x_train)
+    if x_val is None or not len(x_val):
+        cv = LogisticRegressionCV(Cs=list(PROBE_CS), scoring="neg_log_loss", max_iter=5000).fit(xt, y_train)
+        coef, intercept, chosen, val_loss = cv.coef_, cv.intercept_, float(np.ravel(cv.C_)[0]), None
+    else:
+        xv = scaler.transform(x_val)
+        probe = LogisticRegression(max_iter=5000, tol=1e-6, warm_start=True)  # along C: each fit starts near
+        scores = []
+        for c in PROBE_CS:
+            probe.set_params(C=c).fit(xt, y_train)
+            scores.append((log_loss(y_val, probe.predict_proba(xv), labels=list(range(n_classes))), c,
+                           probe.coef_.copy(), probe.intercept_.copy()))
+        val_loss, chosen, coef, intercept = min(scores, key=lambda s: s[0])
+    if chosen in (PROBE_CS[0], PROBE_CS[-1]):
+        log(f"warning: the linear probe's C={chosen:g} is at the edge of its grid ({PROBE_CS[0]:g}-{PROBE_CS[-1]:g})")
+    coef = coef / scaler.scale_  # on raw features: w . (x - mean) / scale
+    bias = intercept - coef @ scaler.mean_
+    if n_classes == 2:  # one logit for class 1: the same softmax from logits (-z/2, z/2)
+        coef, bias = np.vstack([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
+    return {"kernel": coef.T.astype(np.float32), "bias": bias.astype(np.float32), "C": chosen,
+            "val_loss": None if val_loss is None else float(val_loss)}

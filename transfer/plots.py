@@ -117,9 +117,9 @@ def accuracy_vs_time_png(table: pd.DataFrame, path, time_column="train_seconds")
         group = rows[rows["strategy"] == strategy]
         if len(group):
             colour = f"C{order.index(strategy)}" if strategy in order else None
-            ax.scatter(group[time_column], group["test_accuracy"], label=strategy, s=30, color=colour)
+            ax.scatter(group[time_column], group["accuracy"], label=strategy, s=30, color=colour)
     if len(rows):
-        xs, ys = rows[time_column].to_numpy(float), rows["test_accuracy"].to_numpy(float)
+        xs, ys = rows[time_column].to_numpy(float), rows["accuracy"].to_numpy(float)
         span = max(ys.max() - ys.min(), 0.02)
         heights = _spread(xs, ys, gap=0.055 * span)
         for r, x, y, h in zip(rows.to_dict("records"), xs, ys, heights, strict=True):

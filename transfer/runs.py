@@ -50,6 +50,13 @@ class Run:
     def classes(self) -> list[str]:
         return sorted(set(self.split["label"]))
 
+    @property
+    def roles(self) -> str:
+        """Which images were scored and which chose, in words."""
+        from transfer.splits import roles
+
+        return roles(self.split)
+
     def rows(self, name: str) -> pd.DataFrame:
         """The split's rows of ``train``, ``val`` or ``test``."""
         return self.split[self.split["split"] == name]
@@ -59,7 +66,7 @@ class Run:
         return {"command": self.command, "data": self.data, "val_fraction": self.val_fraction,
                 "test_fraction": self.test_fraction, "seed": self.seed,
                 "split_reused": bool(self.split.attrs.get("reused", False)), "eval_split": self.eval_split,
-                "classes": self.classes}
+                "roles": self.roles, "classes": self.classes}
 
 
 def check_run_folder(out, command: str):
@@ -238,7 +245,7 @@ def write_skipped(skipped, path) -> Path:
 
 def metrics_table(results: list[Result]) -> pd.DataFrame:
     """The ``metrics.csv`` table of ``results``, best first."""
-    return pd.DataFrame([r.metrics() for r in results]).sort_values("test_accuracy", ascending=False,
+    return pd.DataFrame([r.metrics() for r in results]).sort_values("accuracy", ascending=False,
                                                                    kind="stable")
 
 

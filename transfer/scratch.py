@@ -141,7 +141,7 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
         model.save(tmp)
     write_csv(history, run.out / "history.csv")
     write_reports(run, [result], {"scratch": dataclasses.asdict(cfg)})
-    log(f"scratch CNN: {run.eval_split} accuracy {result.metrics()['test_accuracy']:.3f}, "
+    log(f"scratch CNN: {run.eval_split} accuracy {result.metrics()['accuracy']:.3f}, "
         f"{result.fit_seconds:.0f} s of training ({len(history)} epochs)")
     return result
 

@@ -1,8 +1,14 @@
-"""The split stage: every image gets ``train``, ``val`` or ``test``, once per run folder, in ``split.csv``.
+"""The split stage: every image gets a role, once per run folder, in ``split.csv``.
 
-The source's own splits are kept; otherwise a stratified, seeded split is
-made.  The file is reused by every later command and every sub-run in the
-same folder, so all strategies see exactly the same images.
+The roles: ``train`` fits, ``val`` chooses (hyper-parameters, the epochs kept,
+learning-rate plateaus), ``test`` is scored, and nothing is chosen on it.
+A source without splits gets a stratified, seeded split into the three.  A
+source with its own splits keeps them, except that a source without a test
+split has its ``val`` scored (as ``test``) and a ``val`` carved from its
+``train`` (stratified, seeded): otherwise the images that pick the best epoch
+would also be the ones that score it.  ``source_split`` keeps what the source
+called each image.  The file is reused by every later command and every
+sub-run in the same folder, so all strategies see exactly the same images.
 """
 
 from __future__ import annotations
@@ -18,14 +24,19 @@ from transfer.fileio import write_csv
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 SEED = 0  # of the split, and of everything seeded after it (folds, shuffles, initial weights)
-SPLIT_COLUMNS = ["path", "label", "split"]
+SPLIT_COLUMNS = ["path", "label", "split", "source_split"]
 
 
 def make_split(table: pd.DataFrame, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=SEED) -> pd.DataFrame:
-    """Give every image a split: the source's own when it has one, else a stratified, seeded split.
+    """Give every image a role: ``train`` fits, ``val`` chooses, ``test`` is scored.
+
+    The source's own splits when it has them (its ``val`` scored and a
+    ``val`` carved from its ``train`` when it has no ``test``), else a
+    stratified, seeded split.
 
     Returns:
-        A copy of ``table`` with ``split`` in ``train``/``val``/``test``.
+        A copy of ``table`` with ``split`` in ``train``/``val``/``test`` and
+        ``source_split`` (the source's name for it, empty when it had none).
     """
     from sklearn.model_selection import train_test_split
 
@@ -39,32 +50,66 @@ def make_split(table: pd.DataFrame, val_fraction=VAL_FRACTION, test_fraction=TES
     if table["split"].notna().all():
         if "train" not in set(table["split"]):
             raise TransferError("The source's splits have no 'train' images: add a train/ folder or split column rows.")
-        return table
+        table["source_split"] = table["split"]
+        return _with_roles(table, val_fraction, seed)
     if table["split"].notna().any():
         raise TransferError("Only some images have a split: give every row of the manifest a split, or none.")
-    idx = np.arange(len(table))
     labels = table["label"].to_numpy()
     split = np.array(["train"] * len(table), dtype=object)
-    rest = idx
+    rest = np.arange(len(table))
     if test_fraction > 0:
-        rest, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+        rest, test = train_test_split(rest, test_size=test_fraction, stratify=labels, random_state=seed)
         split[test] = "test"
     if val_fraction > 0:
         _, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest],
                                   random_state=seed)
         split[val] = "val"
     table["split"] = split
+    table["source_split"] = ""
+    return _with_roles(table, val_fraction, seed)  # with test_fraction=0, the val split is scored: carve another
+
+
+def _with_roles(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+    """A source's own splits as roles: its val is scored when it has no test, and val is carved from train."""
+    from sklearn.model_selection import train_test_split
+
+    if "test" not in set(table["split"]):
+        table.loc[table["split"] == "val", "split"] = "test"
+    if "val" not in set(table["split"]) and val_fraction > 0:
+        train = np.flatnonzero(table["split"].to_numpy() == "train")
+        labels = table["label"].to_numpy()[train]
+        counts = pd.Series(labels).value_counts()
+        size = max(int(np.ceil(val_fraction * len(train))), len(counts))  # at least one image of each class
+        if counts.min() >= 2 and len(train) - size >= len(counts):  # else too few to carve: choices use train
+            _, val = train_test_split(train, test_size=size, stratify=labels, random_state=seed)
+            table.loc[val, "split"] = "val"
     return table
 
 
+def roles(split: pd.DataFrame) -> str:
+    """Which images were scored and which chose, in words (for reports)."""
+    def part(name):
+        rows = split[split["split"] == name]
+        origin = sorted(set(rows["source_split"]) - {""})
+        was = f", the source's {'/'.join(origin)} split" if origin and origin != [name] else ""
+        if name == "val" and origin == ["train"]:
+            was = ", carved from the source's train split, stratified and seeded"
+        return f"{name} ({len(rows)} images{was})"
+
+    chosen = f"chosen on {part('val')}" if (split["split"] == "val").any() else \
+        "chosen by cross-validation and training loss on train (no val split)"
+    return f"scored on {part(evaluation_split(split))}; {chosen}"
+
+
 def evaluation_split(table: pd.DataFrame) -> str:
-    """The split final numbers come from: ``test`` when there is one, else ``val``."""
-    splits = set(table["split"])
-    if "test" in splits:
+    """The split final numbers come from: ``test``, which nothing is chosen on (see :func:`make_split`).
+
+    Raises:
+        TransferError: there are no images to score on.
+    """
+    if "test" in set(table["split"]):
         return "test"
-    if "val" in splits:
-        return "val"
-    raise TransferError("There are no val or test images to evaluate on: set val_fraction/test_fraction above 0 "
+    raise TransferError("There are no val or test images to score on: set val_fraction/test_fraction above 0 "
                         "or give the source a val/ or test/ split.")
 
 
@@ -72,12 +117,19 @@ def read_split(path) -> pd.DataFrame:
     """A ``split.csv`` as written by :func:`prepare_split` (every column as text).
 
     Raises:
-        TransferError: the file is not a split file.
+        TransferError: the file is not a split file, or one whose scored images also chose (made by an
+            earlier version of transfer, which scored on a source's val split and stopped early on it).
     """
     split = pd.read_csv(path, dtype=str, keep_default_na=False)
-    if set(split.columns) != set(SPLIT_COLUMNS):
-        raise TransferError(f"{path} is not a split file (columns path,label,split): remove it or use another out.")
-    return split
+    if not {"path", "label", "split"} <= set(split.columns) <= set(SPLIT_COLUMNS):
+        raise TransferError(f"{path} is not a split file (columns {','.join(SPLIT_COLUMNS)}): remove it or use "
+                            "another out folder.")
+    if "source_split" not in split.columns:
+        if "test" not in set(split["split"]):
+            raise TransferError(f"{path} scores on its val split, which also chooses the epochs kept (an earlier "
+                                "version made it): delete it to split again, or use another out folder.")
+        split["source_split"] = ""
+    return split[SPLIT_COLUMNS]
 
 
 def prepare_split(source, out, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=SEED) -> pd.DataFrame:

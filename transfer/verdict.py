@@ -17,8 +17,8 @@ from transfer.errors import TransferError
 from transfer.runs import STRATEGIES
 
 COMPARE_COLUMNS = [
-    "strategy", "backbone", "classifier", "freeze", "model", "eval_split", "n_test", "test_accuracy",
-    "test_macro_f1", "accuracy_ci_low", "accuracy_ci_high", "train_seconds", "inference_images_per_second",
+    "strategy", "backbone", "classifier", "freeze", "model", "eval_split", "n_test", "accuracy",
+    "macro_f1", "accuracy_ci_low", "accuracy_ci_high", "train_seconds", "inference_images_per_second",
     "trainable_params", "mcnemar_p_vs_best", "differs_from_best", "run_dir",
 ]
 SIGNIFICANCE = 0.05
@@ -75,12 +75,12 @@ def combine(results, run: Path, *, n_boot=2000, seed=0):
     for r in rows:
         p = aligned[r["model"]]["pred_label"].to_numpy()
         r["n_test"] = len(common)
-        r["test_accuracy"] = float(np.mean(p == y_true))
+        r["accuracy"] = float(np.mean(p == y_true))
         from sklearn.metrics import f1_score
 
-        r["test_macro_f1"] = float(f1_score(y_true, p, average="macro"))
+        r["macro_f1"] = float(f1_score(y_true, p, average="macro"))
         r["accuracy_ci_low"], r["accuracy_ci_high"] = bootstrap_accuracy(y_true, p, n_boot=n_boot, seed=seed)
-    table = pd.DataFrame(rows).sort_values(["test_accuracy", "test_macro_f1", "train_seconds"],
+    table = pd.DataFrame(rows).sort_values(["accuracy", "macro_f1", "train_seconds"],
                                            ascending=[False, False, True], kind="stable").reset_index(drop=True)
     best = aligned[table["model"].iloc[0]]["pred_label"].to_numpy()
     pvalues = [np.nan] + [mcnemar_pvalue(y_true, best, aligned[m]["pred_label"].to_numpy())
@@ -88,7 +88,7 @@ def combine(results, run: Path, *, n_boot=2000, seed=0):
     table["mcnemar_p_vs_best"] = pvalues
     table["differs_from_best"] = ["best"] + ["yes" if p < SIGNIFICANCE else "no (within noise)"
                                              for p in pvalues[1:]]
-    for col in ("test_accuracy", "test_macro_f1", "accuracy_ci_low", "accuracy_ci_high"):
+    for col in ("accuracy", "macro_f1", "accuracy_ci_low", "accuracy_ci_high"):
         table[col] = table[col].round(4)
     table["mcnemar_p_vs_best"] = table["mcnemar_p_vs_best"].round(4)
     return table[COMPARE_COLUMNS], {**aligned, "_y_true": y_true}
@@ -116,31 +116,31 @@ def verdict(table: pd.DataFrame, preds: dict) -> str:
 
     parts = []
     if "features" in best_of and "finetune" in best_of:
-        a, b = sorted((best_of["features"], best_of["finetune"]), key=lambda r: -r["test_accuracy"])
+        a, b = sorted((best_of["features"], best_of["finetune"]), key=lambda r: -r["accuracy"])
         p = p_between(a, b)
         if p >= SIGNIFICANCE:
             cheap, dear = sorted((a, b), key=lambda r: r["train_seconds"])
-            parts.append(f"{cheap['model']} ({cheap['test_accuracy']:.3f}) is within noise of {dear['model']} "
-                         f"({dear['test_accuracy']:.3f}, McNemar p={p:.2f}) "
+            parts.append(f"{cheap['model']} ({cheap['accuracy']:.3f}) is within noise of {dear['model']} "
+                         f"({dear['accuracy']:.3f}, McNemar p={p:.2f}) "
                          f"{_ratio(cheap['train_seconds'], dear['train_seconds'])}: use {cheap['model']}")
         else:
-            parts.append(f"{a['model']} ({a['test_accuracy']:.3f}) beats {b['model']} ({b['test_accuracy']:.3f}, "
+            parts.append(f"{a['model']} ({a['accuracy']:.3f}) beats {b['model']} ({b['accuracy']:.3f}, "
                          f"McNemar p={p:.3g}) {_ratio(a['train_seconds'], b['train_seconds'])}: use {a['model']}")
     else:
         top = table.iloc[0]
-        parts.append(f"best: {top['model']} ({top['test_accuracy']:.3f})")
+        parts.append(f"best: {top['model']} ({top['accuracy']:.3f})")
     if "scratch" in best_of and len(best_of) > 1:
         s = best_of["scratch"]
-        pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["test_accuracy"])
+        pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["accuracy"])
         p = p_between(pre, s)
-        gain = pre["test_accuracy"] - s["test_accuracy"]
+        gain = pre["accuracy"] - s["accuracy"]
         # Against the most accurate pretrained model, named, since it need not be the one recommended above.
         if p < SIGNIFICANCE and gain > 0:
-            parts.append(f"pretraining bought {gain:+.3f} over the scratch CNN ({s['test_accuracy']:.3f}, p={p:.3g})")
+            parts.append(f"pretraining bought {gain:+.3f} over the scratch CNN ({s['accuracy']:.3f}, p={p:.3g})")
         elif p < SIGNIFICANCE:
-            parts.append(f"but the scratch CNN ({s['test_accuracy']:.3f}) beats {pre['model']} "
-                         f"({pre['test_accuracy']:.3f}, p={p:.3g}): pretraining did not help here, use the scratch CNN")
+            parts.append(f"but the scratch CNN ({s['accuracy']:.3f}) beats {pre['model']} "
+                         f"({pre['accuracy']:.3f}, p={p:.3g}): pretraining did not help here, use the scratch CNN")
         else:
-            parts.append(f"the scratch CNN ({s['test_accuracy']:.3f}) is within noise of {pre['model']} "
-                         f"({pre['test_accuracy']:.3f}, p={p:.2f}): pretraining bought nothing significant here")
+            parts.append(f"the scratch CNN ({s['accuracy']:.3f}) is within noise of {pre['model']} "
+                         f"({pre['accuracy']:.3f}, p={p:.2f}): pretraining bought nothing significant here")
     return "; ".join(parts) + "."
