@@ -167,3 +167,14 @@ def test_fitted_parameter_count_counts_what_each_model_holds():
     assert fitted_parameter_count(logreg) == 3 * 7 + 3 * 7 + 3
     knn = make_pipeline(StandardScaler(), KNeighborsClassifier()).fit(x, y)
     assert fitted_parameter_count(knn) == 3 * 7 + 30 * 7  # the stored training features are the model
+
+
+def test_a_choice_at_the_edge_of_a_grid_is_named():
+    from transfer.classifiers import grid_edges
+
+    grid = {"logisticregression__C": [1e-4, 1e-2, 1.0, 10.0], "svc__gamma": ["scale", 1e-4, 1e-3, 1e-2],
+            "kneighborsclassifier__n_neighbors": [1, 3, 5]}
+    assert grid_edges(grid, {"logisticregression__C": 10.0, "svc__gamma": "scale",
+                             "kneighborsclassifier__n_neighbors": 1}) == ["C=10 (grid 0.0001-10)"]
+    assert grid_edges(grid, {"logisticregression__C": 1.0, "svc__gamma": 1e-4}) == ["gamma=0.0001 (grid 0.0001-0.01)"]
+    assert grid_edges(grid, {"logisticregression__C": 0.01, "svc__gamma": 1e-3}) == []

@@ -106,6 +106,25 @@ class FitResult:
     search: pd.DataFrame
     best_params: dict
     fit_seconds: float
+    at_edge: list = dataclasses.field(default_factory=list)
+
+
+CONTINUOUS = ("__C", "__alpha", "__gamma")  # log-spaced parameters whose best value may lie beyond the grid
+
+
+def grid_edges(grid: dict, best_params: dict) -> list[str]:
+    """The continuous parameters whose chosen value is the smallest or largest of its grid, in words.
+
+    Such a choice says the best value may lie beyond the grid, so the
+    search may not have found it.
+    """
+    edges = []
+    for key, values in grid.items():
+        numbers = sorted(v for v in values if isinstance(v, int | float) and not isinstance(v, bool))
+        chosen = best_params.get(key)
+        if key.endswith(CONTINUOUS) and len(numbers) >= 3 and chosen in (numbers[0], numbers[-1]):
+            edges.append(f"{key.split('__')[-1]}={chosen:g} (grid {numbers[0]:g}-{numbers[-1]:g})")
+    return edges
 
 
 def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n_jobs=-1) -> FitResult:
@@ -143,7 +162,7 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     table = pd.DataFrame(search.cv_results_)
     table["params"] = table["params"].map(str)
     table.insert(0, "classifier", name)
-    return FitResult(name, estimator, table, search.best_params_, seconds)
+    return FitResult(name, estimator, table, search.best_params_, seconds, grid_edges(grid, search.best_params_))
 
 
 def class_scores(estimator, x) -> np.ndarray:
@@ -226,17 +245,21 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
     feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress)
     write_skipped(feats.skipped, run.out / "skipped.csv")  # before any check that may refer the user to it
     data = _feature_splits(run, feats)
-    results, searches = [], []
+    results, searches, edges = [], [], {}
     for name in names:
         log(f"fitting {name} (grid search on {len(data.y_train)} training images)...")
         fit = fit_classifier(name, data.x_train, data.y_train, data.x_refit, data.y_refit, seed=run.seed)
+        if fit.at_edge:
+            log(f"warning: {name} chose {', '.join(fit.at_edge)} at the edge of its grid: the best value may lie "
+                "beyond it")
+            edges[name] = fit.at_edge
         results.append(_scored(fit, data, cfg, feats, run))
         searches.append(fit.search)
         save_classifier(fit.estimator, run.out / "classifiers" / f"{name}.skops")
     write_csv(pd.concat(searches), run.out / "search.csv")
     write_reports(run, results, {
         "extract": dataclasses.asdict(cfg), "classifiers": list(names),
-        "best_classifier": metrics_table(results)["classifier"].iloc[0],
+        "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
         "features_from_cache": feats.from_cache, "feature_cache_key": feats.key, "features_dir": str(features_dir),
     })
     return results
