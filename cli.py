@@ -356,6 +356,20 @@ def _echo_compare(table, line, out: Path):
     click.echo(f"Plots:  {out / 'plots'}/ ({', '.join(sorted(p.name for p in (out / 'plots').glob('*.png')))})")
 
 
+def _echo_repeats(summary, line, out: Path):
+    import pandas as pd
+
+    cols = ["model", "mean_accuracy", "std_accuracy", "min_accuracy", "max_accuracy", "mean_train_seconds",
+            "diff_vs_best", "diff_ci_low", "diff_ci_high", "differs_from_best"]
+    click.echo(f"\nover {summary['repeats'].iloc[0]} repeats, best mean first:")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        click.echo(summary[cols].to_string(index=False))
+    click.echo(f"Verdict: {line}")
+    click.echo(f"Report: {out / 'repeats.csv'} (every repeat's rows: {out / 'repeats-all.csv'}; each repeat's own "
+               f"report in {out}/repeat-K/)")
+    click.echo(f"Plot:   {out / 'plots' / 'repeats.png'}")
+
+
 @main.command()
 @click.option("--data", "-d", help="As for classify: a folder, a CSV manifest, digits or fashion-mnist. Not given: "
                                    "the digits demo (--data digits --image-size 96 --no-augment --lr-mult 10).")
@@ -375,6 +389,9 @@ def _echo_compare(table, line, out: Path):
 @click.option("--scratch-size", type=click.IntRange(16), default=CompareConfig.scratch_size, show_default=True,
               help="Input size of the from-scratch CNN.")
 @click.option("--scratch-epochs", type=click.IntRange(1), default=CompareConfig.scratch_epochs, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=CompareConfig.repeats, show_default=True,
+              help="Run the whole comparison N times, on splits seeded --seed, --seed+1, ...: mean, spread and "
+                   "paired differences (for small data, where one split decides little).")
 @IMAGE_SIZE
 @RESIZE
 @BATCH_SIZE
@@ -393,7 +410,7 @@ def compare(data, out, val_fraction, test_fraction, **options):
                    f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment --lr-mult {cfg.lr_mult:g}`.")
     out = out or Path("runs") / f"compare-{slug(Path(str(data)).stem) or 'data'}"
     table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
-    _echo_compare(table, line, out)
+    (_echo_repeats if cfg.repeats > 1 else _echo_compare)(table, line, out)
 
 
 if __name__ == "__main__":

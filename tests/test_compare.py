@@ -273,3 +273,28 @@ def test_a_fine_tuning_that_trains_nothing_still_gets_a_report(tmp_path):
                                                                     head_epochs=0)), progress=False, log=quiet)
     assert len(table) == 1 and (tmp_path / "run" / "compare.csv").exists()
     assert not list((tmp_path / "run" / "plots").glob("curves-*.png"))  # no epoch ran: no curves to draw
+
+
+def test_repeats_report_mean_spread_and_paired_differences_over_seeded_splits(tmp_path):
+    data = colour_folder(tmp_path / "data", n=12, splits=("all",)) / "all"  # no splits of its own
+    run = tmp_path / "run"
+    cfg = CompareConfig(**dict(TINY, strategies="features,finetune", freeze="all", epochs=0, classifiers="logreg",
+                               repeats=3))
+    summary, line = compare(data, run, cfg, progress=False, log=quiet)
+    every = pd.read_csv(run / "repeats-all.csv")
+    assert sorted(every["repeat"].unique()) == [1, 2, 3] and len(every) == 3 * 2
+    tests = [frozenset(pd.read_csv(run / f"repeat-{k}" / "split.csv").query("split == 'test'")["path"])
+             for k in (1, 2, 3)]
+    assert len(set(tests)) == 3  # three different seeded splits
+    for r in summary.itertuples():
+        acc = every.loc[every["model"] == r.model, "accuracy"]
+        assert r.mean_accuracy == pytest.approx(acc.mean(), abs=1e-4) and r.repeats == 3
+        assert r.min_accuracy == pytest.approx(acc.min(), abs=1e-4)
+        assert r.diff_ci_low <= r.diff_vs_best <= r.diff_ci_high or r.differs_from_best == "best"
+    assert summary["differs_from_best"].iloc[0] == "best"
+    assert "over 3 splits" in line and "One repeat took" in line
+    assert (run / "plots" / "repeats.png").read_bytes()[:4] == b"\x89PNG"
+    # one CNN pass for all repeats: the cache is shared, not made per repeat
+    assert len(list((run / "features").glob("features-*.npz"))) == 1
+    assert not (run / "repeat-1" / "features").exists()
+    assert json.loads((run / "config.json").read_text())["repeats"] == 3

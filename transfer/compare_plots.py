@@ -31,7 +31,8 @@ def _first_conv_kernel(model):
     return None, None
 
 
-def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classes, folder, log=print):
+def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classes, folder, features_dir,
+               log=print):
     """Every PNG of a compare report, into ``folder``; returns their paths.
 
     Args:
@@ -39,6 +40,7 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
         table, preds: from :func:`transfer.verdict.combine`.
         results: the records of every sub-run.
         cfg: the validated :class:`~transfer.comparison.CompareConfig`.
+        features_dir: the feature cache strategy 2 used (the t-SNE reads it).
     """
     from transfer import plots
 
@@ -65,14 +67,15 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
                 title=f"{res.backbone} {name}: head (stage 1) then fine-tuning (stage 2)"))
     for backbone in cfg.backbones:
         if "features" in cfg.strategies:
-            made.append(_tsne(run, cfg, backbone, folder, log))
+            made.append(_tsne(run, cfg, backbone, folder, features_dir, log))
         made.append(_kernels([r for r in tuned if r.backbone == backbone], cfg, backbone, folder, log))
     return [m for m in made if m is not None]
 
 
-def _tsne(run, cfg, backbone, folder, log):
+def _tsne(run, cfg, backbone, folder, features_dir, log):
     # The features strategy 2 used, from its cache: no second CNN pass.
-    png = tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png", seed=cfg.seed)
+    png = tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png",
+                    features_dir=features_dir, seed=cfg.seed)
     if png is None:
         log(f"no t-SNE plot for {backbone}: fewer than 5 readable evaluation images")
     return png

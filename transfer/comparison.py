@@ -65,6 +65,9 @@ class CompareConfig:
             a fraction or a layer name, as ``transfer finetune --freeze``).
         scratch_size: input size of the from-scratch CNN.
         scratch_epochs: its epoch limit (early stopping on validation loss).
+        repeats: run the whole comparison this many times, on splits (and
+            training seeds) ``seed``, ``seed + 1``, ...; the report is then the
+            mean, spread and paired differences over the repeats.
     """
 
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
@@ -89,6 +92,7 @@ class CompareConfig:
     scratch_size: int = _feeds("image_size", "scratch", default=64)
     scratch_epochs: int = _feeds("epochs", "scratch")
     seed: int = _feeds("seed", "finetune", "scratch")
+    repeats: int = 1
 
     @classmethod
     def demo(cls, **options) -> CompareConfig:
@@ -127,6 +131,8 @@ class CompareConfig:
         if unknown or not strategies:
             raise TransferError(f"Unknown strategy {unknown[0] if unknown else self.strategies!r}. Expected a "
                                 f"comma-separated list of: {', '.join(STRATEGIES)}.")
+        if not isinstance(self.repeats, int) or self.repeats < 1:
+            raise TransferError(f"repeats={self.repeats!r} is not valid: give a positive integer.")
         freeze = tuple(dict.fromkeys(_names(self.freeze)))
         if "finetune" in strategies and not freeze:
             raise TransferError("freeze is empty: give one or more of all, none, a count, a fraction or a layer name.")
@@ -153,7 +159,7 @@ def _prefixed(log, tag):
     return lambda msg: log(f"[{tag}] {msg}")
 
 
-def _features(run, cfg: CompareConfig, backbone: str, progress, log) -> list:
+def _features(run, cfg: CompareConfig, backbone: str, features_dir: Path, progress, log) -> list:
     """Strategy 2 with ``backbone``, or its finished sub-run when the settings, split and images are the same."""
     from transfer.classifiers import classify_run
     from transfer.features import cache_key
@@ -167,11 +173,11 @@ def _features(run, cfg: CompareConfig, backbone: str, progress, log) -> list:
         log(f"strategy 2 (features + classifiers) with {backbone}: reusing {folder} (same settings, split and images)")
         return read_results(folder)
     log(f"strategy 2 (features + classifiers) with {backbone} -> {folder}")
-    return classify_run(sub, ecfg, cfg.classifiers, features_dir=run.out / "features", progress=progress,
+    return classify_run(sub, ecfg, cfg.classifiers, features_dir=features_dir, progress=progress,
                         log=_prefixed(log, "features"))
 
 
-def _finetuned(run, cfg: CompareConfig, backbone: str, freeze: str, log):
+def _finetuned(run, cfg: CompareConfig, backbone: str, freeze: str, features_dir: Path, log):
     """Strategy 1 with ``backbone`` and one ``freeze`` value (a finished run resumes to its evaluation)."""
     from transfer.fileio import slug
     from transfer.finetuning import finetune_run
@@ -180,7 +186,7 @@ def _finetuned(run, cfg: CompareConfig, backbone: str, freeze: str, log):
     folder = run.out / backbone / f"finetune-{slug(freeze)}"
     sub = open_run(run.split, folder, "finetune", seed=cfg.seed)
     log(f"strategy 1 (fine-tuning, freeze {freeze}) with {backbone} -> {folder}")
-    return finetune_run(sub, cfg.finetune_config(backbone, freeze).validated(), features_dir=run.out / "features",
+    return finetune_run(sub, cfg.finetune_config(backbone, freeze).validated(), features_dir=features_dir,
                         log=_prefixed(log, f"finetune {freeze}"))
 
 
@@ -199,7 +205,7 @@ def _scratch(run, cfg: CompareConfig, log):
     return scratch_run(sub, scfg, log=_prefixed(log, "scratch"))
 
 
-def _write_report(run, cfg: CompareConfig, results, log):
+def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log):
     """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict)``.
 
     Plots are drawn into a staging folder: a failure while drawing leaves the
@@ -214,7 +220,7 @@ def _write_report(run, cfg: CompareConfig, results, log):
     line = verdict(table, preds)
     staging = run.out / ".plots-new"
     shutil.rmtree(staging, ignore_errors=True)
-    drawn = make_plots(run.out, table, preds, results, cfg, run.classes, staging, log=log)
+    drawn = make_plots(run.out, table, preds, results, cfg, run.classes, staging, features_dir, log=log)
     skipped = {}
     for r in results:  # the first sub-run's reason for a file it could not read
         for path, reason in r.skipped.items():
@@ -238,9 +244,59 @@ def _write_report(run, cfg: CompareConfig, results, log):
     return table, line
 
 
+def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log):
+    """Every strategy on the opened run's one split; the report written; returns ``(table, verdict)``."""
+    results = []
+    for backbone in cfg.backbones:
+        if "features" in cfg.strategies:
+            results += _features(run, cfg, backbone, features_dir, progress, log)
+        for f in cfg.freeze if "finetune" in cfg.strategies else ():
+            results.append(_finetuned(run, cfg, backbone, f, features_dir, log))
+    if "scratch" in cfg.strategies:
+        results.append(_scratch(run, cfg, log))
+    return _write_report(run, cfg, results, features_dir, log)
+
+
+def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progress, log):
+    """``cfg.repeats`` comparisons, repeat k on the split seeded ``cfg.seed + k - 1``; the summary of all."""
+    import time
+
+    from transfer.fileio import write_csv
+    from transfer.runs import open_run, write_config
+    from transfer.verdict import summarise_repeats
+
+    tables, seconds = [], []
+    for k in range(1, cfg.repeats + 1):
+        once = dataclasses.replace(cfg, seed=cfg.seed + k - 1, repeats=1)
+        log(f"repeat {k} of {cfg.repeats} (seed {once.seed}) -> {out / f'repeat-{k}'}")
+        start = time.perf_counter()
+        run = open_run(source, out / f"repeat-{k}", "compare", seed=once.seed, **split_options)
+        table, _ = _compare_once(run, once, out / "features", progress, _prefixed(log, f"repeat {k}"))
+        tables.append(table.assign(repeat=k))
+        seconds.append(time.perf_counter() - start)
+    summary, line = summarise_repeats(tables)
+    every = pd.concat(tables, ignore_index=True)
+    write_csv(every, out / "repeats-all.csv")
+    write_csv(summary, out / "repeats.csv")
+    from transfer import plots
+
+    plots.repeats_png(every, out / "plots" / "repeats.png")
+    line += f" One repeat took {min(seconds):.0f}-{max(seconds):.0f} s here."
+    write_config(out / "config.json", {"command": "compare", "data": source.name, "compare": dataclasses.asdict(cfg),
+                                       **split_options, "repeats": cfg.repeats, "verdict": line,
+                                       "repeat_seconds": [round(s, 1) for s in seconds]})
+    return summary, line
+
+
 def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_fraction=VAL_FRACTION,
             test_fraction=TEST_FRACTION, progress=True, log=print) -> tuple[pd.DataFrame, str]:
     """Run strategy 2, strategy 1 and the scratch baseline on one split; write the combined report.
+
+    With ``cfg.repeats`` above 1, the whole comparison runs once per seed
+    (``seed``, ``seed + 1``, ...): on a new stratified split each time for a
+    source without splits, on the source's own splits with another carved
+    validation split and other training seeds otherwise; each repeat is a
+    compare run folder ``out/repeat-K``, sharing one feature cache.
 
     Args:
         data: as for every command: a folder, a CSV manifest, ``digits`` or ``fashion-mnist``.
@@ -249,7 +305,9 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
 
     Returns:
         ``(table, verdict)``: the compare table (``compare.csv``), best first,
-        and the one-line verdict.
+        and the one-line verdict; with repeats, the per-model summary
+        (``repeats.csv``: mean, spread, paired difference to the best and its
+        interval) and the verdict over all repeats.
     """
     from transfer.finetune_model import check_freeze
     from transfer.runs import check_run_folder, open_run
@@ -258,18 +316,14 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
     cfg = (cfg or CompareConfig()).validated()
     if out is None:
         raise TransferError("out is required: the folder the compare run writes to.")
+    out = Path(out)
     check_run_folder(out, "compare")
     source = resolve_source(data)  # a wrong data fails here, before TensorFlow is loaded
     for backbone in cfg.backbones if "finetune" in cfg.strategies else ():
         # every freeze value, before hours of training run into a typo
         check_freeze(backbone, cfg.finetune_config(backbone, "none").validated().image_size, cfg.freeze)
-    run = open_run(source, out, "compare", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
-    results = []
-    for backbone in cfg.backbones:
-        if "features" in cfg.strategies:
-            results += _features(run, cfg, backbone, progress, log)
-        for f in cfg.freeze if "finetune" in cfg.strategies else ():
-            results.append(_finetuned(run, cfg, backbone, f, log))
-    if "scratch" in cfg.strategies:
-        results.append(_scratch(run, cfg, log))
-    return _write_report(run, cfg, results, log)
+    split_options = {"val_fraction": val_fraction, "test_fraction": test_fraction}
+    if cfg.repeats > 1:
+        return _repeated(source, out, cfg, split_options, progress, log)
+    run = open_run(source, out, "compare", seed=cfg.seed, **split_options)
+    return _compare_once(run, cfg, out / "features", progress, log)

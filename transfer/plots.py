@@ -175,3 +175,17 @@ def conv_kernels_png(before, after, path, max_kernels=32) -> Path:
                 ax.imshow(np.clip(kernels[..., :3, k] / (2 * scale) + 0.5, 0, 1), interpolation="nearest")
         axes[block * rows, 0].set_title(f"{name} fine-tuning", fontsize=8, loc="left")
     return _save(plt, fig, path)
+
+
+def repeats_png(every: pd.DataFrame, path) -> Path:
+    """Accuracy of every model in every repeat (one split each): how much a single split can mislead."""
+    plt, (fig, ax) = _figure(figsize=(7, 4))
+    for model, rows in every.groupby("model", sort=False):
+        rows = rows.sort_values("repeat")
+        ax.plot(rows["repeat"], rows["accuracy"], marker="o", label=model)
+    ax.set_xlabel("repeat (split seed)")
+    ax.set_ylabel("accuracy")
+    ax.set_xticks(sorted(every["repeat"].unique()))
+    ax.set_title("accuracy per repeat", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(plt, fig, path)

@@ -144,3 +144,66 @@ def verdict(table: pd.DataFrame, preds: dict) -> str:
             parts.append(f"the scratch CNN ({s['accuracy']:.3f}) is within noise of {pre['model']} "
                          f"({pre['accuracy']:.3f}, p={p:.2f}): pretraining bought nothing significant here")
     return "; ".join(parts) + "."
+
+
+def _paired(acc: pd.DataFrame, a: str, b: str, level: float = 0.95):
+    """Mean of ``a - b`` over the repeats and its t-interval (the repeats are paired: the same split for both)."""
+    from scipy import stats
+
+    d = (acc[a] - acc[b]).to_numpy(float)
+    if len(d) < 2:
+        return float(d.mean()), float("nan"), float("nan")
+    half = float(stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def _summary_rows(every: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
+    order = acc.mean().sort_values(ascending=False, kind="stable").index
+    rows = []
+    for model in order:
+        diff, low, high = _paired(acc, order[0], model)
+        rows.append({
+            "strategy": every.loc[every["model"] == model, "strategy"].iloc[0], "model": model, "repeats": len(acc),
+            "mean_accuracy": acc[model].mean(), "std_accuracy": acc[model].std(ddof=1) if len(acc) > 1 else np.nan,
+            "min_accuracy": acc[model].min(), "max_accuracy": acc[model].max(),
+            "mean_train_seconds": every.loc[every["model"] == model, "train_seconds"].mean(),
+            "diff_vs_best": diff, "diff_ci_low": low, "diff_ci_high": high,
+            "differs_from_best": "best" if model == order[0] else ("yes" if low > 0 else "no (within noise)"),
+        })
+    return pd.DataFrame(rows).round({**{c: 4 for c in ("mean_accuracy", "std_accuracy", "min_accuracy",
+                                                         "max_accuracy", "diff_vs_best", "diff_ci_low",
+                                                         "diff_ci_high")}, "mean_train_seconds": 2})
+
+
+def summarise_repeats(tables: list) -> tuple[pd.DataFrame, str]:
+    """The comparison over repeats: per model the mean and spread of the accuracy, the paired difference to the
+    best model with its 95 % t-interval, and the verdict between the two strategies' best models.
+
+    Args:
+        tables: one compare table per repeat, each with a ``repeat`` column.
+
+    Returns:
+        ``(summary, verdict)``: ``repeats.csv``, best mean first, and one line.
+    """
+    every = pd.concat(tables, ignore_index=True)
+    acc = every.pivot_table(index="repeat", columns="model", values="accuracy")
+    summary = _summary_rows(every, acc)
+    best_of = {s: summary[summary["strategy"] == s].iloc[0] for s in STRATEGIES if (summary["strategy"] == s).any()}
+    n = len(acc)
+    if "features" in best_of and "finetune" in best_of:
+        a, b = best_of["features"], best_of["finetune"]
+        diff, low, high = _paired(acc, a["model"], b["model"])
+        interval = f"features minus fine-tuned {diff:+.3f}, 95 % interval {low:+.3f} to {high:+.3f} over {n} splits"
+        if low > 0 or high < 0:
+            win, lose = (a, b) if diff > 0 else (b, a)
+            line = (f"{win['model']} (mean {win['mean_accuracy']:.3f}) beats {lose['model']} (mean "
+                    f"{lose['mean_accuracy']:.3f}; {interval}): use {win['model']}")
+        else:
+            cheap, dear = sorted((a, b), key=lambda r: r["mean_train_seconds"])
+            line = (f"{cheap['model']} (mean {cheap['mean_accuracy']:.3f}) is within noise of {dear['model']} (mean "
+                    f"{dear['mean_accuracy']:.3f}; {interval}) "
+                    f"{_ratio(cheap['mean_train_seconds'], dear['mean_train_seconds'])}: use {cheap['model']}")
+    else:
+        top = summary.iloc[0]
+        line = f"best over {n} splits: {top['model']} (mean {top['mean_accuracy']:.3f})"
+    return summary, line + "."
