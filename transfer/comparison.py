@@ -261,6 +261,7 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
     """``cfg.repeats`` comparisons, repeat k on the split seeded ``cfg.seed + k - 1``; the summary of all."""
     import time
 
+    from transfer import plots
     from transfer.fileio import write_csv
     from transfer.runs import open_run, write_config
     from transfer.verdict import summarise_repeats
@@ -278,8 +279,6 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
     every = pd.concat(tables, ignore_index=True)
     write_csv(every, out / "repeats-all.csv")
     write_csv(summary, out / "repeats.csv")
-    from transfer import plots
-
     plots.repeats_png(every, out / "plots" / "repeats.png")
     line += f" One repeat took {min(seconds):.0f}-{max(seconds):.0f} s here."
     write_config(out / "config.json", {"command": "compare", "data": source.name, "compare": dataclasses.asdict(cfg),
