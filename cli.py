@@ -128,19 +128,20 @@ FEATURE_OPTIONS = _options(
 )
 FINETUNE_OPTIONS = _options(
     click.option("--head", type=click.Choice(HEADS), default=FinetuneConfig.head, show_default=True,
-                 help="Stage 1: probe (a logistic regression on the cached features, its C chosen on val, becomes "
-                      "the head: LP-FT) or train (--head-epochs at --lr)."),
+                 help="Stage 1: probe (a logistic regression on the cached features, its C cross-validated on "
+                      "train, becomes the head: LP-FT) or train (--head-epochs at --lr)."),
     click.option("--head-epochs", type=click.IntRange(0), default=FinetuneConfig.head_epochs, show_default=True,
                  help="Stage 1 with --head train: head only, at --lr."),
     click.option("--epochs", type=click.IntRange(0), default=FinetuneConfig.epochs, show_default=True,
                  help="Stage 2: unfrozen down to --freeze, at --lr / --lr-mult."),
     click.option("--lr", type=float, default=FinetuneConfig.lr, show_default=True),
     click.option("--lr-mult", type=float, default=FinetuneConfig.lr_mult, show_default=True,
-                 help="Stage 2 trains at --lr / --lr-mult (fastai's default: 100)."),
+                 help="Stage 2 trains at --lr / --lr-mult, after one epoch of warm-up."),
     click.option("--augment/--no-augment", default=FinetuneConfig.augment, show_default=True,
                  help="Flip, rotation, zoom, contrast. Off: stage 1 trains on the cached features."),
     click.option("--patience", type=click.IntRange(0), default=FinetuneConfig.patience, show_default=True,
-                 help="Early stopping on validation loss (best weights restored); 0: off."),
+                 help="Early stopping when validation accuracy (then loss) stops improving; 0: off. The epoch kept is "
+                      "the best by the same ranking."),
     PRECISION,
 )
 
@@ -372,7 +373,7 @@ def _echo_repeats(summary, line, out: Path):
 
 @main.command()
 @click.option("--data", "-d", help="As for classify: a folder, a CSV manifest, digits or fashion-mnist. Not given: "
-                                   "the digits demo (--data digits --image-size 96 --no-augment --lr-mult 10).")
+                                   "the digits demo (--data digits --image-size 96 --no-augment).")
 @click.option("--backbone", "-b", "backbones", default=DEFAULT_BACKBONE, show_default=True,
               help="One or more registry names, comma-separated: every strategy runs for each.")
 @click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
@@ -407,7 +408,7 @@ def compare(data, out, val_fraction, test_fraction, **options):
     if not data:
         data = DEMO_DATA
         click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size "
-                   f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment --lr-mult {cfg.lr_mult:g}`.")
+                   f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment`.")
     out = out or Path("runs") / f"compare-{slug(Path(str(data)).stem) or 'data'}"
     table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
     (_echo_repeats if cfg.repeats > 1 else _echo_compare)(table, line, out)

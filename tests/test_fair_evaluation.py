@@ -1,16 +1,19 @@
 """Nothing is chosen on the images that are scored."""
 
 import pandas as pd
+import pytest
 
 from tests.conftest import colour_folder
 from transfer.comparison import CompareConfig, compare
 
 
-def test_with_only_train_and_val_no_scored_image_is_used_by_any_choice(tmp_path, monkeypatch):
-    from transfer import classifiers, images, training
+@pytest.mark.parametrize("head", ["probe", "train"])
+def test_with_only_train_and_val_no_scored_image_is_used_by_any_choice(tmp_path, monkeypatch, head):
+    from transfer import classifiers, finetune_model, images, training
 
-    seen = {"image batches": set(), "searched on": [], "refit on": [], "array batches": []}
+    seen = {"image batches": set(), "searched on": [], "refit on": [], "array batches": [], "probe": []}
     real_batches, real_fit, real_arrays = images.training_batches, classifiers.fit_classifier, training.array_batches
+    real_probe = finetune_model.fit_probe
 
     def batches(paths, *args, **kwargs):  # every image fine-tuning and the scratch CNN fit or stop early on
         seen["image batches"] |= set(map(str, paths))
@@ -25,12 +28,17 @@ def test_with_only_train_and_val_no_scored_image_is_used_by_any_choice(tmp_path,
         seen["array batches"].append(len(y))
         return real_arrays(x, y, *args, **kwargs)
 
+    def probe(x_train, y_train, x_val, y_val, *args, **kwargs):  # the linear-probe head
+        seen["probe"].append((len(y_train), len(y_val)))
+        return real_probe(x_train, y_train, x_val, y_val, *args, **kwargs)
+
     monkeypatch.setattr(images, "training_batches", batches)
+    monkeypatch.setattr(finetune_model, "fit_probe", probe)
     monkeypatch.setattr(classifiers, "fit_classifier", fit)
     monkeypatch.setattr(training, "array_batches", arrays)
     data = colour_folder(tmp_path / "data", n=10, splits=("train", "val"))
-    cfg = CompareConfig(image_size=32, batch_size=8, precision="float32", head_epochs=2, epochs=1, augment=False,
-                        scratch_size=16, scratch_epochs=2, classifiers="logreg")
+    cfg = CompareConfig(image_size=32, batch_size=8, precision="float32", head=head, head_epochs=2, epochs=1,
+                        augment=False, scratch_size=16, scratch_epochs=2, classifiers="logreg")
     table, _ = compare(data, tmp_path / "run", cfg, progress=False, log=lambda *_: None)
 
     split = pd.read_csv(tmp_path / "run" / "split.csv")
@@ -43,4 +51,7 @@ def test_with_only_train_and_val_no_scored_image_is_used_by_any_choice(tmp_path,
     assert seen["image batches"] and not seen["image batches"] & scored
     assert seen["image batches"] <= set(train["path"]) | set(val["path"])
     assert seen["searched on"] == [len(train)] and seen["refit on"] == [len(train) + len(val)]
-    assert sorted(set(seen["array batches"])) == sorted({len(train), len(val)})
+    if head == "train":  # the head trains on cached features of train, stopped on val
+        assert sorted(set(seen["array batches"])) == sorted({len(train), len(val)}) and not seen["probe"]
+    else:  # the probe is fitted (C cross-validated) on train and judged on val
+        assert seen["probe"] == [(len(train), len(val))] and not seen["array batches"]

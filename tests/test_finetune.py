@@ -54,7 +54,8 @@ def test_freeze_errors_name_the_count_and_the_nearest_names():
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
     data = colour_folder(root / "data", n=8, splits=("train", "val"))
-    cfg = FinetuneConfig(freeze="block6a", head_epochs=10, epochs=2, lr=0.01, augment=False, patience=0, **TINY)
+    cfg = FinetuneConfig(freeze="block6a", head="train", head_epochs=10, epochs=2, lr=0.01, augment=False,
+                         patience=0, **TINY)
     table = finetune(data, root / "run", cfg, log=lambda *_: None)
     return data, root / "run", table
 
@@ -166,7 +167,8 @@ def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
     data = colour_folder(tmp_path / "d", n=24)
     out = tmp_path / "run"
     cmd = [sys.executable, "cli.py", "finetune", "--data", str(data), "--out", str(out), "--image-size", "48",
-           "--batch-size", "8", "--precision", "float32", "--head-epochs", "1", "--epochs", "6", "--patience", "0",
+           "--batch-size", "8", "--precision", "float32", "--head", "train", "--head-epochs", "1", "--epochs", "6",
+           "--patience", "0",
            "--no-augment", "--freeze", "block5a"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     history = out / "history.csv"
@@ -284,3 +286,27 @@ def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot
                        log=lines.append)
     assert any("keeping the stage 1 model" in line for line in lines)
     assert wrecked["accuracy"].iloc[0] == probe_only["accuracy"].iloc[0]
+
+
+def test_the_model_kept_is_ranked_by_validation_accuracy_then_loss():
+    from transfer.training import beats, selection_key
+
+    assert beats(selection_key(0.9, 0.5), selection_key(0.8, 0.1))  # more accurate wins despite a higher loss
+    assert beats(selection_key(0.8, 0.2), selection_key(0.8, 0.3))  # equal accuracy: the lower loss
+    assert not beats(selection_key(0.8, 0.3), selection_key(0.8, 0.3))
+    assert selection_key(0.9, float("nan")) is None  # a diverged epoch is never kept
+    assert beats(selection_key(None, 0.1), selection_key(None, 0.2))  # no validation split: training loss
+    assert beats(selection_key(0.5, 9.0), None)
+
+
+def test_the_probe_chooses_its_regularisation_on_train_alone():
+    from transfer.finetune_model import fit_probe
+
+    rng = np.random.default_rng(0)
+    x, x_val = rng.normal(size=(60, 16)), rng.normal(size=(20, 16))
+    y, y_val = (x[:, 0] > 0).astype(int), (x_val[:, 0] > 0).astype(int)
+    right = fit_probe(x, y, x_val, y_val, 2, log=lambda *_: None)
+    wrong = fit_probe(x, y, x_val, 1 - y_val, 2, log=lambda *_: None)  # the validation labels play no part in C
+    assert right["C"] == wrong["C"]
+    np.testing.assert_array_equal(right["kernel"], wrong["kernel"])
+    assert right["val_accuracy"] > 0.8 and right["val_accuracy"] + wrong["val_accuracy"] == pytest.approx(1.0)

@@ -36,10 +36,9 @@ from transfer.splits import TEST_FRACTION, VAL_FRACTION
 
 CONFIGS = {"features": ExtractConfig, "finetune": FinetuneConfig, "scratch": ScratchConfig}
 # The digits demo (`transfer compare` with no arguments, CompareConfig.demo()): 96 px (8-px digits gain
-# nothing at 224 px but time), no augmentation (a mirrored digit is another digit) and stage 2 at lr/10
-# (digits are far from ImageNet, so the backbone has to move more than fastai's lr/100 lets it).
+# nothing at 224 px but time) and no augmentation (a mirrored digit is another digit).
 DEMO_DATA = "digits"
-DEMO_OPTIONS = {"image_size": 96, "augment": False, "lr_mult": 10.0}
+DEMO_OPTIONS = {"image_size": 96, "augment": False}
 
 
 def _feeds(name: str, *strategies: str, default=dataclasses.MISSING):

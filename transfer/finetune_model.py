@@ -135,44 +135,47 @@ def fit_probe(x_train, y_train, x_val, y_val, n_classes: int, log=print) -> dict
     """A linear probe of cached features, as the new head's starting weights (LP-FT, Kumar et al., ICLR 2022).
 
     A multinomial logistic regression on standardised features, fitted to
-    convergence for each ``C`` of :data:`PROBE_CS` and kept where the
-    validation log-loss is lowest (by 5-fold cross-validation on ``train``
-    when there is no validation split); the standardisation is folded into
-    the weights, so they act on the raw features as the head's dense layer does.
+    convergence, its ``C`` (of :data:`PROBE_CS`) chosen by 5-fold
+    cross-validated log-loss on ``train``, as strategy 2 chooses its own: so
+    the validation split stays an unbiased judge between the probe and the
+    fine-tuning epochs that follow.  The standardisation is folded into the
+    weights, so they act on the raw features as the head's dense layer does.
 
     Args:
         y_train, y_val: class indices in ``0..n_classes-1``.
 
     Returns:
-        ``kernel`` (features x classes), ``bias``, the chosen ``C`` and its
-        validation log-loss ``val_loss`` (None without a validation split).
+        ``kernel`` (features x classes), ``bias``, the chosen ``C``, and on
+        the validation split ``val_loss`` and ``val_accuracy`` (None without one).
     """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    import warnings
+
+    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.metrics import log_loss
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
-    if len(np.unique(y_train)) < n_classes:
-        raise TransferError(f"The training split lacks {n_classes - len(np.unique(y_train))} of the {n_classes} "
+    counts = np.bincount(y_train, minlength=n_classes)
+    if (counts == 0).any():
+        raise TransferError(f"The training split lacks {int((counts == 0).sum())} of the {n_classes} "
                             "classes: every class needs training images.")
     scaler = StandardScaler().fit(x_train)
-    xt = scaler.transform(x_train)
-    if x_val is None or not len(x_val):
-        cv = LogisticRegressionCV(Cs=list(PROBE_CS), scoring="neg_log_loss", max_iter=5000).fit(xt, y_train)
-        coef, intercept, chosen, val_loss = cv.coef_, cv.intercept_, float(np.ravel(cv.C_)[0]), None
-    else:
-        xv = scaler.transform(x_val)
-        probe = LogisticRegression(max_iter=5000, tol=1e-6, warm_start=True)  # along C: each fit starts near
-        scores = []
-        for c in PROBE_CS:
-            probe.set_params(C=c).fit(xt, y_train)
-            scores.append((log_loss(y_val, probe.predict_proba(xv), labels=list(range(n_classes))), c,
-                           probe.coef_.copy(), probe.intercept_.copy()))
-        val_loss, chosen, coef, intercept = min(scores, key=lambda s: s[0])
+    folds = StratifiedKFold(int(min(5, max(2, counts.min()))), shuffle=True, random_state=0)
+    with warnings.catch_warnings():  # scikit-learn 1.9 announces new defaults that change nothing here
+        warnings.simplefilter("ignore", FutureWarning)
+        cv = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring="neg_log_loss", max_iter=5000,
+                                  tol=1e-6).fit(scaler.transform(x_train), y_train)
+    chosen = float(np.ravel(cv.C_)[0])
     if chosen in (PROBE_CS[0], PROBE_CS[-1]):
         log(f"warning: the linear probe's C={chosen:g} is at the edge of its grid ({PROBE_CS[0]:g}-{PROBE_CS[-1]:g})")
-    coef = coef / scaler.scale_  # on raw features: w . (x - mean) / scale
-    bias = intercept - coef @ scaler.mean_
+    val_loss = val_accuracy = None
+    if x_val is not None and len(x_val):
+        proba = cv.predict_proba(scaler.transform(x_val))
+        val_loss = float(log_loss(y_val, proba, labels=list(range(n_classes))))
+        val_accuracy = float(np.mean(proba.argmax(1) == y_val))
+    coef = cv.coef_ / scaler.scale_  # on raw features: w . (x - mean) / scale
+    bias = cv.intercept_ - coef @ scaler.mean_
     if n_classes == 2:  # one logit for class 1: the same softmax from logits (-z/2, z/2)
         coef, bias = np.vstack([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
     return {"kernel": coef.T.astype(np.float32), "bias": bias.astype(np.float32), "C": chosen,
-            "val_loss": None if val_loss is None else float(val_loss)}
+            "val_loss": val_loss, "val_accuracy": val_accuracy}
