@@ -371,6 +371,20 @@ def _echo_repeats(summary, line, out: Path):
     click.echo(f"Plot:   {out / 'plots' / 'repeats.png'}")
 
 
+def _echo_learning_curve(curve, line, out: Path):
+    import pandas as pd
+
+    cols = ["train_size", "mean_images_per_class", "n_train", "model", "accuracy", "accuracy_ci_low",
+            "accuracy_ci_high", "train_seconds", "differs_from_best"]
+    click.echo(f"\nlearning curve, every size scored on the same {curve['n_test'].iloc[0]} test images:")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        click.echo(curve[cols].rename(columns={"mean_images_per_class": "per_class"}).to_string(index=False))
+    click.echo(f"Verdict: {line}")
+    click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']}, at every size.")
+    click.echo(f"Report: {out / 'learning-curve.csv'} (each size's own report in {out}/size-N/)")
+    click.echo(f"Plot:   {out / 'plots' / 'learning-curve.png'}")
+
+
 @main.command()
 @click.option("--data", "-d", help="As for classify: a folder, a CSV manifest, digits or fashion-mnist. Not given: "
                                    "the digits demo (--data digits --image-size 96 --no-augment).")
@@ -393,6 +407,10 @@ def _echo_repeats(summary, line, out: Path):
 @click.option("--repeats", type=click.IntRange(1), default=CompareConfig.repeats, show_default=True,
               help="Run the whole comparison N times, on splits seeded --seed, --seed+1, ...: mean, spread and "
                    "paired differences (for small data, where one split decides little).")
+@click.option("--train-sizes", default=",".join(CompareConfig.train_sizes),
+              help="Learning curve: the comparison on nested, seeded subsets of the training split with at most this "
+                   "many images per class, comma-separated (e.g. 5,10,25,all), all scored on the same test images: "
+                   "learning-curve.csv, plots/learning-curve.png and the crossover. Not with --repeats.")
 @IMAGE_SIZE
 @RESIZE
 @BATCH_SIZE
@@ -411,7 +429,8 @@ def compare(data, out, val_fraction, test_fraction, **options):
                    f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment`.")
     out = out or Path("runs") / f"compare-{slug(Path(str(data)).stem) or 'data'}"
     table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
-    (_echo_repeats if cfg.repeats > 1 else _echo_compare)(table, line, out)
+    echo = _echo_learning_curve if cfg.train_sizes else _echo_repeats if cfg.repeats > 1 else _echo_compare
+    echo(table, line, out)
 
 
 if __name__ == "__main__":

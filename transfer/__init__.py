@@ -23,6 +23,7 @@ _API = {
     # source -> split -> images
     "resolve_source": "transfer.sources",
     "make_split": "transfer.splits",
+    "train_subset": "transfer.splits",
     "ImageOptions": "transfer.images",
     "load_image": "transfer.images",
     "list_images": "transfer.images",
@@ -49,6 +50,7 @@ _API = {
     "accuracy_vs_time_png": "transfer.plots",
     "tsne_png": "transfer.plots",
     "conv_kernels_png": "transfer.plots",
+    "learning_curve_png": "transfer.plots",
     # new images
     "predict_imagenet": "transfer.predict",
     "predict_run": "transfer.predict",

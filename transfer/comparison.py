@@ -11,6 +11,11 @@ sub-run folder per trained model family, and the combined report::
     RUN/scratch/                       the CNN trained from random init
     RUN/compare.csv, RUN/config.json, RUN/plots/*.png
 
+With ``--repeats N``, each repeat is such a folder ``RUN/repeat-K``; with
+``--train-sizes``, each size is one, ``RUN/size-N`` (on ``RUN/split.csv`` cut
+to N training images per class), beside ``RUN/learning-curve.csv``; both
+share the one feature cache ``RUN/features``.
+
 The source is read and split once; the sub-runs receive the split itself
 and return :class:`~transfer.runs.Result` records, which
 :mod:`transfer.verdict` combines.
@@ -67,6 +72,14 @@ class CompareConfig:
         repeats: run the whole comparison this many times, on splits (and
             training seeds) ``seed``, ``seed + 1``, ...; the report is then the
             mean, spread and paired differences over the repeats.
+        train_sizes: a learning curve when not empty: the whole comparison
+            once per size, on nested, seeded subsets of the one split's
+            training images with at most that many per class (``all``: every
+            one), scored on the same test images (see :func:`compare`).  A
+            comma-separated string or a tuple of positive integers and
+            ``all``; sizes of at least 2 with the ``features`` strategy (its
+            cross-validation needs 2 images per class).  Not with ``repeats``
+            above 1: a learning curve runs on one split.
     """
 
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
@@ -92,6 +105,7 @@ class CompareConfig:
     scratch_epochs: int = _feeds("epochs", "scratch")
     seed: int = _feeds("seed", "finetune", "scratch")
     repeats: int = 1
+    train_sizes: tuple[str, ...] = ()
 
     @classmethod
     def demo(cls, **options) -> CompareConfig:
@@ -132,12 +146,17 @@ class CompareConfig:
                                 f"comma-separated list of: {', '.join(STRATEGIES)}.")
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise TransferError(f"repeats={self.repeats!r} is not valid: give a positive integer.")
+        train_sizes = _train_sizes(self.train_sizes, minimum=2 if "features" in strategies else 1)
+        if train_sizes and self.repeats > 1:
+            raise TransferError(f"repeats={self.repeats} and train_sizes={','.join(train_sizes)} cannot be combined: "
+                                "give one or the other (a learning curve runs on one split).")
         freeze = tuple(dict.fromkeys(_names(self.freeze)))
         if "finetune" in strategies and not freeze:
             raise TransferError("freeze is empty: give one or more of all, none, a count, a fraction or a layer name.")
         classifiers = _names(self.classifiers)
         cfg = dataclasses.replace(
             self, backbones=backbones, strategies=tuple(s for s in STRATEGIES if s in strategies), freeze=freeze,
+            train_sizes=train_sizes,
             classifiers=tuple(parse_classifiers(list(classifiers))) if "features" in strategies else classifiers)
         for backbone in backbones:  # each sub-config checks its own options (sizes, epochs, rates...)
             if "features" in strategies:
@@ -152,6 +171,19 @@ class CompareConfig:
 def _names(value) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     return tuple(str(v).strip() for v in items if str(v).strip())
+
+
+def _train_sizes(value, minimum: int) -> tuple[str, ...]:
+    """``train_sizes`` as sorted, distinct sizes (``all`` last), e.g. ``("5", "10", "all")``."""
+    items = tuple(v.lower() for v in _names((value,) if isinstance(value, int) else value))
+    bad = [v for v in items if v != "all" and not (v.isascii() and v.isdigit() and int(v) >= minimum)]
+    if bad:
+        given = value if isinstance(value, str) else ",".join(items)
+        why = " (features' cross-validation needs 2 per class)" if minimum == 2 else ""
+        raise TransferError(f"train_sizes={given!r} is not valid ({bad[0]!r}): give images per class, comma-"
+                            f"separated: whole numbers of at least {minimum}{why} or all (e.g. 5,10,25,all).")
+    sizes = sorted({int(v) for v in items if v != "all"})
+    return tuple(str(n) for n in sizes) + (("all",) if "all" in items else ())
 
 
 def _prefixed(log, tag):
@@ -286,6 +318,62 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
     return summary, line
 
 
+def _subsets(run, cfg: CompareConfig, log) -> dict:
+    """``{size: split}``: the run's split cut to each of ``cfg.train_sizes`` (see :func:`train_subset`).
+
+    A size that leaves the same training images as a larger one (it is at least every class's count) is left
+    out, and said so: it would train the same models again.
+    """
+    from transfer.splits import train_subset
+
+    counts = run.rows("train")["label"].value_counts().sort_index()
+    largest = max((int(s) for s in cfg.train_sizes if s != "all"), default=0)
+    if (counts < largest).any():
+        log(f"training images per class: {', '.join(f'{c} {k}' for c, k in counts.items())}; a size above a "
+            "class's count takes all of that class")
+    subsets, seen = {}, {}
+    for size in reversed(cfg.train_sizes):  # the largest first, so that a size equal to a larger one goes
+        subset = train_subset(run.split, size, cfg.seed)
+        subset.attrs["source"] = run.data
+        images = frozenset(subset.loc[subset["split"] == "train", "path"])
+        if images in seen:
+            log(f"train size {size} takes the same {len(images)} training images as size {seen[images]}: left out")
+            continue
+        seen[images] = size
+        subsets[size] = subset
+    return dict(reversed(subsets.items()))
+
+
+def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, progress, log):
+    """One comparison per training size, on nested subsets of one split's training images; the curve of all."""
+    import time
+
+    from transfer import plots
+    from transfer.fileio import write_csv
+    from transfer.runs import open_run, write_config
+    from transfer.verdict import summarise_train_sizes
+
+    run = open_run(source, out, "compare", seed=cfg.seed, **split_options)
+    once = dataclasses.replace(cfg, train_sizes=())
+    tables, seconds = [], {}
+    for size, subset in _subsets(run, cfg, log).items():
+        counts = subset.loc[subset["split"] == "train", "label"].value_counts()
+        log(f"train size {size}: {counts.sum()} training images ({counts.min()}-{counts.max()} per class) -> "
+            f"{out / f'size-{size}'}")
+        start = time.perf_counter()
+        sub = open_run(subset, out / f"size-{size}", "compare", seed=cfg.seed)
+        table, _ = _compare_once(sub, once, out / "features", progress, _prefixed(log, f"size {size}"))
+        tables.append(table.assign(train_size=size, mean_images_per_class=round(float(counts.mean()), 1),
+                                   min_images_per_class=int(counts.min()), n_train=int(counts.sum())))
+        seconds[size] = round(time.perf_counter() - start, 1)
+    curve, line = summarise_train_sizes(tables)
+    write_csv(curve, out / "learning-curve.csv")
+    plots.learning_curve_png(curve, out / "plots" / "learning-curve.png")
+    write_config(out / "config.json", {**run.settings(), "compare": dataclasses.asdict(cfg),
+                                       "train_sizes_run": list(seconds), "verdict": line, "size_seconds": seconds})
+    return curve, line
+
+
 def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_fraction=VAL_FRACTION,
             test_fraction=TEST_FRACTION, progress=True, log=print) -> tuple[pd.DataFrame, str]:
     """Run strategy 2, strategy 1 and the scratch baseline on one split; write the combined report.
@@ -296,6 +384,14 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
     validation split and other training seeds otherwise; each repeat is a
     compare run folder ``out/repeat-K``, sharing one feature cache.
 
+    With ``cfg.train_sizes``, a learning curve: the source is split once
+    (``out/split.csv``), and the whole comparison runs once per size on that
+    split with its training images cut to at most that many per class
+    (nested, seeded subsets; see :func:`transfer.splits.train_subset`), the
+    validation and test images unchanged: each size is a compare run folder
+    ``out/size-N`` (``out/size-all``), sharing one feature cache.  Writes
+    ``out/learning-curve.csv`` and ``out/plots/learning-curve.png``.
+
     Args:
         data: as for every command: a folder, a CSV manifest, ``digits`` or ``fashion-mnist``.
         out: the run folder (see the module docstring for its layout).
@@ -305,7 +401,9 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
         ``(table, verdict)``: the compare table (``compare.csv``), best first,
         and the one-line verdict; with repeats, the per-model summary
         (``repeats.csv``: mean, spread, paired difference to the best and its
-        interval) and the verdict over all repeats.
+        interval) and the verdict over all repeats; with train sizes, the
+        learning curve (``learning-curve.csv``: every model at every size)
+        and the verdict over the sizes (the crossover, if any).
     """
     from transfer.finetune_model import check_freeze
     from transfer.runs import check_run_folder, open_run
@@ -323,5 +421,7 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
     split_options = {"val_fraction": val_fraction, "test_fraction": test_fraction}
     if cfg.repeats > 1:
         return _repeated(source, out, cfg, split_options, progress, log)
+    if cfg.train_sizes:
+        return _learning_curve(source, out, cfg, split_options, progress, log)
     run = open_run(source, out, "compare", seed=cfg.seed, **split_options)
     return _compare_once(run, cfg, out / "features", progress, log)

@@ -189,3 +189,40 @@ def repeats_png(every: pd.DataFrame, path) -> Path:
     ax.set_title("accuracy per repeat", fontsize=10)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(plt, fig, path)
+
+
+def learning_curve_png(curve: pd.DataFrame, path) -> Path:
+    """Accuracy against training images per class (log scale): the best model of each strategy at each size.
+
+    ``curve`` is ``learning-curve.csv``: one row per size and model, with ``train_size``,
+    ``mean_images_per_class``, ``strategy``, ``accuracy`` and, when there, ``accuracy_ci_low``/``_high``
+    (drawn as error bars).
+    """
+    plt, (fig, ax) = _figure(figsize=(7.5, 4.5))
+    best = curve.sort_values("accuracy", ascending=False, kind="stable").drop_duplicates(["train_size", "strategy"])
+    order = ["features", "finetune", "scratch"]  # the colours of accuracy_vs_time_png
+    names = {"features": "features + best classifier", "finetune": "fine-tuned (best freeze)",
+             "scratch": "scratch CNN"}
+    present = [s for s in order if (best["strategy"] == s).any()] + sorted(set(best["strategy"]) - set(order))
+    for i, strategy in enumerate(present):
+        rows = best[best["strategy"] == strategy].sort_values("mean_images_per_class")
+        x = rows["mean_images_per_class"].to_numpy(float) * 1.03 ** (i - (len(present) - 1) / 2)  # bars apart
+        acc = rows["accuracy"].to_numpy(float)
+        err = None
+        if {"accuracy_ci_low", "accuracy_ci_high"} <= set(rows.columns):
+            err = np.vstack([acc - rows["accuracy_ci_low"].to_numpy(float), rows["accuracy_ci_high"].to_numpy(float)
+                             - acc]).clip(min=0)
+        ax.errorbar(x, acc, yerr=err, marker="o", capsize=3, linewidth=1.5, label=names.get(strategy, strategy),
+                    color=f"C{order.index(strategy)}" if strategy in order else None)
+    sizes = curve.drop_duplicates("train_size")
+    ax.set_xscale("log")
+    ax.set_xticks(sizes["mean_images_per_class"].to_numpy(float),
+                  [f"{x:g}" if str(s) != "all" else f"all\n({x:g})"
+                   for s, x in zip(sizes["train_size"], sizes["mean_images_per_class"], strict=True)])
+    ax.minorticks_off()
+    ax.set_xlabel("training images per class (log scale)")
+    ax.set_ylabel("test accuracy (95 % CI)" if "accuracy_ci_low" in curve else "test accuracy")
+    ax.set_title("learning curve: the best model of each strategy at each training size", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return _save(plt, fig, path)

@@ -9,6 +9,8 @@ split has its ``val`` scored (as ``test``) and a ``val`` carved from its
 would also be the ones that score it.  ``source_split`` keeps what the source
 called each image.  The file is reused by every later command and every
 sub-run in the same folder, so all strategies see exactly the same images.
+A learning curve's subsets (:func:`train_subset`) mark the training images
+they leave out ``unused``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
 SEED = 0  # of the split, and of everything seeded after it (folds, shuffles, initial weights)
 SPLIT_COLUMNS = ["path", "label", "split", "source_split"]
+UNUSED = "unused"  # a training image left out of a learning-curve subset: neither trained, chosen nor scored on
 
 
 def make_split(table: pd.DataFrame, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=SEED) -> pd.DataFrame:
@@ -84,6 +87,37 @@ def _with_roles(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataF
             _, val = train_test_split(train, test_size=size, stratify=labels, random_state=seed)
             table.loc[val, "split"] = "val"
     return table
+
+
+def train_subset(split: pd.DataFrame, size, seed=SEED) -> pd.DataFrame:
+    """``split`` with at most ``size`` training images per class; the training images left out become ``unused``.
+
+    Each class's training rows (classes in sorted order) are shuffled once by
+    ``numpy.random.default_rng(seed)`` and the first ``size`` kept, so the
+    subsets of one split and seed are nested: the one for a smaller size is
+    part of the one for a larger.  A class with fewer training images keeps
+    all of them.  Validation and test rows are unchanged, so every size
+    chooses on the same images and is scored on the same images; every image
+    stays in the table, so a feature cache made for the whole split serves
+    every subset.
+
+    Args:
+        split: a split table (see :func:`make_split`).
+        size: images per class (a positive integer), or ``all`` (the split as it is).
+        seed: seeds the shuffle.
+    """
+    out = split.copy()
+    if str(size) == "all":
+        return out
+    rng = np.random.default_rng(seed)
+    is_train = out["split"].to_numpy() == "train"
+    labels = out["label"].to_numpy()
+    left_out = []
+    for label in sorted(set(labels[is_train])):
+        rows = np.flatnonzero(is_train & (labels == label))
+        left_out.extend(rows[rng.permutation(len(rows))[int(size):]])
+    out.loc[out.index[left_out], "split"] = UNUSED
+    return out
 
 
 def roles(split: pd.DataFrame) -> str:

@@ -207,3 +207,97 @@ def summarise_repeats(tables: list) -> tuple[pd.DataFrame, str]:
         top = summary.iloc[0]
         line = f"best over {n} splits: {top['model']} (mean {top['mean_accuracy']:.3f})"
     return summary, line + "."
+
+
+CURVE_COLUMNS = [
+    "train_size", "mean_images_per_class", "min_images_per_class", "n_train", "model", "strategy", "n_test",
+    "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mcnemar_p_vs_best", "differs_from_best", "train_seconds",
+]
+
+
+def summarise_train_sizes(tables: list) -> tuple[pd.DataFrame, str]:
+    """The learning curve: every model at every training size, and the verdict over the sizes.
+
+    Args:
+        tables: one compare table per size, smallest first (``all`` last), each best first, with the
+            columns ``train_size``, ``mean_images_per_class``, ``min_images_per_class`` and ``n_train`` added.
+
+    Returns:
+        ``(curve, verdict)``: ``learning-curve.csv`` (the columns of :data:`CURVE_COLUMNS` the tables have)
+        and one line (see :func:`learning_curve_verdict`).
+    """
+    every = pd.concat(tables, ignore_index=True)
+    curve = every[[c for c in CURVE_COLUMNS if c in every.columns]]
+    return curve, learning_curve_verdict(curve)
+
+
+def _leaders(curve: pd.DataFrame) -> list:
+    """Per size, in the curve's order: the best row of each strategy, the most accurate first."""
+    return [rows.sort_values("accuracy", ascending=False, kind="stable").drop_duplicates("strategy")
+            for _, rows in curve.groupby("train_size", sort=False)]
+
+
+def _at(best: pd.DataFrame) -> str:
+    """Where a size lies on the curve: its training images per class."""
+    return f"{best['mean_images_per_class'].iloc[0]:g}"
+
+
+def _sizes_text(sizes: list) -> str:
+    sizes = [str(s) for s in sizes]
+    return sizes[0] if len(sizes) == 1 else f"{', '.join(sizes[:-1])} and {sizes[-1]}"
+
+
+def _noise(leaders: list) -> str:
+    """Whether each size's leader is ahead of the next strategy's best model beyond noise ('' without p-values)."""
+    if "mcnemar_p_vs_best" not in leaders[0] or any(len(best) < 2 for best in leaders):
+        return ""
+    # The leader is that size's best model, so the next strategy's best row holds its p-value against it.
+    significant = [best["mcnemar_p_vs_best"].iloc[1] < SIGNIFICANCE for best in leaders]
+    lead = "the lead over the next strategy's best model"
+    if all(significant):
+        return f"{lead} is significant at every size (McNemar p < {SIGNIFICANCE})"
+    if not any(significant):
+        return f"{lead} is within noise at every size (McNemar p >= {SIGNIFICANCE})"
+    sizes = [best["train_size"].iloc[0] for best in leaders]
+    return (f"{lead} is significant (McNemar p < {SIGNIFICANCE}) at sizes "
+            f"{_sizes_text([s for s, y in zip(sizes, significant, strict=True) if y])}, within noise at sizes "
+            f"{_sizes_text([s for s, y in zip(sizes, significant, strict=True) if not y])}")
+
+
+def learning_curve_verdict(curve: pd.DataFrame) -> str:
+    """One line over the sizes: which strategy leads where, the crossover if the leader changes, and noise.
+
+    The leader of a size is the strategy of its most accurate model; where it changes, the line says
+    "below ~N images per class, X; from N on, Y" (N: the first size where Y leads), else "X leads at
+    every size".  With ``mcnemar_p_vs_best`` it adds whether each lead is beyond noise.
+    """
+    leaders = _leaders(curve)
+    spans: list[list] = []  # consecutive sizes with the same leading strategy
+    for best in leaders:
+        if spans and spans[-1][0]["strategy"].iloc[0] == best["strategy"].iloc[0]:
+            spans[-1].append(best)
+        else:
+            spans.append([best])
+
+    def named(span):
+        return " then ".join(dict.fromkeys(best["model"].iloc[0] for best in span))
+
+    def accuracies(span):
+        first, last = span[0], span[-1]
+        if len(span) == 1:
+            return f"{first['accuracy'].iloc[0]:.3f} at {_at(first)} images per class"
+        return f"{first['accuracy'].iloc[0]:.3f} at {_at(first)} to {last['accuracy'].iloc[0]:.3f} at {_at(last)} " \
+               "images per class"
+
+    if curve["strategy"].nunique() == 1:
+        line = f"only {curve['strategy'].iloc[0]} ran: {named(leaders)} ({accuracies(leaders)})"
+    elif len(spans) == 1:
+        line = f"{named(leaders)} leads at every size ({accuracies(leaders)})"
+    else:
+        parts = [f"below ~{_at(spans[1][0])} images per class, {named(spans[0])} ({accuracies(spans[0])})"]
+        for span, following in zip(spans[1:-1], spans[2:], strict=False):
+            parts.append(f"from {_at(span[0])} to below ~{_at(following[0])}, {named(span)} ({accuracies(span)})")
+        parts.append(f"from {_at(spans[-1][0])} on, {named(spans[-1])} ({accuracies(spans[-1])})")
+        line = "; ".join(parts)
+    noise = _noise(leaders)
+    return line + (f"; {noise}" if noise else "") + "."
