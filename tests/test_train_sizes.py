@@ -17,31 +17,44 @@ from transfer.verdict import learning_curve_verdict, summarise_train_sizes
 
 
 def _split():
-    """Three classes with 12, 7 and 3 training images, and val and test rows."""
+    """Three classes with 12, 7 and 3 training images, 4, 2 and 1 validation images and 2 test images."""
     rows = []
-    for label, n_train in (("a", 12), ("b", 7), ("c", 3)):
+    for label, n_train, n_val in (("a", 12, 4), ("b", 7, 2), ("c", 3, 1)):
         rows += [(f"{label}/train{i}.png", label, "train") for i in range(n_train)]
-        rows += [(f"{label}/{s}{i}.png", label, s) for s in ("val", "test") for i in range(2)]
+        rows += [(f"{label}/val{i}.png", label, "val") for i in range(n_val)]
+        rows += [(f"{label}/test{i}.png", label, "test") for i in range(2)]
     rng = np.random.default_rng(1)  # rows in no particular order, as a stratified split leaves them
     table = pd.DataFrame(rows, columns=["path", "label", "split"]).iloc[rng.permutation(len(rows))]
     return table.assign(source_split="").reset_index(drop=True)
 
 
+def _role(table, role="train"):
+    return set(table.loc[table["split"] == role, "path"])
+
+
 def _train(table):
-    return set(table.loc[table["split"] == "train", "path"])
+    return _role(table, "train")
 
 
-def test_train_subsets_are_nested_seeded_and_keep_val_and_test():
+def test_train_subsets_are_nested_seeded_and_cut_val_in_proportion():
     split = _split()
     subsets = {n: train_subset(split, n, seed=0) for n in (2, 5, 10, "all")}
+    full = {"a": (12, 4), "b": (7, 2), "c": (3, 1)}
     for n, subset in subsets.items():
         assert list(subset["path"]) == list(split["path"]), "every image stays, in its place"
-        kept = subset[subset["split"] != UNUSED]
-        pd.testing.assert_frame_equal(kept[kept["split"] != "train"], split[split["split"] != "train"])
-        counts = subset.loc[subset["split"] == "train", "label"].value_counts().to_dict()
-        full = {"a": 12, "b": 7, "c": 3}
-        assert counts == {c: k if n == "all" else min(n, k) for c, k in full.items()}
-        assert set(subset.loc[subset["split"] == UNUSED, "path"]) == _train(split) - _train(subset)
+        pd.testing.assert_frame_equal(subset[subset["split"] == "test"], split[split["split"] == "test"])
+        for label, (n_train, n_val) in full.items():
+            rows = subset[subset["label"] == label]
+            kept = n_train if n == "all" else min(n, n_train)
+            assert (rows["split"] == "train").sum() == kept
+            # validation in the whole split's proportion for the class, at least one image
+            assert (rows["split"] == "val").sum() == (n_val if n == "all" else min(n_val, max(1, round(kept * n_val
+                                                                                                      / n_train))))
+        gone = (_train(split) - _train(subset)) | (_role(split, "val") - _role(subset, "val"))
+        assert set(subset.loc[subset["split"] == UNUSED, "path"]) == gone
+    for role in ("train", "val"):
+        assert _role(subsets[2], role) <= _role(subsets[5], role) <= _role(subsets[10], role) \
+            <= _role(subsets["all"], role), "nested"
     assert _train(subsets[2]) < _train(subsets[5]) < _train(subsets[10]) < _train(subsets["all"])
     assert _train(train_subset(split, 5, seed=0)) == _train(subsets[5]), "the same seed, the same subset"
     assert _train(train_subset(split, "5", seed=0)) == _train(subsets[5])

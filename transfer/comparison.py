@@ -387,8 +387,8 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
     With ``cfg.train_sizes``, a learning curve: the source is split once
     (``out/split.csv``), and the whole comparison runs once per size on that
     split with its training images cut to at most that many per class
-    (nested, seeded subsets; see :func:`transfer.splits.train_subset`), the
-    validation and test images unchanged: each size is a compare run folder
+    (nested, seeded subsets; see :func:`transfer.splits.train_subset`), its
+    validation images cut in proportion and its test images unchanged: each size is a compare run folder
     ``out/size-N`` (``out/size-all``), sharing one feature cache.  Writes
     ``out/learning-curve.csv`` and ``out/plots/learning-curve.png``.
 

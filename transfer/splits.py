@@ -90,32 +90,39 @@ def _with_roles(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataF
 
 
 def train_subset(split: pd.DataFrame, size, seed=SEED) -> pd.DataFrame:
-    """``split`` with at most ``size`` training images per class; the training images left out become ``unused``.
+    """``split`` as a user with ``size`` training images per class would hold it; the rest becomes ``unused``.
 
-    Each class's training rows (classes in sorted order) are shuffled once by
-    ``numpy.random.default_rng(seed)`` and the first ``size`` kept, so the
-    subsets of one split and seed are nested: the one for a smaller size is
-    part of the one for a larger.  A class with fewer training images keeps
-    all of them.  Validation and test rows are unchanged, so every size
-    chooses on the same images and is scored on the same images; every image
-    stays in the table, so a feature cache made for the whole split serves
-    every subset.
+    Each class keeps at most ``size`` training images and, in the same
+    proportion as the whole split, its validation images: ``size`` times the
+    class's validation-to-training ratio, rounded, at least 1.  So at 5 images
+    per class the choices (C, k, the epoch kept) are made on as few images as
+    such a user would hold out, and no strategy learns from a validation split
+    larger than its training split (strategy 2 refits on train + val).  Each
+    class's training rows and its validation rows (classes in sorted order)
+    are shuffled once by ``numpy.random.default_rng(seed)`` and the first ones
+    kept, so the subsets of one split and seed are nested: the one for a
+    smaller size is part of the one for a larger.  Test rows are unchanged, so
+    every size is scored on the same images; every image stays in the table,
+    so a feature cache made for the whole split serves every subset.
 
     Args:
         split: a split table (see :func:`make_split`).
-        size: images per class (a positive integer), or ``all`` (the split as it is).
+        size: training images per class (a positive integer), or ``all`` (the split as it is).
         seed: seeds the shuffle.
     """
     out = split.copy()
     if str(size) == "all":
         return out
     rng = np.random.default_rng(seed)
-    is_train = out["split"].to_numpy() == "train"
-    labels = out["label"].to_numpy()
+    roles, labels = out["split"].to_numpy(), out["label"].to_numpy()
     left_out = []
-    for label in sorted(set(labels[is_train])):
-        rows = np.flatnonzero(is_train & (labels == label))
-        left_out.extend(rows[rng.permutation(len(rows))[int(size):]])
+    for label in sorted(set(labels[roles == "train"])):
+        train = np.flatnonzero((roles == "train") & (labels == label))
+        val = np.flatnonzero((roles == "val") & (labels == label))
+        n_train = min(int(size), len(train))
+        n_val = min(len(val), max(1, round(n_train * len(val) / len(train))))
+        left_out.extend(train[rng.permutation(len(train))[n_train:]])
+        left_out.extend(val[rng.permutation(len(val))[n_val:]])
     out.loc[out.index[left_out], "split"] = UNUSED
     return out
 
