@@ -178,3 +178,16 @@ def test_a_choice_at_the_edge_of_a_grid_is_named():
                              "kneighborsclassifier__n_neighbors": 1}) == ["C=10 (grid 0.0001-10)"]
     assert grid_edges(grid, {"logisticregression__C": 1.0, "svc__gamma": 1e-4}) == ["gamma=0.0001 (grid 0.0001-0.01)"]
     assert grid_edges(grid, {"logisticregression__C": 0.01, "svc__gamma": 1e-3}) == []
+
+
+@pytest.mark.parametrize("name", ["knn", "rbf_svm"])
+def test_distance_based_classifiers_see_the_direction_of_features_not_their_length(name):
+    from transfer.classifiers import CLASSIFIERS
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 16)), np.repeat(["a", "b"], 20)
+    x[y == "b", 0] += 3.0
+    model = CLASSIFIERS[name].make(len(y)).fit(x, y)
+    x_new = rng.normal(size=(10, 16))
+    scales = rng.uniform(0.1, 10.0, size=(10, 1))  # each image's features longer or shorter, same direction
+    assert list(model.predict(x_new * scales)) == list(model.predict(x_new))
