@@ -125,6 +125,8 @@ FEATURE_OPTIONS = _options(
                  help="pooled, flatten (the last conv block flattened) or a layer name (e.g. fc1)."),
     click.option("--pooling", type=click.Choice(["avg", "max", "none"]), default=ExtractConfig.pooling,
                  show_default=True, callback=_none_word, help="Pooling of conv outputs ('none' flattens them)."),
+    click.option("--flip-average/--no-flip-average", default=ExtractConfig.flip_average, show_default=True,
+                 help="Average each image's features with its mirror image's (twice the CNN time)."),
 )
 FINETUNE_OPTIONS = _options(
     click.option("--head", type=click.Choice(HEADS), default=FinetuneConfig.head, show_default=True,

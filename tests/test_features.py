@@ -32,6 +32,7 @@ def test_features_are_cached_and_reused(images, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("change", [
     dict(pooling="max"), dict(layer="flatten"), dict(image_size=40), dict(resize="plain"), dict(weights="none"),
+    dict(flip_average=True),
 ])
 def test_a_different_key_never_reuses(images, tmp_path, change):
     import dataclasses
@@ -103,3 +104,18 @@ def test_pooling_without_effect_stays_out_of_the_key(images):
     flat_avg = ExtractConfig(layer="flatten", pooling="avg", image_size=32).validated()
     flat_max = ExtractConfig(layer="flatten", pooling="max", image_size=32).validated()
     assert features.cache_key(flat_avg, images) == features.cache_key(flat_max, images)
+
+
+def test_flip_averaged_features_are_the_mean_of_an_image_and_its_mirror(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "image.png")
+    Image.fromarray(pixels[:, ::-1]).save(tmp_path / "mirror.png")
+    paths = [str(tmp_path / "image.png"), str(tmp_path / "mirror.png")]
+    plain = extract_features(paths, TINY, progress=False).features
+    both = extract_features(paths, ExtractConfig(image_size=32, batch_size=8, flip_average=True), progress=False)
+    np.testing.assert_allclose(both.features[0], plain.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(both.features[1], both.features[0], rtol=1e-4, atol=1e-5)  # mirrors look alike
+    assert not np.allclose(plain[0], plain[1], rtol=1e-3)  # while their own features differ

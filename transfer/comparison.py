@@ -87,6 +87,7 @@ class CompareConfig:
     classifiers: tuple[str, ...] = DEFAULT_CLASSIFIERS
     layer: str = _feeds("layer", "features")
     pooling: str | None = _feeds("pooling", "features")
+    flip_average: bool = _feeds("flip_average", "features")
     image_size: int | None = _feeds("image_size", "features", "finetune")
     resize: str = _feeds("resize", "features", "finetune", "scratch")
     batch_size: int = _feeds("batch_size", "features", "finetune", "scratch")
