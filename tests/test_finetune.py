@@ -297,6 +297,13 @@ def test_the_model_kept_is_ranked_by_validation_accuracy_then_loss():
     assert selection_key(0.9, float("nan")) is None  # a diverged epoch is never kept
     assert beats(selection_key(None, 0.1), selection_key(None, 0.2))  # no validation split: training loss
     assert beats(selection_key(0.5, 9.0), None)
+    # against the head it started from, a fine-tuning epoch must be no worse on either count
+    head = selection_key(0.60, 0.99)
+    assert not beats(selection_key(0.70, 1.00), head, on_every_count=True)  # one more image right, a worse loss
+    assert not beats(selection_key(0.50, 0.50), head, on_every_count=True)
+    assert beats(selection_key(0.60, 0.90), head, on_every_count=True)
+    assert beats(selection_key(0.70, 0.99), head, on_every_count=True)
+    assert not beats(selection_key(0.60, 0.99), head, on_every_count=True)
 
 
 def test_the_probe_chooses_its_regularisation_on_train_alone():

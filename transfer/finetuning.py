@@ -311,7 +311,7 @@ def _train_backbone(job: _Training, model, backbone):
     else:  # no fine-tuning epoch beat the head alone: keep the model as it was after stage 1
         state.load_weights(model, "after-head")
         if epochs:
-            job.log("no fine-tuning epoch beat the head alone on validation (accuracy, then loss): keeping the "
+            job.log("no fine-tuning epoch beat the head alone on validation accuracy and loss alike: keeping the "
                     "stage 1 model")
     return {"epochs": epochs, "n_frozen": n_frozen, "layers": layers, "trainable": trainable, "frozen": frozen}
 
