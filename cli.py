@@ -382,7 +382,8 @@ def _echo_learning_curve(curve, line, out: Path):
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         click.echo(curve[cols].rename(columns={"mean_images_per_class": "per_class"}).to_string(index=False))
     click.echo(f"Verdict: {line}")
-    click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']}, at every size.")
+    click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']} in the whole split; each size keeps "
+               f"its training images and, in proportion, its validation images (see {out}/size-N/split.csv).")
     click.echo(f"Report: {out / 'learning-curve.csv'} (each size's own report in {out}/size-N/)")
     click.echo(f"Plot:   {out / 'plots' / 'learning-curve.png'}")
 
