@@ -212,3 +212,24 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(("name", "pixels", "expected"), [
+    ("16-bit.png", np.full((8, 8), 32896, np.uint16), 128),  # half of 65535: mid-grey, not white
+    ("16-bit-white.png", np.full((8, 8), 65535, np.uint16), 255),
+    ("16-bit.tif", np.full((8, 8), 16448, np.uint16), 64),
+    ("float.tif", np.full((8, 8), 0.5, np.float32), 128),  # floats in [0, 1]
+    ("float-wide.tif", np.tile(np.linspace(-1000.0, 1000.0, 8, dtype=np.float32), (8, 1)), None),  # stretched
+])
+def test_high_bit_depth_images_keep_their_grey_levels(tmp_path, name, pixels, expected):
+    from PIL import Image
+
+    from transfer.images import decode_image
+
+    Image.fromarray(pixels).save(tmp_path / name)
+    out = decode_image(tmp_path / name, 8)
+    assert out.dtype == np.uint8 and out.shape == (8, 8, 3)
+    if expected is None:
+        assert out[:, 0].max() == 0 and out[:, -1].min() == 255 and (np.diff(out[0, :, 0].astype(int)) > 0).all()
+    else:
+        assert np.abs(out.astype(int) - expected).max() <= 1

@@ -134,6 +134,24 @@ def decode_image(path, size: int, resize: str = "plain") -> np.ndarray:
         raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
+def _as_8_bit(img):
+    """A 16-bit, 32-bit integer or float image as 8-bit grayscale, scaled by its bit depth or value range.
+
+    Pillow's own conversion clips such pixels at 255, so a 16-bit PNG came out white.
+    """
+    from PIL import Image
+
+    x = np.asarray(img, dtype=np.float64)
+    if img.mode.startswith("I;16") or (img.mode == "I" and 255 < x.max() <= 65535 and x.min() >= 0):
+        x = x / 257.0
+    elif img.mode == "F" and x.min() >= 0 and x.max() <= 1:
+        x = x * 255.0
+    elif x.min() < 0 or x.max() > 255:  # any other range: stretched to 0-255
+        low, high = x.min(), x.max()
+        x = (x - low) * (255.0 / (high - low)) if high > low else np.zeros_like(x)
+    return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8), mode="L")
+
+
 def _to_rgb_array(img, size: int, resize: str) -> np.ndarray:
     from PIL import Image, ImageOps
 
@@ -143,6 +161,8 @@ def _to_rgb_array(img, size: int, resize: str) -> np.ndarray:
     img.draft("RGB", (size, size))
     img.load()
     img = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
+    if img.mode.startswith(("I", "F")):
+        img = _as_8_bit(img)
     if img.mode != "RGB":
         img = img.convert("RGBA").convert("RGB") if "transparency" in img.info else img.convert("RGB")
     if resize == "crop":
