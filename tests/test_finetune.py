@@ -228,15 +228,28 @@ def test_precision_auto(monkeypatch):
     monkeypatch.setattr(precision, "_cpu_flags", lambda: set())
     assert precision.choose_precision("auto") == "float32"
     monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16"})
-    monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone: False)
+    monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone, log: False)
     assert precision.choose_precision("auto") == "float32"
-    monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone: True)
+    monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone, log: True)
     assert precision.choose_precision("auto") == "mixed_bfloat16"
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"])
     assert precision.choose_precision("auto") == "mixed_float16"
     assert precision.choose_precision("float32") == "float32"
     with pytest.raises(TransferError, match="precision='half'"):
         precision.choose_precision("half")
+
+
+def test_precision_auto_says_what_it_measures_once_and_where_it_keeps_it(monkeypatch, tmp_path):
+    from transfer import precision
+
+    monkeypatch.setattr(precision, "keras_home", lambda: tmp_path)
+    monkeypatch.setattr(precision, "_train_step_seconds", lambda policy, backbone: 2.0 if policy == "float32" else 3.0)
+    lines = []
+    assert precision._bf16_is_faster_here("efficientnet_lite0", lines.append) is False
+    assert "timing float32 against bfloat16" in lines[0] and str(tmp_path / "transfer" / "precision.json") in lines[0]
+    assert lines[1] == "precision auto: float32 2.0 s, bfloat16 3.0 s: float32"
+    again = []
+    assert precision._bf16_is_faster_here("efficientnet_lite0", again.append) is False and again == []  # cached
 
 
 def test_finetune_and_classify_do_not_share_a_run_folder(run, tmp_path):

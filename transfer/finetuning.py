@@ -384,7 +384,7 @@ def finetune_run(run, cfg: FinetuneConfig, *, features_dir=None, log=print):
     from transfer.precision import choose_precision, distribution_strategy
     from transfer.training import TrainState
 
-    precision = choose_precision(cfg.precision, cfg.backbone)
+    precision = choose_precision(cfg.precision, cfg.backbone, log=log)
     state = TrainState(run.out, _config_hash(cfg, run.split, precision))
     keras.utils.set_random_seed(cfg.seed)  # after the precision measurement, which draws random numbers
     keras.mixed_precision.set_global_policy(precision)

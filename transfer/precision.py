@@ -58,7 +58,7 @@ def _train_step_seconds(policy: str, backbone: str) -> float:
         keras.mixed_precision.set_global_policy("float32")
 
 
-def _bf16_is_faster_here(backbone: str) -> bool:
+def _bf16_is_faster_here(backbone: str, log=print) -> bool:
     """Measured once per CPU model, TensorFlow version and backbone, then remembered."""
     import tensorflow as tf
 
@@ -69,8 +69,12 @@ def _bf16_is_faster_here(backbone: str) -> bool:
     except (OSError, ValueError):
         known = {}
     if key not in known:
+        log(f"precision auto: timing float32 against bfloat16 training steps of {backbone} on this CPU, once "
+            f"(about a minute); the answer is kept in {path}")
         fp32, bf16 = _train_step_seconds("float32", backbone), _train_step_seconds("mixed_bfloat16", backbone)
         known[key] = {"float32_s": round(fp32, 4), "mixed_bfloat16_s": round(bf16, 4), "bf16_faster": bf16 < fp32}
+        log(f"precision auto: float32 {fp32:.1f} s, bfloat16 {bf16:.1f} s: "
+            f"{'mixed_bfloat16' if bf16 < fp32 else 'float32'}")
         try:
             write_text_atomic(path, json.dumps(known, indent=1))
         except OSError:
@@ -78,9 +82,12 @@ def _bf16_is_faster_here(backbone: str) -> bool:
     return bool(known[key]["bf16_faster"])
 
 
-def choose_precision(precision: str = "auto", backbone: str = "efficientnet_lite0") -> str:
+def choose_precision(precision: str = "auto", backbone: str = "efficientnet_lite0", log=print) -> str:
     """Resolve ``auto``: mixed_float16 on a GPU; mixed_bfloat16 on a CPU with
-    bfloat16 instructions where it measures faster; otherwise float32."""
+    bfloat16 instructions where it measures faster; otherwise float32.
+
+    The first measurement on a machine says what it does and where the answer is kept, on ``log``.
+    """
     if precision not in PRECISIONS:
         raise TransferError(f"precision={precision!r} is not valid. Expected one of: {', '.join(PRECISIONS)}.")
     if precision != "auto":
@@ -89,7 +96,7 @@ def choose_precision(precision: str = "auto", backbone: str = "efficientnet_lite
 
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    if _cpu_flags() & {"amx_bf16", "avx512_bf16"} and _bf16_is_faster_here(backbone):
+    if _cpu_flags() & {"amx_bf16", "avx512_bf16"} and _bf16_is_faster_here(backbone, log):
         return "mixed_bfloat16"
     return "float32"
 
