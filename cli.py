@@ -252,6 +252,13 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
     _write_outputs(preds, skipped, output)
 
 
+def _run_folder(out, command: str, data) -> Path:
+    """``--out``, or ``runs/COMMAND-NAME`` with NAME from ``--data`` when it was not given."""
+    from transfer.fileio import slug
+
+    return Path(out) if out else Path("runs") / f"{command}-{slug(Path(str(data)).stem) or 'data'}"
+
+
 def _report_skipped_count(out: Path):
     skipped = out / "skipped.csv"
     if skipped.exists():
@@ -262,8 +269,8 @@ def _report_skipped_count(out: Path):
 
 EXTRACT_OPTIONS = _options(
     BACKBONE, DATA,
-    click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-                 help="Run folder for features, reports and models."),
+    click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
+                 help="Run folder for features, reports and models (default: runs/COMMAND-NAME, NAME from --data)."),
     FEATURE_OPTIONS, IMAGE_SIZE, RESIZE, BATCH_SIZE, WEIGHTS, SPLIT,
 )
 
@@ -275,6 +282,7 @@ def extract(data, out, val_fraction, test_fraction, seed, **options):
     from transfer.features import extract as run_extract
 
     cfg = _config(ExtractConfig, options).validated()
+    out = _run_folder(out, "extract", data)
     split, feats = run_extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     how = "reused from the cache" if feats.from_cache else f"extracted in {feats.seconds:.1f} s"
     click.echo(f"{len(feats.paths)} images -> {feats.features.shape[1]} features each ({how}); "
@@ -293,6 +301,7 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
 
     parse_classifiers(classifiers)  # fail before any extraction
     cfg = _config(ExtractConfig, options).validated()
+    out = _run_folder(out, "classify", data)
     table = run_classify(data, out, cfg, classifiers, val_fraction=val_fraction, test_fraction=test_fraction,
                          seed=seed, log=click.echo)
     click.echo(table[["classifier", "accuracy", "macro_f1", "fit_seconds", "best_params"]]
@@ -300,6 +309,8 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
     click.echo(f"Evaluated on the {table['eval_split'].iloc[0]} split ({table['n_test'].iloc[0]} images).")
     click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']}.")
     _report_skipped_count(out)
+    click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json split.csv "
+               "skipped.csv, classifiers/ (for predict --run)")
     click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json "
                "split.csv skipped.csv")
 
@@ -307,8 +318,9 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
 @main.command()
 @BACKBONE
 @click.option("--data", "-d", required=True, help="As for classify: a folder, a CSV manifest, digits or fashion-mnist.")
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run folder (its own: an extract run's folder shares its split and features).")
+@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Run folder (its own: an extract run's folder shares its split and features; default: "
+                   "runs/finetune-NAME, NAME from --data).")
 @click.option("--freeze", default=FinetuneConfig.freeze, show_default=True,
               help="Frozen in stage 2: all (head only), none, a layer count from the input, a fraction (0.7), or a "
                    "layer/block name from which on everything trains (block6a).")
@@ -334,6 +346,7 @@ def finetune(data, out, val_fraction, test_fraction, features_dir, **options):
     from transfer.finetuning import finetune as run_finetune
 
     cfg = _config(FinetuneConfig, options).validated()
+    out = _run_folder(out, "finetune", data)
     r = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
                      features_dir=features_dir, log=click.echo).iloc[0]
     _report_skipped_count(out)
@@ -422,7 +435,6 @@ def _echo_learning_curve(curve, line, out: Path):
 def compare(data, out, val_fraction, test_fraction, **options):
     """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
     from transfer.comparison import compare as run_compare
-    from transfer.fileio import slug
 
     given = _given(click.get_current_context(), options)  # the rest: the dataclass's defaults (or the demo's)
     cfg = (CompareConfig(**given) if data else CompareConfig.demo(**given)).validated()
@@ -430,7 +442,7 @@ def compare(data, out, val_fraction, test_fraction, **options):
         data = DEMO_DATA
         click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size "
                    f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment`.")
-    out = out or Path("runs") / f"compare-{slug(Path(str(data)).stem) or 'data'}"
+    out = _run_folder(out, "compare", data)
     table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
     echo = _echo_learning_curve if cfg.train_sizes else _echo_repeats if cfg.repeats > 1 else _echo_compare
     echo(table, line, out)

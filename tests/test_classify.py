@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -244,3 +245,13 @@ def test_distance_based_classifiers_see_the_direction_of_features_not_their_leng
     x_new = rng.normal(size=(10, 16))
     scales = rng.uniform(0.1, 10.0, size=(10, 1))  # each image's features longer or shorter, same direction
     assert list(model.predict(x_new * scales)) == list(model.predict(x_new))
+
+
+def test_classify_without_out_writes_to_a_default_run_folder_and_says_where(tmp_path, monkeypatch):
+    data = colour_folder(tmp_path / "colours", n=6, splits=("train", "val"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli.main, ["classify", "--data", str(data), "--image-size", "32", "-c", "logreg"])
+    assert result.exit_code == 0, result.output
+    run = Path("runs") / "classify-colours"
+    assert f"Reports in {run}:" in result.output
+    assert pd.read_csv(tmp_path / run / "metrics.csv")["classifier"].tolist() == ["logreg"]
