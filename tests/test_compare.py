@@ -299,3 +299,28 @@ def test_repeats_report_mean_spread_and_paired_differences_over_seeded_splits(tm
     assert len(list((run / "features").glob("features-*.npz"))) == 1
     assert not (run / "repeat-1" / "features").exists()
     assert json.loads((run / "config.json").read_text())["repeats"] == 3
+
+
+def test_repeats_on_one_test_split_pair_the_images_not_the_repeats():
+    from transfer.verdict import summarise_repeats
+
+    paths = [f"img{i}.png" for i in range(150)]
+    truth = np.array(["a", "b"] * 75)
+
+    def preds(wrong):  # a model that misses the images numbered in ``wrong``
+        pred = truth.copy()
+        pred[list(wrong)] = np.where(truth[list(wrong)] == "a", "b", "a")
+        return pd.DataFrame({"true_label": truth, "pred_label": pred}, index=paths)
+
+    models = {"features": ("m features + logreg", range(8)), "finetune": ("m fine-tuned (freeze none)", range(9))}
+    tables, predictions = [], []
+    for k in (1, 2, 3):  # the same test images each time, and fine-tuning misses one image more every time
+        tables.append(pd.DataFrame([{"strategy": s, "model": m, "accuracy": 1 - len(w) / 150, "train_seconds": 1.0,
+                                     "repeat": k} for s, (m, w) in models.items()]))
+        predictions.append({m: preds(w) for m, w in models.values()})
+    over_repeats, _ = summarise_repeats(tables)
+    assert over_repeats.loc[1, "differs_from_best"] == "yes"  # zero spread over repeats: "certain", wrongly
+    summary, line = summarise_repeats(tables, predictions)
+    row = summary.iloc[1]
+    assert row["differs_from_best"] == "no (within noise)" and row["diff_ci_low"] < 0 < row["diff_ci_high"]
+    assert "within noise" in line and "over the 3 repeats' shared test images" in line

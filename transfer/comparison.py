@@ -238,7 +238,7 @@ def _scratch(run, cfg: CompareConfig, log):
 
 
 def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log):
-    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict)``.
+    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``.
 
     Plots are drawn into a staging folder: a failure while drawing leaves the
     previous report and plots whole.
@@ -273,11 +273,15 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log):
         "verdict": line, "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
         "plots": [str(p.relative_to(run.out)) for p in made],
     })
-    return table, line
+    return table, line, preds
 
 
-def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log):
-    """Every strategy on the opened run's one split; the report written; returns ``(table, verdict)``."""
+def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, predictions: list | None = None):
+    """Every strategy on the opened run's one split; the report written; returns ``(table, verdict)``.
+
+    ``predictions``, when given, receives each model's predictions on the evaluation images (for the paired
+    statistics over repeats).
+    """
     results = []
     for backbone in cfg.backbones:
         if "features" in cfg.strategies:
@@ -286,7 +290,10 @@ def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log):
             results.append(_finetuned(run, cfg, backbone, f, features_dir, log))
     if "scratch" in cfg.strategies:
         results.append(_scratch(run, cfg, log))
-    return _write_report(run, cfg, results, features_dir, log)
+    table, line, preds = _write_report(run, cfg, results, features_dir, log)
+    if predictions is not None:
+        predictions.append(preds)
+    return table, line
 
 
 def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progress, log):
@@ -298,16 +305,16 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
     from transfer.runs import open_run, write_config
     from transfer.verdict import summarise_repeats
 
-    tables, seconds = [], []
+    tables, seconds, predictions = [], [], []
     for k in range(1, cfg.repeats + 1):
         once = dataclasses.replace(cfg, seed=cfg.seed + k - 1, repeats=1)
         log(f"repeat {k} of {cfg.repeats} (seed {once.seed}) -> {out / f'repeat-{k}'}")
         start = time.perf_counter()
         run = open_run(source, out / f"repeat-{k}", "compare", seed=once.seed, **split_options)
-        table, _ = _compare_once(run, once, out / "features", progress, _prefixed(log, f"repeat {k}"))
+        table, _ = _compare_once(run, once, out / "features", progress, _prefixed(log, f"repeat {k}"), predictions)
         tables.append(table.assign(repeat=k))
         seconds.append(time.perf_counter() - start)
-    summary, line = summarise_repeats(tables)
+    summary, line = summarise_repeats(tables, predictions)
     every = pd.concat(tables, ignore_index=True)
     write_csv(every, out / "repeats-all.csv")
     write_csv(summary, out / "repeats.csv")

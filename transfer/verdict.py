@@ -157,11 +157,32 @@ def _paired(acc: pd.DataFrame, a: str, b: str, level: float = 0.95):
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def _summary_rows(every: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
+def _paired_images(predictions: list, a: str, b: str, level: float = 0.95):
+    """Mean of ``a - b`` and its t-interval over the test images, each image's correctness averaged over the
+    repeats: for repeats on the same test images, whose spread over repeats shows training noise only."""
+    from scipy import stats
+
+    common = sorted(set.intersection(*(set(p[m].index) for p in predictions for m in (a, b))))
+    correct = {m: np.mean([(p[m].loc[common, "pred_label"] == p[m].loc[common, "true_label"]).to_numpy(float)
+                           for p in predictions], axis=0) for m in (a, b)}
+    d = correct[a] - correct[b]
+    half = float(stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+
+
+def _same_test_images(predictions) -> bool:
+    if not predictions or any(p is None for p in predictions):
+        return False
+    sets = [frozenset().union(*(set(f.index) for f in p.values() if isinstance(f, pd.DataFrame)))
+            for p in predictions]
+    return all(s == sets[0] for s in sets)
+
+
+def _summary_rows(every: pd.DataFrame, acc: pd.DataFrame, paired) -> pd.DataFrame:
     order = acc.mean().sort_values(ascending=False, kind="stable").index
     rows = []
     for model in order:
-        diff, low, high = _paired(acc, order[0], model)
+        diff, low, high = paired(order[0], model)
         rows.append({
             "strategy": every.loc[every["model"] == model, "strategy"].iloc[0], "model": model, "repeats": len(acc),
             "mean_accuracy": acc[model].mean(), "std_accuracy": acc[model].std(ddof=1) if len(acc) > 1 else np.nan,
@@ -175,25 +196,38 @@ def _summary_rows(every: pd.DataFrame, acc: pd.DataFrame) -> pd.DataFrame:
                                                          "diff_ci_high")}, "mean_train_seconds": 2})
 
 
-def summarise_repeats(tables: list) -> tuple[pd.DataFrame, str]:
+def summarise_repeats(tables: list, predictions: list | None = None) -> tuple[pd.DataFrame, str]:
     """The comparison over repeats: per model the mean and spread of the accuracy, the paired difference to the
     best model with its 95 % t-interval, and the verdict between the two strategies' best models.
 
+    When every repeat was scored on the same test images (a source with a fixed test split), the interval is
+    over those images, each image's correctness averaged over the repeats: the repeats then vary the training
+    only, and an interval over them would call a difference of one image, made in every repeat, certain.
+    Otherwise (a new split each repeat) it is over the repeats.
+
     Args:
         tables: one compare table per repeat, each with a ``repeat`` column.
+        predictions: per repeat, ``{model: DataFrame(true_label, pred_label) indexed by path}``
+            (:func:`combine`'s second value); without it, the interval is over the repeats.
 
     Returns:
         ``(summary, verdict)``: ``repeats.csv``, best mean first, and one line.
     """
     every = pd.concat(tables, ignore_index=True)
     acc = every.pivot_table(index="repeat", columns="model", values="accuracy")
-    summary = _summary_rows(every, acc)
+    on_images = _same_test_images(predictions)
+
+    def paired(a, b):
+        return _paired_images(predictions, a, b) if on_images else _paired(acc, a, b)
+
+    summary = _summary_rows(every, acc, paired)
     best_of = {s: summary[summary["strategy"] == s].iloc[0] for s in STRATEGIES if (summary["strategy"] == s).any()}
     n = len(acc)
     if "features" in best_of and "finetune" in best_of:
         a, b = best_of["features"], best_of["finetune"]
-        diff, low, high = _paired(acc, a["model"], b["model"])
-        interval = f"features minus fine-tuned {diff:+.3f}, 95 % interval {low:+.3f} to {high:+.3f} over {n} splits"
+        diff, low, high = paired(a["model"], b["model"])
+        over = (f"over the {acc.shape[0]} repeats' shared test images" if on_images else f"over {n} splits")
+        interval = f"features minus fine-tuned {diff:+.3f}, 95 % interval {low:+.3f} to {high:+.3f} {over}"
         if low > 0 or high < 0:
             win, lose = (a, b) if diff > 0 else (b, a)
             line = (f"{win['model']} (mean {win['mean_accuracy']:.3f}) beats {lose['model']} (mean "
