@@ -163,8 +163,9 @@ def fit_probe(x_train, y_train, x_val, y_val, n_classes: int, log=print) -> dict
     folds = StratifiedKFold(int(min(5, max(2, counts.min()))), shuffle=True, random_state=0)
     with warnings.catch_warnings():  # scikit-learn 1.9 announces new defaults that change nothing here
         warnings.simplefilter("ignore", FutureWarning)
-        cv = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring="neg_log_loss", max_iter=5000,
-                                  tol=1e-6).fit(scaler.transform(x_train), y_train)
+        # scikit-learn's own tolerance: 1e-6 took 4x the time (75 s on digits) for the same C and loss.
+        cv = LogisticRegressionCV(Cs=list(PROBE_CS), cv=folds, scoring="neg_log_loss", max_iter=2000,
+                                  n_jobs=-1).fit(scaler.transform(x_train), y_train)
     chosen = float(np.ravel(cv.C_)[0])
     if chosen in (PROBE_CS[0], PROBE_CS[-1]):
         log(f"warning: the linear probe's C={chosen:g} is at the edge of its grid ({PROBE_CS[0]:g}-{PROBE_CS[-1]:g})")
