@@ -112,6 +112,21 @@ def test_compare_trains_again_what_changed(tiny_run):
     compare(data, run, CompareConfig(freeze="all,none", **TINY), progress=False, log=quiet)
 
 
+def test_a_classify_sub_run_made_by_other_pipelines_is_fitted_again(tmp_path):
+    data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
+    run = tmp_path / "run"
+    options = dict(TINY, strategies="features", classifiers="knn")
+    compare(data, run, CompareConfig(**options), progress=False, log=quiet)
+    config = run / "efficientnet_lite0" / "classify" / "config.json"
+    saved = json.loads(config.read_text())
+    saved["pipelines"]["knn"][0] = "StandardScaler"  # as a version before kNN moved to unit-length features wrote
+    config.write_text(json.dumps(saved))
+    lines = []
+    compare(data, run, CompareConfig(**options), progress=False, log=lines.append)
+    assert not any("reusing" in line for line in lines)
+    assert json.loads(config.read_text())["pipelines"]["knn"][0] == "Normalizer"
+
+
 def test_a_failure_while_plotting_keeps_the_previous_report_and_plots(tmp_path, monkeypatch):
     from transfer import compare_plots as compare_module
 

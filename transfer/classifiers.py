@@ -91,6 +91,12 @@ CLASSIFIERS = {
 DEFAULT_CLASSIFIERS = tuple(CLASSIFIERS)
 
 
+def pipeline_steps(names) -> dict:
+    """Each classifier's pipeline steps and grid, in words: a run made by other pipelines is not reused."""
+    return {n: [type(step).__name__ for _, step in CLASSIFIERS[n].make(0).steps] + [str(CLASSIFIERS[n].grid)]
+            for n in names}
+
+
 def parse_classifiers(value) -> list[str]:
     """``"linear_svm,logreg"`` or a list -> validated names (``all`` = every one)."""
     names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
@@ -281,7 +287,7 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
         save_classifier(fit.estimator, run.out / "classifiers" / f"{name}.skops")
     write_csv(pd.concat(searches), run.out / "search.csv")
     write_reports(run, results, {
-        "extract": dataclasses.asdict(cfg), "classifiers": list(names),
+        "extract": dataclasses.asdict(cfg), "classifiers": list(names), "pipelines": pipeline_steps(names),
         "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
         "features_from_cache": feats.from_cache, "feature_cache_key": feats.key, "features_dir": str(features_dir),
     })

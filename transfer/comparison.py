@@ -193,7 +193,7 @@ def _prefixed(log, tag):
 
 def _features(run, cfg: CompareConfig, backbone: str, features_dir: Path, progress, log) -> list:
     """Strategy 2 with ``backbone``, or its finished sub-run when the settings, split and images are the same."""
-    from transfer.classifiers import classify_run
+    from transfer.classifiers import classify_run, pipeline_steps
     from transfer.features import cache_key
     from transfer.runs import finished_with, open_run, read_results
 
@@ -201,6 +201,7 @@ def _features(run, cfg: CompareConfig, backbone: str, features_dir: Path, progre
     sub = open_run(run.split, folder, "classify", seed=cfg.seed)
     ecfg = cfg.extract_config(backbone).validated()
     if finished_with(folder, {"extract": dataclasses.asdict(ecfg), "classifiers": list(cfg.classifiers),
+                              "pipelines": pipeline_steps(cfg.classifiers),
                               "seed": cfg.seed, "feature_cache_key": cache_key(ecfg, list(run.split["path"]))}):
         log(f"strategy 2 (features + classifiers) with {backbone}: reusing {folder} (same settings, split and images)")
         return read_results(folder)
