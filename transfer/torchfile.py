@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import io
+import os
 import pickle
 import struct
 import zipfile
@@ -99,7 +100,7 @@ def _materialise(obj, storages):
     if isinstance(obj, dict):
         return collections.OrderedDict((k, _materialise(v, storages)) for k, v in obj.items())
     if isinstance(obj, _TensorRef):
-        buf = storages[obj.storage]["data"]
+        buf = _checked_view(obj, storages)
         itemsize = buf.dtype.itemsize
         return np.lib.stride_tricks.as_strided(
             buf[obj.offset:],
@@ -107,6 +108,39 @@ def _materialise(obj, storages):
             strides=tuple(s * itemsize for s in obj.stride),
         ).copy()
     return obj
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**62
+
+
+def _checked_view(ref: _TensorRef, storages) -> np.ndarray:
+    """The storage under ``ref``, after checking that the view stays inside it.
+
+    ``as_strided`` trusts its arguments: a view past the end of its storage
+    reads unrelated process memory or crashes, so every number the pickle
+    declares is checked against the bytes actually present first.
+    """
+    entry = storages.get(ref.storage)
+    buf = None if entry is None else entry["data"]
+    if buf is None:
+        raise ValueError(f"tensor over storage {ref.storage!r}, which the file does not hold")
+    numbers = (ref.offset, *ref.size, *ref.stride)
+    if not all(_is_count(n) for n in numbers) or len(ref.size) != len(ref.stride) or len(ref.size) > 8:
+        raise ValueError(f"tensor with an impossible layout (offset {ref.offset!r}, size {ref.size!r}, "
+                         f"stride {ref.stride!r})")
+    count = int(np.prod(ref.size, dtype=object))
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride)) if count else ref.offset - 1
+    if last >= len(buf) or count > len(buf):
+        raise ValueError(f"tensor of shape {ref.size} at offset {ref.offset} needs more than the "
+                         f"{len(buf)} values its storage holds (a truncated or crafted file)")
+    return buf
+
+
+def _storage_array(raw: bytes, dtype: np.dtype) -> np.ndarray:
+    if len(raw) % dtype.itemsize:
+        raise ValueError(f"a storage of {len(raw)} bytes is not a whole number of {dtype} values")
+    return np.frombuffer(raw, dtype=dtype)
 
 
 def _read_legacy(f) -> dict:
@@ -121,10 +155,10 @@ def _read_legacy(f) -> dict:
     for key in keys:
         (count,) = struct.unpack("<q", f.read(8))
         dtype = storages[key]["dtype"]
-        raw = f.read(count * dtype.itemsize)
-        if len(raw) != count * dtype.itemsize:
-            raise ValueError("the checkpoint is truncated")
-        storages[key]["data"] = np.frombuffer(raw, dtype=dtype)
+        left = os.fstat(f.fileno()).st_size - f.tell()
+        if not 0 <= count * dtype.itemsize <= left:
+            raise ValueError(f"a storage declares {count} values but the file has {left} bytes left")
+        storages[key]["data"] = _storage_array(f.read(count * dtype.itemsize), dtype)
     return _materialise(obj, storages)
 
 
@@ -138,7 +172,10 @@ def _read_zip(path: Path) -> dict:
         storages: dict = {}
         obj = _load_one(io.BytesIO(zf.read(pkl)), storages)
         for key, entry in storages.items():
-            entry["data"] = np.frombuffer(zf.read(f"{prefix}data/{key}"), dtype=entry["dtype"])
+            info = zf.getinfo(f"{prefix}data/{key}")
+            if info.compress_type != zipfile.ZIP_STORED and info.file_size > 64 * (info.compress_size + 1024):
+                raise ValueError(f"storage {key} inflates {info.compress_size} bytes to {info.file_size}")
+            entry["data"] = _storage_array(zf.read(info), entry["dtype"])
     return _materialise(obj, storages)
 
 
@@ -164,7 +201,8 @@ def load_state_dict(path) -> dict[str, np.ndarray]:
                 state = _read_legacy(f)
     except UnsafeCheckpointError:
         raise
-    except (pickle.UnpicklingError, EOFError, KeyError, struct.error, zipfile.BadZipFile) as e:
+    except (ValueError, pickle.UnpicklingError, EOFError, KeyError, TypeError, struct.error,
+            zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint ({e})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
