@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import inspect
 import io
 import json
@@ -19,8 +20,11 @@ from pathlib import Path
 
 import click
 
-# TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) is noise for a CLI user.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from transfer.startup import quiet_tensorflow_import  # noqa: E402
+
+# TensorFlow's C++ start-up lines (absl, CUDA probing on CPU machines, oneDNN) are noise for a CLI user: one line
+# of ours says what it runs on instead.
+quiet_tensorflow_import(announce=lambda line: click.echo(line, err=True))
 
 from transfer import __version__  # noqa: E402
 from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone  # noqa: E402
@@ -47,15 +51,31 @@ def as_flags(message: str, command: click.Command | None) -> str:
     return message
 
 
+def os_error_line(e: OSError) -> str:
+    """A file-system error as one line: what failed, on which file, and what to do."""
+    from transfer.fileio import disk_full
+
+    where = e.filename or "a file"
+    if e.errno == errno.ENOSPC:
+        return str(disk_full(Path(where).parent if e.filename else Path.cwd(), where))
+    return f"{e.strerror or e}: {where}. Check that it exists and that you may read (or write) it, then run again."
+
+
 class _Group(click.Group):
-    """Turns TransferError into a one-line message instead of a traceback."""
+    """Turns TransferError (and file-system errors) into a one-line message instead of a traceback."""
 
     def invoke(self, ctx):
+        for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown, not a crash
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
         try:
             return super().invoke(ctx)
         except TransferError as e:
             name = ctx.invoked_subcommand
             click.echo(f"Error: {as_flags(str(e), self.get_command(ctx, name) if name else None)}", err=True)
+            ctx.exit(2)
+        except OSError as e:
+            click.echo(f"Error: {os_error_line(e)}", err=True)
             ctx.exit(2)
 
 
@@ -269,7 +289,7 @@ def _report_skipped_count(out: Path):
 
 EXTRACT_OPTIONS = _options(
     BACKBONE, DATA,
-    click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
+    click.option("--out", "-o", "out", type=click.Path(path_type=Path),
                  help="Run folder for features, reports and models (default: runs/COMMAND-NAME, NAME from --data)."),
     FEATURE_OPTIONS, IMAGE_SIZE, RESIZE, BATCH_SIZE, WEIGHTS, SPLIT,
 )
@@ -311,14 +331,12 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
     _report_skipped_count(out)
     click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json split.csv "
                "skipped.csv, classifiers/ (for predict --run)")
-    click.echo(f"Reports in {out}: metrics.csv predictions.csv per_class.csv search.csv config.json "
-               "split.csv skipped.csv")
 
 
 @main.command()
 @BACKBONE
 @click.option("--data", "-d", required=True, help="As for classify: a folder, a CSV manifest, digits or fashion-mnist.")
-@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path),
               help="Run folder (its own: an extract run's folder shares its split and features; default: "
                    "runs/finetune-NAME, NAME from --data).")
 @click.option("--freeze", default=FinetuneConfig.freeze, show_default=True,
@@ -406,7 +424,7 @@ def _echo_learning_curve(curve, line, out: Path):
                                    "the digits demo (--data digits --image-size 96 --no-augment).")
 @click.option("--backbone", "-b", "backbones", default=DEFAULT_BACKBONE, show_default=True,
               help="One or more registry names, comma-separated: every strategy runs for each.")
-@click.option("--out", "-o", "out", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path),
               help="Run folder (default: runs/compare-NAME, NAME from --data).")
 @click.option("--strategies", default=",".join(CompareConfig.strategies), show_default=True,
               help="Comma-separated: features (strategy 2), finetune (strategy 1), scratch (baseline).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,7 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
         seed: seeds the cross-validation folds.
     """
     from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     spec = CLASSIFIERS[name]
@@ -164,12 +166,16 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
         grid[k_key] = [k for k in grid[k_key] if k <= fold_train] or [1]
     start = time.perf_counter()
     search = GridSearchCV(spec.make(len(y_train)), grid, cv=cv, n_jobs=n_jobs, refit=x_refit is None)
-    search.fit(x_train, y_train)
-    if x_refit is None:
-        estimator = search.best_estimator_
-    else:
-        # The same pipeline as searched (built for the training split's size).
-        estimator = clone(spec.make(len(y_train))).set_params(**search.best_params_).fit(x_refit, y_refit)
+    with warnings.catch_warnings():
+        # An iteration cap reached by some grid points (the MLP's, mostly) is what cross-validation judges: the
+        # score counts, not the warning, which the workers printed once per fit.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(x_train, y_train)
+        if x_refit is None:
+            estimator = search.best_estimator_
+        else:
+            # The same pipeline as searched (built for the training split's size).
+            estimator = clone(spec.make(len(y_train))).set_params(**search.best_params_).fit(x_refit, y_refit)
     seconds = time.perf_counter() - start
     table = pd.DataFrame(search.cv_results_)
     table["params"] = table["params"].map(str)
@@ -268,13 +274,15 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
     """
     from transfer.features import extract_features
     from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
     from transfer.runs import metrics_table, write_reports, write_skipped
 
     features_dir = Path(features_dir) if features_dir is not None else run.out / "features"
     feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress)
     write_skipped(feats.skipped, run.out / "skipped.csv")  # before any check that may refer the user to it
+    run.check_readable(dict(feats.skipped))
     data = _feature_splits(run, feats)
-    results, searches, edges = [], [], {}
+    fits, results, edges = [], [], {}
     for name in names:
         log(f"fitting {name} (grid search on {len(data.y_train)} training images)...")
         fit = fit_classifier(name, data.x_train, data.y_train, data.x_refit, data.y_refit, seed=run.seed)
@@ -283,14 +291,18 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
                 "beyond it")
             edges[name] = fit.at_edge
         results.append(_scored(fit, data, cfg, feats, run))
-        searches.append(fit.search)
-        save_classifier(fit.estimator, run.out / "classifiers" / f"{name}.skops")
-    write_csv(pd.concat(searches), run.out / "search.csv")
-    write_reports(run, results, {
-        "extract": dataclasses.asdict(cfg), "classifiers": list(names), "pipelines": pipeline_steps(names),
-        "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
-        "features_from_cache": feats.from_cache, "feature_cache_key": feats.key, "features_dir": str(features_dir),
-    })
+        fits.append(fit)
+    # The classifiers and the reports replace an earlier run's together, or not at all.
+    with publishing(run.out) as stage:
+        for fit in fits:
+            save_classifier(fit.estimator, stage / "classifiers" / f"{fit.name}.skops")
+        write_csv(pd.concat([fit.search for fit in fits]), stage / "search.csv")
+        write_reports(run, results, {
+            "extract": dataclasses.asdict(cfg), "classifiers": list(names), "pipelines": pipeline_steps(names),
+            "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
+            "features_from_cache": feats.from_cache, "feature_cache_key": feats.key,
+            "features_dir": str(features_dir),
+        }, folder=stage)
     return results
 
 
@@ -364,9 +376,11 @@ def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fracti
         The metrics table, one row per classifier, best first.
     """
     from transfer.features import ExtractConfig
+    from transfer.runfolder import claim
     from transfer.runs import metrics_table, open_run
 
     names = parse_classifiers(classifiers)
     cfg = (cfg or ExtractConfig()).validated()
-    run = open_run(data, out, "classify", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    return metrics_table(classify_run(run, cfg, names, features_dir=features_dir, progress=progress, log=log))
+    with claim(out, "classify", log=log):
+        run = open_run(data, out, "classify", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        return metrics_table(classify_run(run, cfg, names, features_dir=features_dir, progress=progress, log=log))

@@ -148,10 +148,9 @@ def conv_kernels_plot(run_dir, path):
     """
     import json
 
-    import keras
-
     from transfer import plots
     from transfer.backbones import build_backbone
+    from transfer.finetune_model import load_saved_model
 
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())["finetune"]
@@ -160,7 +159,7 @@ def conv_kernels_plot(run_dir, path):
                             "pretrained kernels to compare with.")
     weights = cfg["weights"]
     _, before = _first_conv_kernel(build_backbone(cfg["backbone"], weights=weights, image_size=cfg["image_size"]))
-    name, after = _first_conv_kernel(keras.saving.load_model(run_dir / "model.keras", compile=False))
+    name, after = _first_conv_kernel(load_saved_model(run_dir / "model.keras"))
     if before is None or after is None:
         raise TransferError(f"{cfg['backbone']} has no convolution that reads the RGB input: no kernels to plot.")
     change = float(np.abs(after - before).max() / max(np.abs(before).max(), 1e-12))

@@ -24,8 +24,6 @@ and return :class:`~transfer.runs.Result` records, which
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -239,41 +237,30 @@ def _scratch(run, cfg: CompareConfig, log):
 
 
 def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log):
-    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``.
-
-    Plots are drawn into a staging folder: a failure while drawing leaves the
-    previous report and plots whole.
-    """
+    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``."""
     from transfer.compare_plots import make_plots
     from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
     from transfer.runs import write_config, write_skipped
     from transfer.verdict import combine, verdict
 
     table, preds = combine(results, run.out, seed=cfg.seed)
     line = verdict(table, preds)
-    staging = run.out / ".plots-new"
-    shutil.rmtree(staging, ignore_errors=True)
-    drawn = make_plots(run.out, table, preds, results, cfg, run.classes, staging, features_dir, log=log)
     skipped = {}
     for r in results:  # the first sub-run's reason for a file it could not read
         for path, reason in r.skipped.items():
             skipped.setdefault(path, reason)
-    write_skipped(skipped, run.out / "skipped.csv")
-    write_csv(table, run.out / "compare.csv")
-    plots_dir = run.out / "plots"
-    plots_dir.mkdir(exist_ok=True)
-    made = [plots_dir / png.name for png in drawn]
-    for png in drawn:
-        os.replace(png, plots_dir / png.name)
-    for old in plots_dir.glob("*.png"):  # plots of models an earlier compare here had, this one has not
-        if old not in made:
-            old.unlink()
-    shutil.rmtree(staging, ignore_errors=True)
-    write_config(run.out / "config.json", {
-        **run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0],
-        "verdict": line, "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
-        "plots": [str(p.relative_to(run.out)) for p in made],
-    })
+    # Plots of models an earlier compare here had and this one has not are removed with the old set.
+    with publishing(run.out) as stage:
+        drawn = make_plots(run.out, table, preds, results, cfg, run.classes, stage / "plots", features_dir, log=log)
+        write_skipped(skipped, stage / "skipped.csv")
+        write_csv(table, stage / "compare.csv")
+        write_config(stage / "config.json", {
+            **run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0],
+            "verdict": line,
+            "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
+            "plots": [f"plots/{p.name}" for p in drawn],
+        })
     return table, line, preds
 
 
@@ -303,6 +290,7 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
 
     from transfer import plots
     from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
     from transfer.runs import open_run, write_config
     from transfer.verdict import summarise_repeats
 
@@ -317,13 +305,15 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
         seconds.append(time.perf_counter() - start)
     summary, line = summarise_repeats(tables, predictions)
     every = pd.concat(tables, ignore_index=True)
-    write_csv(every, out / "repeats-all.csv")
-    write_csv(summary, out / "repeats.csv")
-    plots.repeats_png(every, out / "plots" / "repeats.png")
     line += f" One repeat took {min(seconds):.0f}-{max(seconds):.0f} s here."
-    write_config(out / "config.json", {"command": "compare", "data": source.name, "compare": dataclasses.asdict(cfg),
-                                       **split_options, "repeats": cfg.repeats, "verdict": line,
-                                       "repeat_seconds": [round(s, 1) for s in seconds]})
+    with publishing(out) as stage:
+        write_csv(every, stage / "repeats-all.csv")
+        write_csv(summary, stage / "repeats.csv")
+        plots.repeats_png(every, stage / "plots" / "repeats.png")
+        write_config(stage / "config.json", {"command": "compare", "data": source.name,
+                                             "compare": dataclasses.asdict(cfg), **split_options,
+                                             "repeats": cfg.repeats, "verdict": line,
+                                             "repeat_seconds": [round(s, 1) for s in seconds]})
     return summary, line
 
 
@@ -359,6 +349,7 @@ def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, 
 
     from transfer import plots
     from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
     from transfer.runs import open_run, write_config
     from transfer.verdict import summarise_train_sizes
 
@@ -376,10 +367,12 @@ def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, 
                                    min_images_per_class=int(counts.min()), n_train=int(counts.sum())))
         seconds[size] = round(time.perf_counter() - start, 1)
     curve, line = summarise_train_sizes(tables)
-    write_csv(curve, out / "learning-curve.csv")
-    plots.learning_curve_png(curve, out / "plots" / "learning-curve.png")
-    write_config(out / "config.json", {**run.settings(), "compare": dataclasses.asdict(cfg),
-                                       "train_sizes_run": list(seconds), "verdict": line, "size_seconds": seconds})
+    with publishing(out) as stage:
+        write_csv(curve, stage / "learning-curve.csv")
+        plots.learning_curve_png(curve, stage / "plots" / "learning-curve.png")
+        write_config(stage / "config.json", {**run.settings(), "compare": dataclasses.asdict(cfg),
+                                             "train_sizes_run": list(seconds), "verdict": line,
+                                             "size_seconds": seconds})
     return curve, line
 
 
@@ -414,20 +407,29 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
         learning curve (``learning-curve.csv``: every model at every size)
         and the verdict over the sizes (the crossover, if any).
     """
-    from transfer.finetune_model import check_freeze
-    from transfer.runs import check_run_folder, open_run
-    from transfer.sources import resolve_source
+    from transfer.runfolder import claim
+    from transfer.runs import check_run_folder
 
     cfg = (cfg or CompareConfig()).validated()
     if out is None:
         raise TransferError("out is required: the folder the compare run writes to.")
     out = Path(out)
     check_run_folder(out, "compare")
+    with claim(out, "compare", log=log):
+        return _compare_in(data, out, cfg, {"val_fraction": val_fraction, "test_fraction": test_fraction},
+                           progress, log)
+
+
+def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progress, log):
+    """:func:`compare` in its claimed run folder."""
+    from transfer.finetune_model import check_freeze
+    from transfer.runs import open_run
+    from transfer.sources import resolve_source
+
     source = resolve_source(data)  # a wrong data fails here, before TensorFlow is loaded
     for backbone in cfg.backbones if "finetune" in cfg.strategies else ():
         # every freeze value, before hours of training run into a typo
         check_freeze(backbone, cfg.finetune_config(backbone, "none").validated().image_size, cfg.freeze)
-    split_options = {"val_fraction": val_fraction, "test_fraction": test_fraction}
     if cfg.repeats > 1:
         return _repeated(source, out, cfg, split_options, progress, log)
     if cfg.train_sizes:

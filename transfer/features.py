@@ -174,7 +174,7 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -
     kept, feats, skipped, rate = run_extraction(cfg, paths, progress=progress)
     seconds = time.perf_counter() - start
     if cache is not None:
-        with atomic_path(cache, suffix=".npz") as tmp, open(tmp, "wb") as f:
+        with atomic_path(cache, suffix=".npz", needed=feats.nbytes) as tmp, open(tmp, "wb") as f:
             np.savez(f, paths=np.array(kept, dtype=str), features=feats,
                      skipped=np.array(skipped, dtype=str).reshape(-1, 2), seconds=seconds,
                      images_per_second=rate, config=json.dumps(dataclasses.asdict(cfg)))
@@ -191,11 +191,13 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRA
     Returns:
         ``(split, features)``: the split table and the :class:`Features`.
     """
+    from transfer.runfolder import claim
     from transfer.runs import open_run, write_skipped
 
     cfg = (cfg or ExtractConfig()).validated()
-    run = open_run(data, out, None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    feats = extract_features(run.split["path"], cfg, cache_dir=features_dir or run.out / "features",
-                             progress=progress)
-    write_skipped(feats.skipped, run.out / "skipped.csv")
+    with claim(out, "extract"):
+        run = open_run(data, out, None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        feats = extract_features(run.split["path"], cfg, cache_dir=features_dir or run.out / "features",
+                                 progress=progress)
+        write_skipped(feats.skipped, run.out / "skipped.csv")
     return run.split, feats

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
+
+from transfer.errors import TransferError
 
 
 def keras_home() -> Path:
@@ -36,17 +40,56 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
+TEMP_PREFIX = ".tmp-"  # a file being written; one a killed process left behind is removed by the next run
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
+
+
+class DiskFullError(TransferError):
+    """The disk filled up while writing ``path``; ``needed`` bytes at least were needed."""
+
+    def __init__(self, message: str, path, needed: int | None):
+        super().__init__(message)
+        self.path, self.needed = Path(path), needed
+
+
+def disk_full(folder, path, needed: int | None = None) -> DiskFullError:
+    """The one-line error for a full disk: the folder, what was being written, the space needed and free.
+
+    Returns a :class:`DiskFullError` to raise.
+    """
+    folder = Path(folder)
+    try:
+        free = shutil.disk_usage(folder if folder.exists() else folder.parent).free
+    except OSError:
+        free = None
+    need = f"it needed more than {_size(needed)}" if needed else "it needed more space"
+    have = f", {_size(free)} free" if free is not None else ""
+    return DiskFullError(f"No space left on the disk of {folder} while writing {Path(path).name} ({need}{have}): "
+                         "free some space and run the same command again; what finished before is kept, and no "
+                         "half-written file was left.", path, needed)
+
+
 @contextlib.contextmanager
-def atomic_path(path, suffix: str | None = None):
+def atomic_path(path, suffix: str | None = None, needed: int = 0):
     """Yield a temporary path beside ``path``; move it into place on success.
 
     A crash or an exception leaves ``path`` as it was (absent or the old
     file) and removes the temporary file, so a half-written file is never
-    read later as a valid one.
+    read later as a valid one.  ``needed``: the file's expected size, if
+    known, for the message when the disk fills up.
+
+    Raises:
+        TransferError: the disk filled up while writing (naming the folder and the space needed).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=suffix or ".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -55,6 +98,13 @@ def atomic_path(path, suffix: str | None = None):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+    except OSError as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        if e.errno == errno.ENOSPC:
+            raise disk_full(path.parent, path, max(written, needed)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
@@ -66,12 +116,24 @@ def write_text_atomic(path, text: str):
         tmp.write_text(text)
 
 
+# File names need not be valid UTF-8 (a disk from an older system): Python holds their undecodable bytes as
+# surrogates, and CSV files keep those bytes as they are, so that every path written is read back the same.
+CSV_ERRORS = "surrogateescape"
+
+
 def write_csv(df, path) -> Path:
-    """Write a DataFrame as CSV (no index), atomically."""
+    """Write a DataFrame as CSV (no index), atomically; paths that are not valid UTF-8 keep their bytes."""
     path = Path(path)
     with atomic_path(path, suffix=".csv") as tmp:
-        df.to_csv(tmp, index=False)
+        df.to_csv(tmp, index=False, encoding="utf-8", errors=CSV_ERRORS)
     return path
+
+
+def read_csv(path, **options):
+    """A CSV written by :func:`write_csv` (paths with bytes that are not UTF-8 come back as they were)."""
+    import pandas as pd
+
+    return pd.read_csv(path, encoding="utf-8", encoding_errors=CSV_ERRORS, **options)
 
 
 def slug(value) -> str:

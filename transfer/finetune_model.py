@@ -180,3 +180,19 @@ def fit_probe(x_train, y_train, x_val, y_val, n_classes: int, log=print) -> dict
         coef, bias = np.vstack([-coef / 2, coef / 2]), np.concatenate([-bias / 2, bias / 2])
     return {"kernel": coef.T.astype(np.float32), "bias": bias.astype(np.float32), "C": chosen,
             "val_loss": val_loss, "val_accuracy": val_accuracy}
+
+
+def load_saved_model(path):
+    """A ``model.keras`` that a fine-tuning or scratch run saved, loaded in Keras's safe mode (no lambdas).
+
+    Raises:
+        TransferError: the file is missing, truncated, or not a Keras model that loads safely, in one line.
+    """
+    import keras
+
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as e:  # noqa: BLE001 - zip, JSON, deserialisation and safe-mode errors all mean one thing here
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise TransferError(f"{path} is not a model this run can load ({type(e).__name__}: {reason}): train the run "
+                            "again to make it (delete the file first if it is damaged).") from None

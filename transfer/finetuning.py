@@ -164,6 +164,12 @@ def _prepare(job: _Training):
     from transfer.finetune_model import build_model
 
     cfg, run, state = job.cfg, job.run, job.state
+    features_pass = job.probes or (cfg.head_epochs and not cfg.augment and cfg.weights != "none")
+    if not features_pass:  # no feature pass finds the unreadable files before training
+        from transfer.images import unreadable
+
+        state.skipped.update(unreadable(run.split["path"]))
+        run.check_readable(state.skipped)
     with job.strategy.scope():
         model, backbone = build_model(cfg, len(run.classes))
     train_rows, val_rows = run.rows("train"), run.rows("val")
@@ -187,6 +193,7 @@ def _cached_features(job: _Training):
     ecfg = ExtractConfig(**{f.name: getattr(job.cfg, f.name) for f in dataclasses.fields(BackboneOptions)})
     feats = extract_features(job.run.split["path"], ecfg, cache_dir=job.features_dir)
     job.state.skipped.update(feats.skipped)
+    job.run.check_readable(job.state.skipped)  # before anything trains
     pos = {p: i for i, p in enumerate(feats.paths)}
 
     def xy(name):
@@ -205,11 +212,13 @@ def _probe_head(job: _Training, model) -> dict:
     from transfer.training import selection_key
 
     state = job.state
-    job.say(f"stage 1: the head as a linear probe of the backbone's features (cached in {job.features_dir})")
+    s = state.stage("head")
+    done = s["done"] and state.has("after-head")
+    job.say(f"stage 1 finished in an earlier run: its linear probe head (C={s.get('C')}) is reused" if done else
+            f"stage 1: the head as a linear probe of the backbone's features (cached in {job.features_dir})")
     feats, xy = _cached_features(job)
     info = {"epochs": 0, "on_features": True, "extract_seconds": feats.seconds, "feature_key": feats.key}
-    s = state.stage("head")
-    if s["done"] and state.has("after-head"):
+    if done:
         state.load_weights(model, "after-head")
         return {**info, "probe_C": s.get("C")}
     start = time.perf_counter()
@@ -269,15 +278,18 @@ def _train_head(job: _Training, model, backbone) -> dict:
         if cfg.head == "probe":
             job.log("the head is trained, not probed: a linear probe needs pretrained weights and no hidden layer")
         info = {"epochs": 0, "on_features": on_features, "extract_seconds": 0.0, "feature_key": None}
-    if info.get("probe_C") is None and cfg.head_epochs and on_features:
-        job.say(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} on the backbone's features "
-                f"(cached in {job.features_dir})")
+    trained = info.get("probe_C") is None and cfg.head_epochs
+    if trained:
+        how = (f"on the backbone's features (cached in {job.features_dir})" if on_features
+               else "through the frozen backbone")
+        job.say("stage 1 finished in an earlier run: its head is reused" if job.state.stage("head")["done"]
+                else f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} {how}")
+    if trained and on_features:
         head, info["epochs"], feats = _head_on_features(job)
         info["extract_seconds"], info["feature_key"] = feats.seconds, feats.key
         for layer in head.layers[1:]:
             model.get_layer(layer.name).set_weights(layer.get_weights())
-    elif info.get("probe_C") is None and cfg.head_epochs:
-        job.say(f"stage 1: head only, {_count(cfg.head_epochs, 'epoch')} through the frozen backbone")
+    elif trained:
         info["epochs"] = job.fit(model, "head", job.train, job.val, cfg.head_epochs, cfg.lr)
         load_best_or_last(model, job.state, "head")
     if not job.state.has("after-head"):
@@ -345,13 +357,24 @@ def _scored(job: _Training, model, head: dict, body: dict):
 
 
 def _write(job: _Training, model, result, precision: str, head: dict, body: dict):
-    from transfer.fileio import atomic_path, write_csv
+    from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
+
+    cfg, run = job.cfg, job.run
+    with publishing(run.out) as stage:  # the model and its reports replace the old ones together
+        model.save(stage / "model.keras")
+        write_csv(body["layers"], stage / "layers.csv")
+        _write_reports(job, result, precision, head, body, stage)
+    job.log(f"{cfg.backbone} fine-tuned (freeze {cfg.freeze}): {run.eval_split} accuracy "
+            f"{result.metrics()['accuracy']:.3f}, {result.fit_seconds:.0f} s of training "
+            f"({head['epochs']} head + {_count(body['epochs'], 'fine-tuning epoch')}, {precision}); "
+            f"{_count(len(job.state.skipped), 'file')} skipped")
+
+
+def _write_reports(job: _Training, result, precision: str, head: dict, body: dict, folder):
     from transfer.runs import write_reports
 
     cfg, run = job.cfg, job.run
-    with atomic_path(run.out / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
-    write_csv(body["layers"], run.out / "layers.csv")
     write_reports(run, [result], {
         "finetune": dataclasses.asdict(cfg), "precision": precision,
         "head_on_cached_features": bool(head["on_features"] and (job.probes or cfg.head_epochs)),
@@ -361,11 +384,7 @@ def _write(job: _Training, model, result, precision: str, head: dict, body: dict
         "frozen_layers": body["n_frozen"], "head_epochs_run": head["epochs"], "finetune_epochs_run": body["epochs"],
         "features_dir": str(job.features_dir) if head["on_features"] else None,
         "feature_cache_key": head["feature_key"],
-    })
-    job.log(f"{cfg.backbone} fine-tuned (freeze {cfg.freeze}): {run.eval_split} accuracy "
-            f"{result.metrics()['accuracy']:.3f}, {result.fit_seconds:.0f} s of training "
-            f"({head['epochs']} head + {_count(body['epochs'], 'fine-tuning epoch')}, {precision}); "
-            f"{_count(len(job.state.skipped), 'file')} skipped")
+    }, folder=folder)
 
 
 def finetune_run(run, cfg: FinetuneConfig, *, features_dir=None, log=print):
@@ -421,10 +440,12 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=VAL_F
         The one-row metrics table.
     """
     from transfer.finetune_model import check_freeze
+    from transfer.runfolder import claim
     from transfer.runs import metrics_table, open_run
 
     cfg = (cfg or FinetuneConfig()).validated()
     # freeze is checked on a random-init backbone before any data or weights are touched.
     check_freeze(cfg.backbone, cfg.image_size, [cfg.freeze])
-    run = open_run(data, out, "finetune", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
-    return metrics_table([finetune_run(run, cfg, features_dir=features_dir, log=log)])
+    with claim(out, "finetune", log=log):
+        run = open_run(data, out, "finetune", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+        return metrics_table([finetune_run(run, cfg, features_dir=features_dir, log=log)])

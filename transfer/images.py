@@ -129,9 +129,37 @@ def decode_image(path, size: int, resize: str = "plain") -> np.ndarray:
     except UnidentifiedImageError:
         raise ImageError("not an image (no image format recognised)") from None
     except FileNotFoundError:
+        if path.is_symlink():
+            raise ImageError(f"broken symbolic link (to {os.readlink(path)}, which does not exist)") from None
         raise ImageError("no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def opens_as_image(path) -> bool:
+    """Whether ``path`` has an image header Pillow recognises (a quick check: the pixels are not decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.width > 0 and img.height > 0
+    except Exception:  # noqa: BLE001 - anything that does not open is not an image
+        return False
+
+
+def unreadable(paths) -> dict[str, str]:
+    """``{path: reason}`` of the files that do not even open as images (headers only: fast, before training).
+
+    Files that open but fail to decode (truncated) are found, and skipped, by the decoding itself.
+    """
+    bad = {}
+    for p in map(str, paths):
+        if not opens_as_image(p):
+            try:
+                decode_image(p, 8)
+            except ImageError as e:
+                bad[p] = str(e)
+    return bad
 
 
 def _as_8_bit(img):

@@ -127,14 +127,14 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
 
 
 def _predict_finetuned(run, config, paths, batch_size=None):
-    import keras
+    from transfer.finetune_model import load_saved_model
 
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
     model_file = run / "model.keras"
     if not model_file.exists():
         raise TransferError(f"{run} has no model.keras: the fine-tuning did not finish; run it again to resume.")
-    model = keras.saving.load_model(model_file, safe_mode=True, compile=False)
+    model = load_saved_model(model_file)
     cfg = config["finetune"]
     row = get_backbone(cfg["backbone"])
     classes = np.array(config["classes"])

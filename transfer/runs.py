@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.errors import TransferError
-from transfer.fileio import write_csv, write_text_atomic
+from transfer.fileio import read_csv, write_csv, write_text_atomic
 from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION, evaluation_split
 
 STRATEGIES = ("features", "finetune", "scratch")
@@ -60,6 +60,30 @@ class Run:
     def rows(self, name: str) -> pd.DataFrame:
         """The split's rows of ``train``, ``val`` or ``test``."""
         return self.split[self.split["split"] == name]
+
+    def check_readable(self, skipped: dict):
+        """Refuse to train when a split has no readable image, or the training split lacks a class.
+
+        Called before any training, with the files found unreadable so far;
+        writes ``skipped.csv`` first, which the message points to.
+
+        Raises:
+            TransferError: naming the split, an example file and its reason.
+        """
+        for name in dict.fromkeys(("train", "val", self.eval_split)):
+            rows = self.rows(name)
+            readable = rows[~rows["path"].isin(skipped)]
+            if len(rows) and readable.empty:
+                write_skipped(skipped, self.out / "skipped.csv")
+                example = rows["path"].iloc[0]
+                raise TransferError(f"None of the {len(rows)} files of the {name} split is a readable image (e.g. "
+                                    f"{example}: {skipped[example]}; every reason is in {self.out / 'skipped.csv'}): "
+                                    "fix or replace those files.")
+            if name == "train" and set(readable["label"]) != set(self.classes):
+                write_skipped(skipped, self.out / "skipped.csv")
+                missing = sorted(set(self.classes) - set(readable["label"]))
+                raise TransferError(f"The training split has no readable image of class(es) {missing} (see "
+                                    f"{self.out / 'skipped.csv'}): every class needs training images.")
 
     def settings(self) -> dict:
         """What ``config.json`` records of every run, whatever the strategy."""
@@ -249,22 +273,25 @@ def metrics_table(results: list[Result]) -> pd.DataFrame:
                                                                    kind="stable")
 
 
-def write_reports(run: Run, results: list[Result], config: dict) -> pd.DataFrame:
+def write_reports(run: Run, results: list[Result], config: dict, folder=None) -> pd.DataFrame:
     """Every report of a run, from its records; ``config.json`` last, so that it marks a finished run.
 
     Args:
         config: what the strategy adds to :meth:`Run.settings`.
+        folder: where to write them (default ``run.out``; a strategy gives the staging folder of
+            :func:`transfer.runfolder.publishing`, so that its model and reports replace the old ones together).
 
     Returns:
         The metrics table, best first.
     """
+    folder = Path(folder) if folder is not None else run.out
     table = metrics_table(results)
-    write_csv(table, run.out / "metrics.csv")
-    write_csv(pd.concat([r.predictions() for r in results]), run.out / "predictions.csv")
-    write_csv(pd.concat([r.per_class() for r in results]), run.out / "per_class.csv")
+    write_csv(table, folder / "metrics.csv")
+    write_csv(pd.concat([r.predictions() for r in results]), folder / "predictions.csv")
+    write_csv(pd.concat([r.per_class() for r in results]), folder / "per_class.csv")
     skipped = {path: reason for r in results for path, reason in r.skipped.items()}
-    write_skipped(skipped, run.out / "skipped.csv")
-    write_config(run.out / "config.json", {**run.settings(), **config, "n_skipped": len(skipped)})
+    write_skipped(skipped, folder / "skipped.csv")
+    write_config(folder / "config.json", {**run.settings(), **config, "n_skipped": len(skipped)})
     return table
 
 
@@ -284,13 +311,13 @@ def read_results(folder) -> list[Result]:
     """The records of a finished run, read back from its reports (to reuse it without training again)."""
     folder = Path(folder)
     classes = [str(c) for c in json.loads((folder / "config.json").read_text())["classes"]]
-    skipped = pd.read_csv(folder / "skipped.csv", dtype=str, keep_default_na=False) \
+    skipped = read_csv(folder / "skipped.csv", dtype=str, keep_default_na=False) \
         if (folder / "skipped.csv").exists() else pd.DataFrame(columns=SKIPPED_COLUMNS)
     # Names stay text ("0.50" must not become 0.5, a label "NA" must not become missing); an empty number
     # (an unmeasured rate) is NaN.
-    metrics = pd.read_csv(folder / "metrics.csv", dtype={"classifier": str, "freeze": str, "layer": str},
+    metrics = read_csv(folder / "metrics.csv", dtype={"classifier": str, "freeze": str, "layer": str},
                           keep_default_na=False, na_values={"inference_images_per_second": [""]})
-    preds = pd.read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
+    preds = read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
     preds["score"] = pd.to_numeric(preds["score"], errors="coerce")
     results = []
     for m in metrics.to_dict("records"):

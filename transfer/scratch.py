@@ -75,8 +75,10 @@ def _fit(run, cfg: ScratchConfig, skipped: dict):
 
     import keras
 
-    from transfer.images import training_batches
+    from transfer.images import training_batches, unreadable
 
+    skipped.update(unreadable(run.split["path"]))
+    run.check_readable(skipped)  # before anything trains
     index_of = {c: i for i, c in enumerate(run.classes)}
 
     def batches(frame, **kw):
@@ -116,8 +118,9 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     Returns:
         Its :class:`~transfer.runs.Result`.
     """
-    from transfer.fileio import atomic_path, write_csv
+    from transfer.fileio import write_csv
     from transfer.images import timed_predict
+    from transfer.runfolder import publishing
     from transfer.runs import Result, write_reports
 
     skipped: dict[str, str] = {}
@@ -137,10 +140,10 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
         feature_dim=int(model.get_layer("fc").units), inference_images_per_second=rate,
         trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)), frozen_params=0,
         freeze="none", epochs_run=len(history), run_dir=run.out, skipped=skipped)
-    with atomic_path(run.out / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
-    write_csv(history, run.out / "history.csv")
-    write_reports(run, [result], {"scratch": dataclasses.asdict(cfg)})
+    with publishing(run.out) as stage:  # the model and its reports replace the old ones together
+        model.save(stage / "model.keras")
+        write_csv(history, stage / "history.csv")
+        write_reports(run, [result], {"scratch": dataclasses.asdict(cfg)}, folder=stage)
     log(f"scratch CNN: {run.eval_split} accuracy {result.metrics()['accuracy']:.3f}, "
         f"{result.fit_seconds:.0f} s of training ({len(history)} epochs)")
     return result
@@ -161,8 +164,10 @@ def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=V
     Returns:
         The one-row metrics table.
     """
+    from transfer.runfolder import claim
     from transfer.runs import metrics_table, open_run
 
     cfg = (cfg or ScratchConfig()).validated()
-    run = open_run(data, out, "scratch", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
-    return metrics_table([scratch_run(run, cfg, log=log)])
+    with claim(out, "scratch", log=log):
+        run = open_run(data, out, "scratch", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
+        return metrics_table([scratch_run(run, cfg, log=log)])

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.errors import TransferError
-from transfer.fileio import keras_home
+from transfer.fileio import CSV_ERRORS, keras_home
 
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -25,10 +25,19 @@ FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat",
 
 
 def _class_folders(folder: Path) -> dict[str, list[Path]]:
+    """Each class folder's files; a broken symbolic link is kept, so that it is listed as skipped with its reason."""
     classes = {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        classes[sub.name] = sorted(f for f in sub.rglob("*") if f.is_file() and not f.name.startswith("."))
+        classes[sub.name] = sorted(f for f in sub.rglob("*") if not f.name.startswith(".")
+                                   and (f.is_file() or (f.is_symlink() and not f.exists())))
     return classes
+
+
+def _holds_images(files: list[Path]) -> bool:
+    """Whether any file has an image extension, or (none has) whether any opens as an image."""
+    from transfer.images import IMAGE_EXTENSIONS, opens_as_image
+
+    return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files) or any(map(opens_as_image, files[:50]))
 
 
 def _check_classes(classes: dict[str, list], where: str):
@@ -38,6 +47,11 @@ def _check_classes(classes: dict[str, list], where: str):
     empty = [c for c, files in classes.items() if not files]
     if empty:
         raise TransferError(f"Class folder {where}/{empty[0]} is empty: add images or remove the folder.")
+    imageless = [c for c, files in classes.items() if not _holds_images(files)]
+    if imageless:
+        files = classes[imageless[0]]
+        raise TransferError(f"Class folder {where}/{imageless[0]} holds no images ({len(files)} other file(s), e.g. "
+                            f"{files[0].name}): add images (.jpg, .png, ...) or remove the folder.")
     if len(classes) < 2:
         raise TransferError(f"{where} has a single class ({next(iter(classes))!r}): a classifier needs at least two.")
 
@@ -67,9 +81,13 @@ def _folder_table(root: Path) -> pd.DataFrame:
 
 
 def _csv_table(path: Path) -> pd.DataFrame:
+    # UTF-8 with or without a byte-order mark, or UTF-16 with one (spreadsheets write both); bytes that are not
+    # UTF-8 stay as they are, the way file names that are not UTF-8 are read from disk.
+    utf16 = path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-16" if utf16 else "utf-8-sig",
+                            encoding_errors="strict" if utf16 else CSV_ERRORS)
+    except (pd.errors.ParserError, UnicodeError, pd.errors.EmptyDataError) as e:
         raise TransferError(f"Cannot read the manifest {path}: {str(e).splitlines()[0]}") from None
     missing = {"path", "label"} - set(table.columns)
     if missing:
@@ -129,7 +147,8 @@ def _digits_table() -> pd.DataFrame:
     return table.sort_values("path", kind="stable").reset_index(drop=True)
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format), gzipped or not, as a uint8 array."""
     import gzip
     import struct
 
@@ -150,7 +169,7 @@ def _fashion_arrays():
     files = {k: find(k) for k in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                    "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
     if all(files.values()):
-        x_train, y_train, x_test, y_test = (_read_idx(p) for p in files.values())
+        x_train, y_train, x_test, y_test = (read_idx(p) for p in files.values())
         return (x_train, y_train), (x_test, y_test)
     try:
         import keras

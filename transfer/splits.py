@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.errors import TransferError
-from transfer.fileio import write_csv
+from transfer.fileio import read_csv, write_csv
 
 VAL_FRACTION = 0.15
 TEST_FRACTION = 0.15
@@ -161,7 +161,7 @@ def read_split(path) -> pd.DataFrame:
         TransferError: the file is not a split file, or one whose scored images also chose (made by an
             earlier version of transfer, which scored on a source's val split and stopped early on it).
     """
-    split = pd.read_csv(path, dtype=str, keep_default_na=False)
+    split = read_csv(path, dtype=str, keep_default_na=False)
     if not {"path", "label", "split"} <= set(split.columns) <= set(SPLIT_COLUMNS):
         raise TransferError(f"{path} is not a split file (columns {','.join(SPLIT_COLUMNS)}): remove it or use "
                             "another out folder.")

@@ -130,7 +130,7 @@ def _checked_view(ref: _TensorRef, storages) -> np.ndarray:
         raise ValueError(f"tensor with an impossible layout (offset {ref.offset!r}, size {ref.size!r}, "
                          f"stride {ref.stride!r})")
     count = int(np.prod(ref.size, dtype=object))
-    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride)) if count else ref.offset - 1
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride, strict=True)) if count else ref.offset - 1
     if last >= len(buf) or count > len(buf):
         raise ValueError(f"tensor of shape {ref.size} at offset {ref.offset} needs more than the "
                          f"{len(buf)} values its storage holds (a truncated or crafted file)")

@@ -1,0 +1,90 @@
+"""TensorFlow's start-up, quietly: its C++ start-up lines dropped, one line of ours in their place.
+
+Importing TensorFlow writes lines of its own to the process's stderr before
+any Python setting can stop them (absl's "before InitializeLog" notice,
+CUDA probing on machines without a GPU, oneDNN notes), twice per process
+with some builds, and before a one-line error.  The command line installs
+:func:`quiet_tensorflow_import` before anything imports TensorFlow: the
+import then runs with stderr captured at the file-descriptor level, lines of
+that kind are dropped and any other line is passed on, and ``announce`` gets
+one line saying what the user needs: the TensorFlow version and whether a
+GPU was found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.util
+import os
+import re
+import sys
+import tempfile
+
+# absl's notice, and log lines in absl's format ("I0000 00:00:1795.98 2578 cudart_stub.cc:31] ..."): info,
+# warnings and errors of the start-up (CUDA, cuDNN and cuBLAS factories, oneDNN, TF-TRT); fatal ones are kept.
+NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[IWE]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\]"
+                   r"|.*oneDNN custom operations are on|.*This TensorFlow binary is optimized to use")
+
+
+@contextlib.contextmanager
+def _stderr_filtered():
+    """Capture file descriptor 2 (where C++ code writes) and pass on every line but :data:`NOISE`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines()
+                    if line.strip() and not NOISE.match(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
+def device_line() -> str:
+    """What TensorFlow will run on, in one line."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return f"TensorFlow {tf.__version__}: no GPU found, running on the CPU ({os.cpu_count()} cores)."
+    names = ", ".join(g.name for g in gpus)
+    return f"TensorFlow {tf.__version__}: {len(gpus)} GPU{'s' if len(gpus) > 1 else ''} found ({names})."
+
+
+class _QuietTensorFlow(importlib.abc.MetaPathFinder):
+    def __init__(self, announce):
+        self.announce = announce
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # once: the real finders locate it
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        original, announce = spec.loader.exec_module, self.announce
+
+        def exec_module(module):
+            with _stderr_filtered():
+                original(module)
+            if announce is not None:
+                announce(device_line())
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def quiet_tensorflow_import(announce=None):
+    """Make the first import of TensorFlow in this process quiet; ``announce`` receives :func:`device_line`.
+
+    Does nothing when TensorFlow is already imported.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the log lines TensorFlow itself filters
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow(announce))
