@@ -1,10 +1,18 @@
+import io
 import os
+import pickle
+import struct
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow loaded before any test imports the CLI: the CLI's one line about TensorFlow, said at its first import
+# (tests/test_cli.py checks it in a process of its own), never lands in one CliRunner's output and not another's.
+import tensorflow  # noqa: E402, F401
 
 ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
@@ -65,3 +73,59 @@ def colour_folder(root, n=8, splits=("train", "val"), seed=0):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 25, (24, 24, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(root / split / label / f"{i}.png")
     return root
+
+
+def _fake_torch(monkeypatch):
+    """Stand-ins for the torch names a state dict pickles, so tests can write one without torch."""
+    import types
+
+    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("only pickled by reference")
+
+    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+    FloatStorage.__qualname__, _rebuild_tensor_v2.__qualname__ = "FloatStorage", "_rebuild_tensor_v2"
+    torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    return FloatStorage, _rebuild_tensor_v2
+
+
+def write_tensor_pth(path, monkeypatch, offset, size, stride, values, declared=None, legacy=True):
+    """A checkpoint holding one float tensor ``weight`` over ``values`` with the given view."""
+    from transfer.torchfile import LEGACY_MAGIC
+
+    storage_type, rebuild = _fake_torch(monkeypatch)
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return rebuild, (Storage(), offset, size, stride, False, {})
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", storage_type, "0", "cpu", len(values)) if isinstance(obj, Storage) else None
+
+    def dumps(obj):
+        buf = io.BytesIO()
+        Pickler(buf, protocol=2).dump(obj)
+        return buf.getvalue()
+
+    raw = np.asarray(values, dtype="<f4").tobytes()
+    if legacy:
+        with open(path, "wb") as f:
+            for obj in (LEGACY_MAGIC, 1001, {}):
+                pickle.dump(obj, f, protocol=2)
+            f.write(dumps({"weight": Tensor()}))
+            pickle.dump(["0"], f, protocol=2)
+            f.write(struct.pack("<q", len(values) if declared is None else declared) + raw)
+    else:
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", dumps({"weight": Tensor()}))
+            zf.writestr("archive/data/0", raw)

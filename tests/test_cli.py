@@ -109,3 +109,24 @@ def test_predict_defaults_to_the_sample_photos(tmp_path):
     flower = preds[preds["path"].str.endswith("flower.jpg")]
     assert "daisy" in set(flower["class_name"])
     assert len(preds) == 10
+
+
+def test_tensorflow_start_up_lines_become_one_line_of_ours():
+    out = subprocess.run([sys.executable, "cli.py", "predict", "--top", "1"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    noise = [line for line in out.stderr.splitlines() if any(word in line for word in (
+        "absl", "cudart", "cuda", "oneDNN", "I0000", "W0000", "E0000"))]
+    assert noise == []
+    ours = [line for line in out.stderr.splitlines() if line.startswith("TensorFlow ")]
+    assert len(ours) == 1 and ("no GPU found" in ours[0] or "GPU found" in ours[0]), out.stderr
+
+
+def test_an_error_after_tensorflow_loads_is_still_one_line(tmp_path):
+    weights = tmp_path / "junk.pth"
+    weights.write_bytes(b"not a checkpoint")
+    out = subprocess.run([sys.executable, "cli.py", "predict", "--weights", str(weights)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if not line.startswith("TensorFlow ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr

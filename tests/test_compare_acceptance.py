@@ -58,9 +58,9 @@ def test_digits_demo_is_the_command_with_no_arguments(tmp_path, monkeypatch):
     top = max((features, tuned), key=lambda r: r["accuracy"])
     assert f"{top['model']} ({top['accuracy']:.3f}" in line
     within = "within noise" in line.split(";")[0]
-    p = table.loc[table["model"] == min((features, tuned), key=lambda r: r["accuracy"])["model"],
-                  "mcnemar_p_vs_best"].iloc[0]
-    assert top["differs_from_best"] == "best"  # so the p-value in the table is against this very row
+    # The paired test between the two strategies' best rows: the verdict's own (the table's p-values are against
+    # the best row of all, which may be the scratch CNN: it was on one machine here, 0.982 vs 0.978).
+    p = float(re.search(r"McNemar p=([0-9.e-]+)\)", line.split(";")[0]).group(1))
     assert within == (p >= 0.05)
     print(f"digits: features {features['model']} {features['accuracy']:.3f} vs fine-tuned "
           f"{tuned['accuracy']:.3f}")

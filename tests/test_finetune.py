@@ -192,6 +192,8 @@ def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"resuming stage finetune at epoch {done_before + 1} of 6" in again.stdout
+    assert "stage 1 finished in an earlier run: its head is reused" in again.stdout
+    assert "stage 1: head only" not in again.stdout  # the stage it skips is not announced as if it ran
     final = pd.read_csv(history)
     assert final[final["stage"] == "finetune"]["epoch"].tolist() == [1, 2, 3, 4, 5, 6]
     assert final[final["stage"] == "head"]["epoch"].tolist() == [1]

@@ -1,13 +1,11 @@
-import io
 import pickle
-import struct
 import subprocess
 import sys
 import zipfile
 
-import numpy as np
 import pytest
 
+from tests.conftest import write_tensor_pth
 from transfer.backbones import REGISTRY
 from transfer.lite_weights import package_checkpoint
 from transfer.torchfile import LEGACY_MAGIC, UnsafeCheckpointError, load_state_dict
@@ -109,64 +107,10 @@ print("OK")
     assert "OK" in out.stdout
 
 
-def _fake_torch(monkeypatch):
-    """Stand-ins for the torch names a state dict pickles, so tests can write one without torch."""
-    import types
-
-    torch, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
-
-    class FloatStorage:
-        pass
-
-    def _rebuild_tensor_v2(*args):
-        raise AssertionError("only pickled by reference")
-
-    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
-    FloatStorage.__qualname__, _rebuild_tensor_v2.__qualname__ = "FloatStorage", "_rebuild_tensor_v2"
-    torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
-    monkeypatch.setitem(sys.modules, "torch", torch)
-    monkeypatch.setitem(sys.modules, "torch._utils", utils)
-    return FloatStorage, _rebuild_tensor_v2
-
-
-def _write_tensor_pth(path, monkeypatch, offset, size, stride, values, declared=None, legacy=True):
-    """A checkpoint holding one float tensor ``weight`` over ``values`` with the given view."""
-    storage_type, rebuild = _fake_torch(monkeypatch)
-
-    class Storage:
-        pass
-
-    class Tensor:
-        def __reduce__(self):
-            return rebuild, (Storage(), offset, size, stride, False, {})
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            return ("storage", storage_type, "0", "cpu", len(values)) if isinstance(obj, Storage) else None
-
-    def dumps(obj):
-        buf = io.BytesIO()
-        Pickler(buf, protocol=2).dump(obj)
-        return buf.getvalue()
-
-    raw = np.asarray(values, dtype="<f4").tobytes()
-    if legacy:
-        with open(path, "wb") as f:
-            for obj in (LEGACY_MAGIC, 1001, {}):
-                pickle.dump(obj, f, protocol=2)
-            f.write(dumps({"weight": Tensor()}))
-            pickle.dump(["0"], f, protocol=2)
-            f.write(struct.pack("<q", len(values) if declared is None else declared) + raw)
-    else:
-        with zipfile.ZipFile(path, "w") as zf:
-            zf.writestr("archive/data.pkl", dumps({"weight": Tensor()}))
-            zf.writestr("archive/data/0", raw)
-
-
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "zip"])
 def test_reads_a_hand_written_checkpoint(tmp_path, monkeypatch, legacy):
     path = tmp_path / "ok.pth"
-    _write_tensor_pth(path, monkeypatch, 1, (2, 2), (1, 2), [9, 1, 2, 3, 4], legacy=legacy)
+    write_tensor_pth(path, monkeypatch, 1, (2, 2), (1, 2), [9, 1, 2, 3, 4], legacy=legacy)
     monkeypatch.undo()
     assert load_state_dict(path)["weight"].tolist() == [[1, 3], [2, 4]]
 
@@ -192,7 +136,7 @@ def test_refuses_a_tensor_outside_its_storage(tmp_path, monkeypatch, offset, siz
     if declared is not None and not legacy:
         pytest.skip("the zip layout stores no declared count")
     path = tmp_path / "crafted.pth"
-    _write_tensor_pth(path, monkeypatch, offset, size, stride, values, declared, legacy)
+    write_tensor_pth(path, monkeypatch, offset, size, stride, values, declared, legacy)
     monkeypatch.undo()
     with pytest.raises(ValueError, match=why) as info:
         load_state_dict(path)
@@ -201,7 +145,7 @@ def test_refuses_a_tensor_outside_its_storage(tmp_path, monkeypatch, offset, siz
 
 def test_refuses_a_zip_bomb_storage(tmp_path, monkeypatch):
     path = tmp_path / "bomb.pth"
-    _write_tensor_pth(path, monkeypatch, 0, (1,), (1,), [1.0], legacy=False)
+    write_tensor_pth(path, monkeypatch, 0, (1,), (1,), [1.0], legacy=False)
     monkeypatch.undo()
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("archive/data/1", b"\0" * 50_000_000)

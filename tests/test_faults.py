@@ -1,0 +1,180 @@
+"""Faults: a kill -9 in the middle of each stage, a full disk, two runs on one folder.
+
+What a user relies on afterwards: the run folder is usable (the same command finishes it), earlier results
+are whole, no half-written file is left, and a second run on a busy folder refuses with one line.
+(A kill -9 during fine-tuning resumes at the next epoch: tests/test_finetune.py.)
+"""
+
+import errno
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tests.conftest import ROOT, colour_folder
+
+
+def _kill_when(cmd, seen, timeout=300):
+    """Run ``cmd`` and kill -9 it as soon as ``seen(output so far)`` is true; returns the output."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    chunks = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(4096), b"")), daemon=True)
+    reader.start()
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if seen(b"".join(chunks).decode(errors="replace")):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    output = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed in time:\n{output[-2000:]}"
+    return output
+
+
+def _leftovers(folder):
+    return [p for p in folder.rglob("*") if p.name.startswith((".tmp-", ".staging-"))]
+
+
+def _transfer(*args):
+    return [sys.executable, "cli.py", *map(str, args)]
+
+
+def test_a_kill_during_extraction_leaves_no_cache_and_the_run_finishes_after(tmp_path):
+    data = colour_folder(tmp_path / "data", n=150, splits=("",))
+    out = tmp_path / "run"
+    cmd = _transfer("extract", "--data", data, "--out", out, "--image-size", "160", "--batch-size", "8")
+
+    def midway(text):  # the progress bar shows some images done, not all
+        done = [int(n) for n in re.findall(r"\| *(\d+)/300", text)]
+        return bool(done) and 0 < max(done) < 250
+
+    _kill_when(cmd, midway)
+    assert not list((out / "features").glob("features-*.npz"))  # no cache of a part of the images
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "taking over from an earlier run that did not finish" in again.stdout + again.stderr
+    assert "300 images -> 1280 features each" in again.stdout
+    assert _leftovers(out) == []
+
+
+def test_a_kill_during_classification_keeps_the_earlier_results_whole(tmp_path):
+    data = colour_folder(tmp_path / "data", n=30, splits=("",))
+    out = tmp_path / "run"
+    first = CliRunner().invoke(cli.main, ["classify", "--data", str(data), "--out", str(out), "-c", "logreg",
+                                          "--image-size", "32"])
+    assert first.exit_code == 0, first.output
+    before = {name: (out / name).read_bytes() for name in ("config.json", "metrics.csv", "predictions.csv")}
+    cmd = _transfer("classify", "--data", data, "--out", out, "-c", "logreg,mlp", "--image-size", "32")
+    _kill_when(cmd, lambda text: "fitting mlp" in text)
+    assert {name: (out / name).read_bytes() for name in before} == before  # the earlier run, whole
+    assert sorted(p.name for p in (out / "classifiers").iterdir()) == ["logreg.skops"]
+    red = sorted((data / "red").iterdir())[:2]
+    predicted = CliRunner().invoke(cli.main, ["predict", "--run", str(out), *map(str, red)])
+    assert predicted.exit_code == 0 and "2 images classified" in predicted.output
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert set(pd.read_csv(out / "metrics.csv")["classifier"]) == {"logreg", "mlp"}
+    assert _leftovers(out) == []
+
+
+def _disk_fills_up_on(name, monkeypatch):
+    """Writing a file called ``name`` fails half-way with ENOSPC, as a full disk makes it."""
+    real = pd.DataFrame.to_csv
+
+    def to_csv(self, path, *args, **kwargs):
+        if str(path).endswith(name) or f".tmp-{name}." in str(path):
+            with open(path, "w") as f:
+                f.write("half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
+
+
+def test_a_full_disk_leaves_the_earlier_results_whole(tmp_path, monkeypatch):
+    data = colour_folder(tmp_path / "data", n=10, splits=("",))
+    out = tmp_path / "run"
+    args = ["classify", "--data", str(data), "--out", str(out), "--image-size", "32"]
+    assert CliRunner().invoke(cli.main, [*args, "-c", "logreg"]).exit_code == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and "features" not in p.parts}
+    _disk_fills_up_on("predictions.csv", monkeypatch)
+    result = CliRunner().invoke(cli.main, [*args, "-c", "logreg,knn"])
+    assert result.exit_code == 2 and result.output.count("Error") == 1
+    error = result.output.splitlines()[-1]
+    assert error.startswith(f"Error: No space left on the disk of {out} while writing predictions.csv")
+    assert "it needed more than" in error and "what finished before is kept" in error
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and "features" not in p.parts}
+    assert after == before  # every report and classifier as it was; no half file, no knn.skops
+    assert _leftovers(out) == []
+
+
+def test_a_full_disk_while_caching_features_names_the_space(tmp_path, monkeypatch):
+    data = colour_folder(tmp_path / "data", n=10, splits=("",))
+    real = np.savez
+
+    def savez(file, **arrays):
+        file.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", savez)
+    result = CliRunner().invoke(cli.main, ["extract", "--data", str(data), "--out", str(tmp_path / "run"),
+                                           "--image-size", "32"])
+    monkeypatch.setattr(np, "savez", real)
+    assert result.exit_code == 2 and result.output.count("Error") == 1, result.output
+    error = result.output.splitlines()[-1]
+    assert error.startswith("Error: No space left on the disk of") and "features-" in error
+    assert "it needed more than 102.4 kB" in error  # 20 images x 1280 float32 features
+    assert _leftovers(tmp_path / "run") == []
+
+
+HOLD = """
+import sys, time
+from transfer.runfolder import claim
+with claim(sys.argv[1], "classify"):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_run_on_a_busy_folder_refuses_and_a_killed_ones_lock_is_taken_over(tmp_path):
+    data = colour_folder(tmp_path / "data", n=6, splits=("",))
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        args = ["classify", "--data", str(data), "--out", str(out), "-c", "logreg", "--image-size", "32"]
+        busy = CliRunner().invoke(cli.main, args)
+        assert busy.exit_code == 2 and busy.output.count("\n") == 1, busy.output
+        assert f"{out} is in use by another transfer run (pid {holder.pid}, `classify`" in busy.output
+        assert not (out / "split.csv").exists()  # the refused run did nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    taken = CliRunner().invoke(cli.main, args)
+    assert taken.exit_code == 0, taken.output
+    assert f"taking over from an earlier run that did not finish (pid {holder.pid}" in taken.output
+
+
+@pytest.mark.parametrize("command", ["extract", "classify"])
+def test_two_runs_started_together_one_refuses(tmp_path, command):
+    data = colour_folder(tmp_path / "data", n=40, splits=("",))
+    out = tmp_path / "run"
+    cmd = _transfer(command, "--data", data, "--out", out, "--image-size", "64")
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    codes = sorted(r[2] for r in results)
+    assert codes == [0, 2], results
+    refused = next(r for r in results if r[2] == 2)
+    assert "is in use by another transfer run" in refused[1] and refused[1].count("Error:") == 1
