@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
 import inspect
 import io
 import json
@@ -52,13 +51,14 @@ def as_flags(message: str, command: click.Command | None) -> str:
 
 
 def os_error_line(e: OSError) -> str:
-    """A file-system error as one line: what failed, on which file, and what to do."""
-    from transfer.fileio import disk_full
+    """A system error as one line: what failed, on which file, and what to do."""
+    from transfer.fileio import DISK_FULL, disk_full
 
-    where = e.filename or "a file"
-    if e.errno == errno.ENOSPC:
-        return str(disk_full(Path(where).parent if e.filename else Path.cwd(), where))
-    return f"{e.strerror or e}: {where}. Check that it exists and that you may read (or write) it, then run again."
+    if e.errno in DISK_FULL:
+        return str(disk_full(Path(e.filename).parent if e.filename else Path.cwd(), e.filename or "a file"))
+    if e.filename:
+        return f"{e.strerror or e}: {e.filename}. Check that it exists and that you may read (or write) it."
+    return f"{e.strerror or e} ({type(e).__name__})."
 
 
 class _Group(click.Group):
@@ -74,6 +74,9 @@ class _Group(click.Group):
             name = ctx.invoked_subcommand
             click.echo(f"Error: {as_flags(str(e), self.get_command(ctx, name) if name else None)}", err=True)
             ctx.exit(2)
+        except BrokenPipeError:  # the reader went away (`| head`): nothing to say, nobody to say it to
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the interpreter's own flush at exit
+            ctx.exit(1)
         except OSError as e:
             click.echo(f"Error: {os_error_line(e)}", err=True)
             ctx.exit(2)
@@ -303,7 +306,8 @@ def extract(data, out, val_fraction, test_fraction, seed, **options):
 
     cfg = _config(ExtractConfig, options).validated()
     out = _run_folder(out, "extract", data)
-    split, feats = run_extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    split, feats = run_extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                               log=click.echo)
     how = "reused from the cache" if feats.from_cache else f"extracted in {feats.seconds:.1f} s"
     click.echo(f"{len(feats.paths)} images -> {feats.features.shape[1]} features each ({how}); "
                f"{len(feats.skipped)} skipped.")

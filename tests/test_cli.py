@@ -1,5 +1,7 @@
 import csv
 import io
+import os
+import re
 import subprocess
 import sys
 
@@ -119,7 +121,9 @@ def test_tensorflow_start_up_lines_become_one_line_of_ours():
         "absl", "cudart", "cuda", "oneDNN", "I0000", "W0000", "E0000"))]
     assert noise == []
     ours = [line for line in out.stderr.splitlines() if line.startswith("TensorFlow ")]
-    assert len(ours) == 1 and ("no GPU found" in ours[0] or "GPU found" in ours[0]), out.stderr
+    assert len(ours) == 1, out.stderr
+    assert re.fullmatch(r"TensorFlow \S+: (no GPU found, running on the CPU \(\d+ cores\)|\d+ GPUs? found \(.+\))\.",
+                        ours[0]), ours[0]
 
 
 def test_an_error_after_tensorflow_loads_is_still_one_line(tmp_path):
@@ -130,3 +134,38 @@ def test_an_error_after_tensorflow_loads_is_still_one_line(tmp_path):
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if not line.startswith("TensorFlow ")]
     assert len(lines) == 1 and lines[0].startswith("Error: "), out.stderr
+
+
+FAKE_TENSORFLOW = '''
+import os
+os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+os.write(2, b"I0000 00:00:1795988952.985765    2507 cudart_stub.cc:31] Could not find cuda drivers on your machine\\n")
+os.write(2, b"a line the user needs\\n")
+if os.environ.get("FAKE_ABORT"):
+    os.write(2, b"F0000 00:00:1.0 1 cpu_check.cc:9] This CPU lacks AVX, which this TensorFlow needs\\n")
+    os.abort()
+__version__ = "0.fake"
+class config:
+    @staticmethod
+    def list_physical_devices(kind):
+        return []
+'''
+
+
+@pytest.mark.parametrize("abort", [False, True])
+def test_start_up_noise_is_dropped_and_every_other_line_kept_even_when_the_import_aborts(tmp_path, abort):
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text(FAKE_TENSORFLOW)
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from transfer.startup import quiet_tensorflow_import; "
+              "quiet_tensorflow_import(announce=lambda line: print(line, file=sys.stderr)); import tensorflow")
+    env = {**os.environ, "FAKE_ABORT": "1" if abort else ""}
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=60)
+    lines = out.stderr.splitlines()
+    assert "a line the user needs" in lines
+    assert not [line for line in lines if "absl" in line or "cudart" in line]
+    if abort:
+        assert out.returncode != 0 and any("This CPU lacks AVX" in line for line in lines)
+    else:
+        assert out.returncode == 0
+        assert lines[-1] == f"TensorFlow 0.fake: no GPU found, running on the CPU ({os.cpu_count()} cores)."

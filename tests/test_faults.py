@@ -7,12 +7,12 @@ are whole, no half-written file is left, and a second run on a busy folder refus
 
 import errno
 import os
-import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,23 +22,41 @@ from click.testing import CliRunner
 import cli
 from tests.conftest import ROOT, colour_folder
 
+PAUSE = """
+import runpy, sys, time
+import transfer.{module} as module
+real, calls = module.{function}, []
+def paused(*args, **kwargs):
+    calls.append(args)
+    if {condition}:
+        print("PAUSED HERE", flush=True)
+        time.sleep(600)
+    return real(*args, **kwargs)
+module.{function} = paused
+sys.argv = ["cli.py", *sys.argv[1:]]
+runpy.run_path("cli.py", run_name="__main__")
+"""
 
-def _kill_when(cmd, seen, timeout=300):
-    """Run ``cmd`` and kill -9 it as soon as ``seen(output so far)`` is true; returns the output."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+def _kill_at(args, module, function, condition, timeout=300):
+    """Run the CLI with ``module.function`` pausing when ``condition`` holds, and kill -9 it there.
+
+    The pause makes the kill land at that very point, whatever the machine's speed. Returns the output.
+    """
+    script = PAUSE.format(module=module, function=function, condition=condition)
+    proc = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     chunks = []
     reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read1(4096), b"")), daemon=True)
     reader.start()
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        if seen(b"".join(chunks).decode(errors="replace")):
-            os.kill(proc.pid, signal.SIGKILL)
-            break
+    while time.time() < deadline and proc.poll() is None and b"PAUSED HERE" not in b"".join(chunks):
         time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     reader.join(timeout=10)
     output = b"".join(chunks).decode(errors="replace")
-    assert proc.returncode == -signal.SIGKILL, f"the run was not killed in time:\n{output[-2000:]}"
+    assert "PAUSED HERE" in output, f"the run never reached the point of the kill:\n{output[-2000:]}"
     return output
 
 
@@ -51,20 +69,15 @@ def _transfer(*args):
 
 
 def test_a_kill_during_extraction_leaves_no_cache_and_the_run_finishes_after(tmp_path):
-    data = colour_folder(tmp_path / "data", n=150, splits=("",))
+    data = colour_folder(tmp_path / "data", n=40, splits=("",))
     out = tmp_path / "run"
-    cmd = _transfer("extract", "--data", data, "--out", out, "--image-size", "160", "--batch-size", "8")
-
-    def midway(text):  # the progress bar shows some images done, not all
-        done = [int(n) for n in re.findall(r"\| *(\d+)/300", text)]
-        return bool(done) and 0 < max(done) < 250
-
-    _kill_when(cmd, midway)
+    args = ["extract", "--data", data, "--out", out, "--image-size", "64", "--batch-size", "8"]
+    _kill_at(args, "images", "forward", "len(calls) == 4")  # the warm-up batch, then the third of ten batches
     assert not list((out / "features").glob("features-*.npz"))  # no cache of a part of the images
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(_transfer(*args), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "taking over from an earlier run that did not finish" in again.stdout + again.stderr
-    assert "300 images -> 1280 features each" in again.stdout
+    assert "80 images -> 1280 features each" in again.stdout
     assert _leftovers(out) == []
 
 
@@ -75,14 +88,14 @@ def test_a_kill_during_classification_keeps_the_earlier_results_whole(tmp_path):
                                           "--image-size", "32"])
     assert first.exit_code == 0, first.output
     before = {name: (out / name).read_bytes() for name in ("config.json", "metrics.csv", "predictions.csv")}
-    cmd = _transfer("classify", "--data", data, "--out", out, "-c", "logreg,mlp", "--image-size", "32")
-    _kill_when(cmd, lambda text: "fitting mlp" in text)
+    args = ["classify", "--data", data, "--out", out, "-c", "logreg,mlp", "--image-size", "32"]
+    _kill_at(args, "classifiers", "fit_classifier", "args[0] == 'mlp'")  # logreg fitted, mlp not yet
     assert {name: (out / name).read_bytes() for name in before} == before  # the earlier run, whole
     assert sorted(p.name for p in (out / "classifiers").iterdir()) == ["logreg.skops"]
     red = sorted((data / "red").iterdir())[:2]
     predicted = CliRunner().invoke(cli.main, ["predict", "--run", str(out), *map(str, red)])
     assert predicted.exit_code == 0 and "2 images classified" in predicted.output
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(_transfer(*args), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert set(pd.read_csv(out / "metrics.csv")["classifier"]) == {"logreg", "mlp"}
     assert _leftovers(out) == []
@@ -93,7 +106,7 @@ def _disk_fills_up_on(name, monkeypatch):
     real = pd.DataFrame.to_csv
 
     def to_csv(self, path, *args, **kwargs):
-        if str(path).endswith(name) or f".tmp-{name}." in str(path):
+        if Path(path).name == name or f"-{name}." in Path(path).name:  # the file, or its temporary name
             with open(path, "w") as f:
                 f.write("half a file")
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -178,3 +191,55 @@ def test_two_runs_started_together_one_refuses(tmp_path, command):
     assert codes == [0, 2], results
     refused = next(r for r in results if r[2] == 2)
     assert "is in use by another transfer run" in refused[1] and refused[1].count("Error:") == 1
+
+
+def test_a_failed_run_removes_only_the_folder_it_made_and_never_another_runs_files(tmp_path):
+    from transfer.runfolder import claim
+
+    runs = tmp_path / "runs"
+    with pytest.raises(RuntimeError), claim(runs / "a", "classify"):
+        (runs / "a" / "split.csv").write_text("path,label,split\n")
+        (runs / "b").mkdir()  # another run made its folder beside this one meanwhile, and finished
+        (runs / "b" / "metrics.csv").write_text("accuracy\n1.0\n")
+        raise RuntimeError("this run fails")
+    assert not (runs / "a").exists() and (runs / "b" / "metrics.csv").exists()
+    with pytest.raises(RuntimeError), claim(runs / "c", "finetune"):
+        (runs / "c" / "train_state").mkdir()
+        (runs / "c" / "train_state" / "state.json").write_text("{}")  # worth keeping: a resume starts from it
+        raise RuntimeError("killed by Ctrl-C")
+    assert (runs / "c" / "train_state" / "state.json").exists()
+
+
+DEAD_PID = 2**22 + 12345  # above Linux's largest pid: no process has it
+
+
+def test_taking_over_a_killed_run_finishes_its_whole_staged_reports_and_drops_its_half_written_files(tmp_path):
+    import json
+
+    from transfer.runfolder import LOCK_NAME, claim
+
+    out = tmp_path / "run"
+    (out / "plots").mkdir(parents=True)
+    for name, text in {"config.json": "old", "metrics.csv": "old", "plots/gone.png": "old"}.items():
+        (out / name).write_text(text)
+    whole = out / "sub" / f".staging-{DEAD_PID}"  # a sub-run's set, killed while being moved into place
+    (whole / "plots").mkdir(parents=True)
+    for name in ("config.json", "plots/new.png"):
+        (whole / name).write_text("new")
+    (whole / ".complete").write_text(json.dumps(["config.json", "metrics.csv", "plots/new.png"]))
+    (out / "sub" / "metrics.csv").write_text("new")  # moved before the kill
+    half = out / f".staging-{DEAD_PID + 1}"  # killed while still writing its set
+    half.mkdir()
+    (half / "metrics.csv").write_text("half")
+    (out / f".tmp-{DEAD_PID}-metrics.csv.abc.csv").write_text("half")
+    mine = out / f".tmp-{os.getpid()}-keep.csv.abc.csv"  # a live process's file is left alone
+    mine.write_text("being written")
+    (out / LOCK_NAME).write_text(json.dumps({"pid": DEAD_PID, "command": "compare"}))
+    said = []
+    with claim(out, "compare", log=said.append):
+        pass
+    assert said and "taking over from an earlier run that did not finish" in said[0]
+    assert (out / "sub" / "config.json").read_text() == "new" and (out / "sub" / "plots" / "new.png").exists()
+    assert (out / "metrics.csv").read_text() == "old" and (out / "config.json").read_text() == "old"
+    assert not whole.exists() and not half.exists() and mine.exists()
+    assert not (out / f".tmp-{DEAD_PID}-metrics.csv.abc.csv").exists()

@@ -275,11 +275,10 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
     from transfer.features import extract_features
     from transfer.fileio import write_csv
     from transfer.runfolder import publishing
-    from transfer.runs import metrics_table, write_reports, write_skipped
+    from transfer.runs import metrics_table, write_reports
 
     features_dir = Path(features_dir) if features_dir is not None else run.out / "features"
     feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress)
-    write_skipped(feats.skipped, run.out / "skipped.csv")  # before any check that may refer the user to it
     run.check_readable(dict(feats.skipped))
     data = _feature_splits(run, feats)
     fits, results, edges = [], [], {}
@@ -319,14 +318,12 @@ class _FeatureSplits:
 
 
 def _feature_splits(run, feats) -> _FeatureSplits:
-    """The run's splits as feature arrays (readable images only); refit on train + val when test scores."""
+    """The run's splits as feature arrays (readable images only, each split holds some: see
+    :meth:`~transfer.runs.Run.check_readable`); refit on train + val when test scores."""
     index = {p: i for i, p in enumerate(feats.paths)}
     readable = run.split[run.split["path"].isin(index)]
     rows = {s: readable[readable["split"] == s] for s in ("train", "val", "test")}
     eval_split = run.eval_split
-    if rows[eval_split].empty:
-        raise TransferError(f"No readable image is left in the {eval_split} split (see {run.out / 'skipped.csv'}): "
-                            "nothing to evaluate on.")
 
     def xy(frame):
         return feats.features[[index[p] for p in frame["path"]]], frame["label"].to_numpy()
@@ -335,9 +332,6 @@ def _feature_splits(run, feats) -> _FeatureSplits:
                           sorted(set(readable["label"])))
     if eval_split == "test" and len(rows["val"]):
         data.x_refit, data.y_refit = xy(pd.concat([rows["train"], rows["val"]]))
-    if set(data.y_train) != set(data.classes):
-        raise TransferError(f"The training split lacks the class(es) {sorted(set(data.classes) - set(data.y_train))}: "
-                            "every class needs training images.")
     return data
 
 

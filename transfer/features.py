@@ -182,7 +182,7 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -
 
 
 def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,
-            seed=SEED, progress=True, features_dir=None):
+            seed=SEED, progress=True, features_dir=None, log=print):
     """``transfer extract``: split the data, compute (or reuse) the features of every image.
 
     Writes ``split.csv``, ``skipped.csv`` and the feature cache under
@@ -195,7 +195,7 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRA
     from transfer.runs import open_run, write_skipped
 
     cfg = (cfg or ExtractConfig()).validated()
-    with claim(out, "extract"):
+    with claim(out, "extract", log=log):
         run = open_run(data, out, None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         feats = extract_features(run.split["path"], cfg, cache_dir=features_dir or run.out / "features",
                                  progress=progress)

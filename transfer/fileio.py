@@ -40,7 +40,16 @@ def sha256(path) -> str:
     return h.hexdigest()
 
 
-TEMP_PREFIX = ".tmp-"  # a file being written; one a killed process left behind is removed by the next run
+TEMP_PREFIX = ".tmp-"  # .tmp-PID-NAME...: a file being written; the next run removes those of dead processes
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # no space, quota reached, file too large: all "full"
+
+
+def temp_owner(name: str) -> int | None:
+    """The pid of the process writing the temporary file ``name`` (see :func:`atomic_path`), else None."""
+    if not name.startswith(TEMP_PREFIX):
+        return None
+    pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
 
 
 def _size(n: int) -> str:
@@ -89,7 +98,8 @@ def atomic_path(path, suffix: str | None = None, needed: int = 0):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=suffix or ".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{os.getpid()}-{path.name}.",
+                               suffix=suffix or ".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -102,7 +112,7 @@ def atomic_path(path, suffix: str | None = None, needed: int = 0):
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        if e.errno == errno.ENOSPC:
+        if e.errno in DISK_FULL:
             raise disk_full(path.parent, path, max(written, needed)) from None
         raise
     except BaseException:

@@ -192,7 +192,9 @@ def load_saved_model(path):
 
     try:
         return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except MemoryError:
+        raise
     except Exception as e:  # noqa: BLE001 - zip, JSON, deserialisation and safe-mode errors all mean one thing here
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TransferError(f"{path} is not a model this run can load ({type(e).__name__}: {reason}): train the run "
-                            "again to make it (delete the file first if it is damaged).") from None
+        raise TransferError(f"{path} is not a model this run can load ({type(e).__name__}: {reason}): if it was "
+                            "damaged or replaced, train the run again to make it.") from None

@@ -134,6 +134,17 @@ class _Training:
         return self.cfg.head == "probe" and self.cfg.weights != "none" and not self.cfg.hidden
 
     @property
+    def head_on_features(self) -> bool:
+        """Whether a trained head (not a probe) trains on the cached features: without augmentation, and with
+        pretrained weights (random init is not reproducible, so cached features would come from another net)."""
+        return not self.cfg.augment and self.cfg.weights != "none"
+
+    @property
+    def extracts_features(self) -> bool:
+        """Whether stage 1 runs the feature pass (which also finds the unreadable files)."""
+        return self.probes or bool(self.cfg.head_epochs and self.head_on_features)
+
+    @property
     def index_of(self) -> dict:
         return {c: i for i, c in enumerate(self.run.classes)}
 
@@ -164,8 +175,7 @@ def _prepare(job: _Training):
     from transfer.finetune_model import build_model
 
     cfg, run, state = job.cfg, job.run, job.state
-    features_pass = job.probes or (cfg.head_epochs and not cfg.augment and cfg.weights != "none")
-    if not features_pass:  # no feature pass finds the unreadable files before training
+    if not job.extracts_features:  # no feature pass finds the unreadable files before training
         from transfer.images import unreadable
 
         state.skipped.update(unreadable(run.split["path"]))
@@ -270,8 +280,7 @@ def _train_head(job: _Training, model, backbone) -> dict:
 
     cfg = job.cfg
     backbone.trainable = False
-    # The cached features must come from this very backbone: random init is not reproducible.
-    on_features = not cfg.augment and cfg.weights != "none"
+    on_features = job.head_on_features
     if job.probes:
         info = _probe_head(job, model)
     else:

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from transfer.errors import TransferError
+from transfer.sources import IMAGE_EXTENSIONS, opens_as_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 RESIZE_MODES = ("plain", "crop")
 
 
@@ -134,17 +134,6 @@ def decode_image(path, size: int, resize: str = "plain") -> np.ndarray:
         raise ImageError("no such file") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageError(f"unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-
-
-def opens_as_image(path) -> bool:
-    """Whether ``path`` has an image header Pillow recognises (a quick check: the pixels are not decoded)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            return img.width > 0 and img.height > 0
-    except Exception:  # noqa: BLE001 - anything that does not open is not an image
-        return False
 
 
 def unreadable(paths) -> dict[str, str]:

@@ -64,8 +64,10 @@ class Run:
     def check_readable(self, skipped: dict):
         """Refuse to train when a split has no readable image, or the training split lacks a class.
 
-        Called before any training, with the files found unreadable so far;
-        writes ``skipped.csv`` first, which the message points to.
+        Called before any training, with the files found unreadable so far.
+        The message points to the full list, written as ``skipped.csv`` or, in
+        a folder holding a finished run, as ``skipped-refused.csv`` (that run's
+        own list stays as it was).
 
         Raises:
             TransferError: naming the split, an example file and its reason.
@@ -74,16 +76,18 @@ class Run:
             rows = self.rows(name)
             readable = rows[~rows["path"].isin(skipped)]
             if len(rows) and readable.empty:
-                write_skipped(skipped, self.out / "skipped.csv")
                 example = rows["path"].iloc[0]
                 raise TransferError(f"None of the {len(rows)} files of the {name} split is a readable image (e.g. "
-                                    f"{example}: {skipped[example]}; every reason is in {self.out / 'skipped.csv'}): "
+                                    f"{example}: {skipped[example]}; every reason is in {self._refused(skipped)}): "
                                     "fix or replace those files.")
             if name == "train" and set(readable["label"]) != set(self.classes):
-                write_skipped(skipped, self.out / "skipped.csv")
                 missing = sorted(set(self.classes) - set(readable["label"]))
                 raise TransferError(f"The training split has no readable image of class(es) {missing} (see "
-                                    f"{self.out / 'skipped.csv'}): every class needs training images.")
+                                    f"{self._refused(skipped)}): every class needs training images.")
+
+    def _refused(self, skipped: dict) -> Path:
+        finished = (self.out / "config.json").exists()
+        return write_skipped(skipped, self.out / ("skipped-refused.csv" if finished else "skipped.csv"))
 
     def settings(self) -> dict:
         """What ``config.json`` records of every run, whatever the strategy."""

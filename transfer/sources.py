@@ -19,6 +19,7 @@ SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 BUILTINS = ("digits", "fashion-mnist")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat",
                          "sandal", "shirt", "sneaker", "bag", "ankle_boot")
@@ -33,10 +34,19 @@ def _class_folders(folder: Path) -> dict[str, list[Path]]:
     return classes
 
 
+def opens_as_image(path) -> bool:
+    """Whether ``path`` has an image header Pillow recognises (a quick check: the pixels are not decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.width > 0 and img.height > 0
+    except Exception:  # noqa: BLE001 - anything that does not open is not an image
+        return False
+
+
 def _holds_images(files: list[Path]) -> bool:
     """Whether any file has an image extension, or (none has) whether any opens as an image."""
-    from transfer.images import IMAGE_EXTENSIONS, opens_as_image
-
     return any(f.suffix.lower() in IMAGE_EXTENSIONS for f in files) or any(map(opens_as_image, files[:50]))
 
 

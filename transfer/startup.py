@@ -5,10 +5,10 @@ any Python setting can stop them (absl's "before InitializeLog" notice,
 CUDA probing on machines without a GPU, oneDNN notes), twice per process
 with some builds, and before a one-line error.  The command line installs
 :func:`quiet_tensorflow_import` before anything imports TensorFlow: the
-import then runs with stderr captured at the file-descriptor level, lines of
-that kind are dropped and any other line is passed on, and ``announce`` gets
-one line saying what the user needs: the TensorFlow version and whether a
-GPU was found.
+import then runs with its stderr (the file descriptor) through a filter that
+drops lines of that kind and passes on any other line as it comes, and
+``announce`` gets one line saying what the user needs: the TensorFlow
+version and whether a GPU was found.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import importlib.abc
 import importlib.util
 import os
 import re
+import subprocess
 import sys
-import tempfile
 
 # absl's notice, and log lines in absl's format ("I0000 00:00:1795.98 2578 cudart_stub.cc:31] ..."): info,
 # warnings and errors of the start-up (CUDA, cuDNN and cuBLAS factories, oneDNN, TF-TRT); fatal ones are kept.
@@ -27,23 +27,39 @@ NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\)|[I
                    r"|.*oneDNN custom operations are on|.*This TensorFlow binary is optimized to use")
 
 
+# Run as a separate process, so that a line TensorFlow writes just before aborting its import (a CPU without the
+# instructions it was built for) still reaches the user: the filter sees the end of its input when the process dies.
+_FILTER = """import re, sys
+noise = re.compile(sys.argv[1])
+for raw in sys.stdin.buffer:
+    line = raw.decode(errors="replace")
+    if line.strip() and not noise.match(line):
+        sys.stderr.write(line)
+        sys.stderr.flush()
+"""
+
+
 @contextlib.contextmanager
 def _stderr_filtered():
-    """Capture file descriptor 2 (where C++ code writes) and pass on every line but :data:`NOISE`."""
+    """File descriptor 2 (where C++ code writes) through a filter that passes on every line but :data:`NOISE`."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            kept = [line for line in captured.read().decode(errors="replace").splitlines()
-                    if line.strip() and not NOISE.match(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
+    try:
+        filtering = subprocess.Popen([sys.executable, "-S", "-E", "-c", _FILTER, NOISE.pattern],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=saved)
+    except OSError:  # no second interpreter to be had: the lines stay as they are
+        os.close(saved)
+        yield
+        return
+    os.dup2(filtering.stdin.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        filtering.stdin.close()
+        filtering.wait(timeout=30)
 
 
 def device_line() -> str:
