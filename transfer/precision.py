@@ -23,7 +23,8 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -63,7 +64,7 @@ def _bf16_is_faster_here(backbone: str, log=print) -> bool:
     import tensorflow as tf
 
     path = keras_home() / "transfer" / "precision.json"
-    key = f"{_cpu_name()} | tensorflow {tf.__version__} | {backbone}"
+    key = f"{cpu_name()} | tensorflow {tf.__version__} | {backbone}"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -15,7 +15,7 @@ SKIPPED_COLUMNS = ["path", "reason"]
 
 
 def predict_imagenet(paths, backbone=DEFAULT_BACKBONE, *, top=5, weights="imagenet",
-                     resize="plain", batch_size=32):
+                     resize="plain", batch_size=32, engine="auto", log=print):
     """Predict ImageNet classes for image files or folders.
 
     Args:
@@ -26,6 +26,7 @@ def predict_imagenet(paths, backbone=DEFAULT_BACKBONE, *, top=5, weights="imagen
             ImageNet classifier, so ``"none"`` makes no sense here).
         resize: ``"plain"`` or ``"crop"`` (see :func:`transfer.images.decode_image`).
         batch_size: images per forward pass.
+        engine: what runs the model (see :func:`transfer.engines.frozen_model`); ``log`` hears its one-off export.
 
     Returns:
         ``(predictions, skipped)``: DataFrames with columns
@@ -47,9 +48,12 @@ def predict_imagenet(paths, backbone=DEFAULT_BACKBONE, *, top=5, weights="imagen
     files, skipped = list_images(paths)
 
     def build():  # only once an image has decoded: input with nothing readable stays fast
-        from transfer.backbones import build_backbone
+        from transfer.backbones import build_backbone, weights_identity
+        from transfer.engines import frozen_model
 
-        return build_backbone(row, weights=weights, include_top=True)
+        identity = {"what": "imagenet", "backbone": row.name, "weights": weights_identity(row.name, weights)}
+        return frozen_model(identity, lambda: build_backbone(row, weights=weights, include_top=True), engine,
+                            lambda: _noise(row, row.input_size, batch_size), log)
 
     kept, probs, bad = predict_images(build, files, row.input_size, resize, batch_size, row.preprocess_input)
     skipped += list(bad.items())
@@ -64,13 +68,20 @@ def predict_imagenet(paths, backbone=DEFAULT_BACKBONE, *, top=5, weights="imagen
 RUN_PREDICTION_COLUMNS = ["path", "pred_label", "score", "classifier"]
 
 
-def predict_run(run_dir, paths, classifier=None, batch_size=None):
+def _noise(row, size: int, n: int) -> np.ndarray:
+    """A seeded batch of noise images, preprocessed for ``row``'s model: what engines are checked and timed on."""
+    pixels = np.random.default_rng(0).uniform(0, 255, (n, size, size, 3)).astype(np.float32)
+    return np.asarray(row.preprocess_input(pixels), np.float32)
+
+
+def predict_run(run_dir, paths, classifier=None, batch_size=None, engine="auto", log=print):
     """Classify new images with a run's backbone + fitted classifier.
 
     Args:
         run_dir: the ``--out`` folder of ``transfer classify``.
         paths: image files and/or folders.
         classifier: which fitted classifier; default: the run's best.
+        engine: what runs the CNN forward (see :func:`transfer.engines.frozen_model`).
 
     Returns:
         ``(predictions, skipped)`` with columns ``path, pred_label, score, classifier``
@@ -92,7 +103,7 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
     if config.get("command") == "finetune":
         if classifier:
             raise TransferError(f"{run} is a fine-tuning run with one model: drop classifier={classifier}.")
-        return _predict_finetuned(run, config, paths, batch_size)
+        return _predict_finetuned(run, config, paths, batch_size, engine, log)
     if config.get("command") != "classify":
         raise TransferError(f"{run} holds a {config.get('command')!r} run; run_dir must be the out folder "
                             "of classify or finetune.")
@@ -109,13 +120,13 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
     estimator = load_classifier(model_file)
-    cfg = ExtractConfig(**config["extract"])
+    cfg = dataclasses.replace(ExtractConfig(**config["extract"]), engine=engine)
     if batch_size:
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     files, skipped = list_images(paths)
     rows = []
     if files:
-        kept, feats, bad, _ = run_extraction(cfg.validated(), files, progress=False)
+        kept, feats, bad, _ = run_extraction(cfg.validated(), files, progress=False, log=log)
         skipped += bad
         if kept:
             pred = estimator.predict(feats)
@@ -126,7 +137,8 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None):
     return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
 
 
-def _predict_finetuned(run, config, paths, batch_size=None):
+def _predict_finetuned(run, config, paths, batch_size=None, engine="auto", log=print):
+    from transfer.engines import frozen_model
     from transfer.finetune_model import load_saved_model
 
     if not paths:
@@ -134,9 +146,12 @@ def _predict_finetuned(run, config, paths, batch_size=None):
     model_file = run / "model.keras"
     if not model_file.exists():
         raise TransferError(f"{run} has no model.keras: the fine-tuning did not finish; run it again to resume.")
-    model = load_saved_model(model_file)
     cfg = config["finetune"]
     row = get_backbone(cfg["backbone"])
+    st = model_file.stat()
+    identity = {"what": "model.keras", "path": str(model_file.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns}
+    model = frozen_model(identity, lambda: load_saved_model(model_file), engine,
+                         lambda: _noise(row, cfg["image_size"], batch_size or cfg["batch_size"]), log)
     classes = np.array(config["classes"])
     bs = batch_size or cfg["batch_size"]
     files, skipped = list_images(paths)

@@ -1,0 +1,256 @@
+"""Inference engines: a frozen model run forward by TensorFlow, or by a runtime that measures faster here.
+
+The model is exported once through Keras's own ``model.export(format="onnx")``
+and kept under ``~/.keras/models/transfer/onnx/KEY.onnx``, KEY a hash of
+everything that changes the model (what it is, its weights, its input size)
+and of the library versions that make and run it.  Before its first use each
+runtime's output is checked against TensorFlow on a batch; ``auto`` then
+times every engine on that batch, once per machine, keeps the record beside
+the file, and runs the fastest one that agrees.  A runtime that cannot be
+had (not installed, an export or a check that fails) leaves the others,
+TensorFlow last, saying why.
+
+The runtimes are rows of :data:`RUNTIMES`: adding one is a row (how to
+import it, how to load an ONNX file into a function of a batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import os
+import time
+import types
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import TransferError
+from transfer.fileio import atomic_path, keras_home, write_text_atomic
+
+TOLERANCE = 1e-4  # the largest output difference allowed, relative to the largest output
+
+
+def _onnxruntime_loader(module, path: Path):
+    options = module.SessionOptions()
+    options.log_severity_level = 3  # its warnings about unused initialisers are noise here
+    session = module.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def _openvino_loader(module, path: Path):
+    compiled = module.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return lambda x: compiled(x)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """An engine that runs the ONNX export: its name, the module it needs, and how it loads a file."""
+
+    name: str
+    module: str
+    load: callable  # (imported module, path) -> predict(batch) -> outputs
+    install: str
+
+
+RUNTIMES = {r.name: r for r in [
+    Runtime("onnxruntime", "onnxruntime", _onnxruntime_loader, "pip install -e '.[onnx]'"),
+    Runtime("openvino", "openvino", _openvino_loader, "pip install -e '.[openvino]'"),
+]}
+ENGINES = ("auto", "tensorflow", *RUNTIMES)
+
+
+def check_engine(engine: str) -> str:
+    """Validate an engine name.
+
+    Raises:
+        TransferError: not one of :data:`ENGINES`.
+    """
+    if engine not in ENGINES:
+        raise TransferError(f"engine={engine!r} is not valid. Expected one of: {', '.join(ENGINES)}.")
+    return engine
+
+
+@dataclasses.dataclass
+class ExportedModel:
+    """An exported model run by a runtime, with what the prediction loop asks of a Keras model."""
+
+    engine: str
+    predict: callable
+    path: Path
+
+    def predict_on_batch(self, x) -> np.ndarray:
+        return np.asarray(self.predict(np.ascontiguousarray(x, dtype=np.float32)))
+
+    @property
+    def output(self):
+        import onnx
+
+        dims = onnx.load(str(self.path), load_external_data=False).graph.output[0].type.tensor_type.shape.dim
+        return types.SimpleNamespace(shape=tuple(d.dim_value or None for d in dims))
+
+
+def available_runtimes() -> dict:
+    """The runtimes that import here, with their modules (the exporter, tf2onnx, is needed by all)."""
+    found = {}
+    for runtime in RUNTIMES.values():
+        try:
+            importlib.import_module("tf2onnx")
+            found[runtime.name] = importlib.import_module(runtime.module)
+        except ImportError:
+            pass
+    return found
+
+
+def machine() -> str:
+    """This machine as far as speed goes: CPU model and the cores this process may use."""
+    from transfer.precision import cpu_name
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu_name()} x{cores}"
+
+
+def model_key(identity: dict) -> str:
+    """The cache key of an exported model: what it is, and the versions of what exports and runs it."""
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("tensorflow", "keras", "tf2onnx", "onnx", *(r.module for r in RUNTIMES.values())):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    blob = json.dumps({"model": identity, "versions": versions}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _rate(predict, batch: np.ndarray, repeats: int = 3) -> float:
+    predict(batch)  # warm-up: graph tracing, memory planning
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict(batch)
+    return repeats * len(batch) / (time.perf_counter() - start)
+
+
+def _export(model, path: Path, batch: np.ndarray):
+    if path.exists():
+        return
+    model.predict_on_batch(batch[:1])  # Keras exports only a model that has been called
+    with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own deprecation notes (numpy, protobuf)
+        model.export(str(tmp), format="onnx", verbose=False)
+
+
+def _measure(model, path: Path, modules: dict, batch: np.ndarray) -> dict:
+    """Export ``model`` to ``path`` (when not there); check each runtime against TensorFlow on ``batch``; time all."""
+    start = time.perf_counter()
+    _export(model, path, batch)
+    record = {"export_seconds": round(time.perf_counter() - start, 2), "difference": {}, "errors": {}}
+    expected = np.asarray(model.predict_on_batch(batch), np.float32)
+    scale = max(float(np.abs(expected).max()), 1e-12)
+    rates = {"tensorflow": _rate(model.predict_on_batch, batch)}
+    for name, module in modules.items():
+        try:
+            run = ExportedModel(name, RUNTIMES[name].load(module, path), path)
+            record["difference"][name] = float(np.abs(run.predict_on_batch(batch) - expected).max()) / scale
+            rates[name] = _rate(run.predict_on_batch, batch)
+        except Exception as e:  # noqa: BLE001 - an op this runtime does not know: the others run the model
+            record["errors"][name] = f"{type(e).__name__}: {str(e).strip()[:200]}"
+    record["timings"] = {machine(): {k: round(v, 1) for k, v in rates.items()}}
+    return record
+
+
+def _record(path: Path) -> dict:
+    try:
+        return json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _agrees(record: dict, name: str) -> bool:
+    return record.get("difference", {}).get(name, float("inf")) <= TOLERANCE
+
+
+def _choose(record: dict, engine: str, path: Path, modules: dict) -> tuple[str, str]:
+    """``(engine, why)`` from a checked export's record; ``("", why)`` when it must be made or timed first."""
+    agreeing = [name for name in modules if _agrees(record, name)] if path.exists() else []
+    failed = [name for name in modules if name in record.get("errors", {}) or
+              (name in record.get("difference", {}) and not _agrees(record, name))]
+    if not agreeing and not (failed and len(failed) == len(modules)):
+        return "", "no checked export yet"
+    if engine != "auto":
+        if engine in agreeing:
+            return engine, "asked for"
+        return "tensorflow", record.get("errors", {}).get(engine) or (
+            f"its output differs from TensorFlow's by {record['difference'][engine]:.1e} of the largest "
+            f"(more than {TOLERANCE:g})")
+    if not agreeing:
+        return "tensorflow", f"no runtime agrees with TensorFlow ({', '.join(failed)} checked)"
+    timing = record.get("timings", {}).get(machine(), {})
+    if "tensorflow" not in timing or any(name not in timing for name in agreeing):
+        return "", "not timed on this machine yet"
+    fair = {name: timing[name] for name in ("tensorflow", *agreeing)}
+    best = max(fair, key=fair.get)
+    return best, ", ".join(f"{name} {rate:.0f} images/s" for name, rate in sorted(fair.items(), key=lambda kv: -kv[1]))
+
+
+def frozen_model(identity: dict, build, engine: str, sample, log=print):
+    """The model ``build()`` makes, run by ``engine`` (``auto``: the fastest here that agrees, measured once).
+
+    Args:
+        identity: what the model is (name, weights, layer, input size...): the export's cache key.
+        build: makes the Keras model (not called when a checked, faster export is cached).
+        engine: one of :data:`ENGINES`.
+        sample: makes a preprocessed batch, for the check and the timing.
+
+    Returns:
+        The Keras model, or an :class:`ExportedModel` with the same ``predict_on_batch``.
+
+    Raises:
+        TransferError: a runtime asked for by name that is not installed, or whose export fails its check.
+    """
+    check_engine(engine)
+    if engine == "tensorflow":
+        return build()
+    modules = available_runtimes()
+    if engine != "auto" and engine not in modules:
+        raise TransferError(f"engine={engine!r} needs {RUNTIMES[engine].module} and tf2onnx installed: "
+                            f"{RUNTIMES[engine].install}.")
+    if not modules:
+        return build()  # auto without any runtime installed: TensorFlow, as before
+    path = keras_home() / "models" / "transfer" / "onnx" / f"{model_key(identity)}.onnx"
+    record = _record(path)
+    choice, why = _choose(record, engine, path, modules)
+    model = None
+    if not choice:
+        model = build()
+        record = _fresh_record(model, path, modules, sample(), record, log)
+        choice, why = _choose(record, engine, path, modules)
+        log(f"engine: {choice} ({why})")
+    if choice != "tensorflow":
+        return ExportedModel(choice, RUNTIMES[choice].load(modules[choice], path), path)
+    if engine != "auto":
+        raise TransferError(f"engine={engine!r} cannot run this model: {why}; use engine='tensorflow'.")
+    return model if model is not None else build()
+
+
+def _fresh_record(model, path: Path, modules: dict, batch: np.ndarray, known: dict, log) -> dict:
+    """Export, check and time once; the record is kept beside the export (a failure too, with its reason)."""
+    log(f"engine: exporting the model to ONNX and timing {', '.join(['tensorflow', *modules])} on this machine, "
+        f"once (kept in {path.parent})")
+    try:
+        record = _measure(model, path, modules, batch)
+    except Exception as e:  # noqa: BLE001 - an op the exporter does not know: TensorFlow runs the model
+        record = {"difference": {}, "errors": dict.fromkeys(modules, f"export failed: {type(e).__name__}: "
+                                                                      f"{str(e).strip()[:200]}")}
+        log(f"engine: the ONNX export failed ({type(e).__name__}): TensorFlow runs the model")
+    record["timings"] = {**known.get("timings", {}), **record.get("timings", {})}
+    try:
+        write_text_atomic(path.with_suffix(".json"), json.dumps(record, indent=1))
+    except OSError:
+        pass
+    return record
