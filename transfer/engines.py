@@ -37,6 +37,8 @@ TOLERANCE = 1e-4  # the largest output difference allowed, relative to the large
 def _onnxruntime_loader(module, path: Path):
     options = module.SessionOptions()
     options.log_severity_level = 3  # its warnings about unused initialisers are noise here
+    # Threads that spin while waiting for work take the CPU the image decoders need between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = module.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
