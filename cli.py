@@ -394,8 +394,11 @@ def _echo_compare(table, line, out: Path):
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
                                                "mcnemar_p_vs_best": "p_vs_best"}).to_string(index=False))
+    config = json.loads((out / "config.json").read_text())
     click.echo(f"Verdict: {line}")
-    click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']}.")
+    click.echo(f"Images: {config['roles']}.")
+    click.echo("Time here: " + ", ".join(f"{phase} {s:.0f} s" for phase, s in config["seconds"].items()) +
+               " (sub-runs reused from an earlier run take the time of reading them back).")
     _report_skipped_count(out)
     click.echo(f"Report: {out / 'compare.csv'}")
     click.echo(f"Plots:  {out / 'plots'}/ ({', '.join(sorted(p.name for p in (out / 'plots').glob('*.png')))})")

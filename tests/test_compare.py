@@ -13,6 +13,7 @@ from transfer.comparison import CompareConfig, compare
 from transfer.errors import TransferError
 from transfer.verdict import COMPARE_COLUMNS, verdict
 
+TINY_BACKBONE = "efficientnet_lite0"
 TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
             scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
 
@@ -82,23 +83,31 @@ def test_compare_writes_every_plot(tiny_run):
 
 def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
     data, run, table, _ = tiny_run
-    from transfer import classifiers, features, scratch
+    from transfer import classifiers, compare_plots, features, finetune_model, finetuning, scratch
 
     def must_not_run(*args, **kwargs):
-        raise AssertionError("a finished sub-run was trained again")
+        raise AssertionError("a finished sub-run was trained, evaluated or drawn again")
 
     monkeypatch.setattr(features, "run_extraction", must_not_run)
     monkeypatch.setattr(classifiers, "fit_classifier", must_not_run)
     monkeypatch.setattr(scratch, "scratch_run", must_not_run)
-    plots_before = sorted(p.name for p in (run / "plots").glob("*.png"))
+    monkeypatch.setattr(finetuning, "finetune_run", must_not_run)
+    monkeypatch.setattr(finetune_model, "build_model", must_not_run)  # no backbone rebuilt
+    monkeypatch.setattr(compare_plots, "tsne_plot", must_not_run)  # the slow plots, drawn from the same inputs
+    monkeypatch.setattr(compare_plots, "conv_kernels_plot", must_not_run)
+    plots_before = {p.name: p.read_bytes() for p in (run / "plots").glob("*.png") if "curves" not in p.name}
     lines = []
     again, _ = compare(data, run, CompareConfig(freeze="all,none", **TINY), progress=False, log=lines.append)
-    assert sum("reusing" in line for line in lines) == 2  # classify and scratch; fine-tuning says "finished"
-    # Every number measured in training is the one measured then (fine-tuning re-evaluates its best model).
-    same = [c for c in table.columns if c != "inference_images_per_second"]
-    assert again[same].equals(table[same])
-    assert sorted(p.name for p in (run / "plots").glob("*.png")) == plots_before
-    assert not (run / ".plots-new").exists()
+    assert sum("reusing" in line for line in lines) == 4  # classify, both fine-tunings, scratch
+    # Every number is the one measured when the models were trained.
+    assert again.equals(table)
+    after = {p.name: p.read_bytes() for p in (run / "plots").glob("*.png") if "curves" not in p.name}
+    assert after.keys() == plots_before.keys()
+    assert after[f"tsne-{TINY_BACKBONE}.png"] == plots_before[f"tsne-{TINY_BACKBONE}.png"]
+    assert any(line.startswith("first conv layer") for line in lines)  # said again, from the record
+    seconds = json.loads((run / "config.json").read_text())["seconds"]
+    assert list(seconds) == [f"{TINY_BACKBONE} features", f"{TINY_BACKBONE} finetune-all",
+                             f"{TINY_BACKBONE} finetune-none", "scratch", "report and plots"]
 
 
 def test_compare_trains_again_what_changed(tiny_run):
@@ -128,20 +137,20 @@ def test_a_classify_sub_run_made_by_other_pipelines_is_fitted_again(tmp_path):
 
 
 def test_a_failure_while_plotting_keeps_the_previous_report_and_plots(tmp_path, monkeypatch):
-    from transfer import compare_plots as compare_module
-
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
     run = tmp_path / "run"
     options = dict(TINY, strategies="features", classifiers="logreg")
     compare(data, run, CompareConfig(**options), progress=False, log=quiet)
     before = {p.name: p.read_bytes() for p in [run / "compare.csv", *(run / "plots").glob("*.png")]}
-    real = compare_module.tsne_plot
+    from transfer import plots
+
+    real = plots.accuracy_vs_time_png
 
     def half_then_fail(*args, **kwargs):
         real(*args, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(compare_module, "tsne_plot", half_then_fail)
+    monkeypatch.setattr(plots, "accuracy_vs_time_png", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         compare(data, run, CompareConfig(**dict(options, classifiers="logreg,knn")), progress=False, log=quiet)
     after = {p.name: p.read_bytes() for p in [run / "compare.csv", *(run / "plots").glob("*.png")]}

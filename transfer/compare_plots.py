@@ -15,6 +15,8 @@ import pandas as pd
 from transfer.errors import TransferError
 from transfer.runs import STRATEGIES
 
+TSNE_VERSION = 2  # bump when the t-SNE plot is drawn otherwise (2: PCA to 50 dimensions first), so it is redrawn
+
 
 def _first_conv_kernel(model):
     """The kernel of the first convolution that reads the RGB input, searching nested models."""
@@ -31,21 +33,53 @@ def _first_conv_kernel(model):
     return None, None
 
 
+class _Previous:
+    """The plots of the report being replaced: one whose inputs are unchanged is copied, not drawn again.
+
+    ``inputs`` maps a PNG's name to what it was drawn from (``key``) and what drawing it said; the new report
+    records its own in ``config.json`` (``plot_inputs``), for the next run.
+    """
+
+    def __init__(self, old_folder: Path, old_inputs: dict, folder: Path):
+        self.old_folder, self.old_inputs, self.folder, self.inputs = old_folder, old_inputs, folder, {}
+
+    def get(self, name: str, key: str):
+        """``(path, what drawing it said)`` of the previous plot drawn from ``key``, copied; else ``(None, None)``."""
+        import shutil
+
+        self.inputs[name] = {"key": key}
+        old = self.old_inputs.get(name, {})
+        if old.get("key") != key or not (self.old_folder / name).is_file():
+            return None, None
+        shutil.copy2(self.old_folder / name, self.folder / name)
+        self.inputs[name] = old
+        return self.folder / name, old
+
+    def said(self, name: str, **facts):
+        self.inputs[name].update(facts)
+
+
 def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classes, folder, features_dir,
-               log=print):
-    """Every PNG of a compare report, into ``folder``; returns their paths.
+               log=print, previous: dict | None = None):
+    """Every PNG of a compare report, into ``folder``; returns their paths and what each was drawn from.
 
     Args:
-        run: the compare run folder (its split and feature cache).
+        run: the compare run folder (its split, feature cache and current plots).
         table, preds: from :func:`transfer.verdict.combine`.
         results: the records of every sub-run.
         cfg: the validated :class:`~transfer.comparison.CompareConfig`.
         features_dir: the feature cache strategy 2 used (the t-SNE reads it).
+        previous: the ``plot_inputs`` of the report being replaced: the t-SNE and conv-kernels plots (the
+            slow ones) are copied from ``run/plots`` when drawn from the same inputs.
+
+    Returns:
+        ``(paths, inputs)``: ``inputs`` for the new report's ``plot_inputs``.
     """
     from transfer import plots
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    reuse = _Previous(Path(run) / "plots", previous or {}, folder)
     y_true = preds["_y_true"]
     made = []
     for strategy in STRATEGIES:
@@ -67,21 +101,31 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
                 title=f"{res.backbone} {name}: head (stage 1) then fine-tuning (stage 2)"))
     for backbone in cfg.backbones:
         if "features" in cfg.strategies:
-            made.append(_tsne(run, cfg, backbone, folder, features_dir, log))
-        made.append(_kernels([r for r in tuned if r.backbone == backbone], cfg, backbone, folder, log))
-    return [m for m in made if m is not None]
+            made.append(_tsne(run, cfg, backbone, reuse, features_dir, log))
+        made.append(_kernels([r for r in tuned if r.backbone == backbone], cfg, backbone, reuse, log))
+    return [m for m in made if m is not None], reuse.inputs
 
 
-def _tsne(run, cfg, backbone, folder, features_dir, log):
+def _tsne(run, cfg, backbone, reuse: _Previous, features_dir, log):
+    import json
+
+    from transfer.features import cache_key
+    from transfer.splits import read_split
+
+    name, ecfg = f"tsne-{backbone}.png", cfg.extract_config(backbone).validated()
+    split = read_split(Path(run) / "split.csv")
+    key = json.dumps({"features": cache_key(ecfg, list(split["path"])), "seed": cfg.seed, "drawing": TSNE_VERSION})
+    png, _ = reuse.get(name, key)
+    if png is not None:
+        return png
     # The features strategy 2 used, from its cache: no second CNN pass.
-    png = tsne_plot(run, cfg.extract_config(backbone).validated(), folder / f"tsne-{backbone}.png",
-                    features_dir=features_dir, seed=cfg.seed)
+    png = tsne_plot(run, ecfg, reuse.folder / name, features_dir=features_dir, seed=cfg.seed)
     if png is None:
         log(f"no t-SNE plot for {backbone}: fewer than 5 readable evaluation images")
     return png
 
 
-def _kernels(tuned, cfg, backbone, folder, log):
+def _kernels(tuned, cfg, backbone, reuse: _Previous, log):
     if not tuned:
         return None
     if cfg.weights == "none":
@@ -89,13 +133,20 @@ def _kernels(tuned, cfg, backbone, folder, log):
             "compare with")
         return None
     res = max(tuned, key=lambda r: r.trainable_params)  # the run that trained the most shows the most change
-    try:
-        png, name, change = conv_kernels_plot(res.run_dir, folder / f"conv-kernels-{backbone}.png")
-    except TransferError as e:  # a missing plot must not cost the report of everything trained
-        log(f"no conv-kernels plot for {backbone}: {e}")
-        return None
-    log(f"first conv layer {name} of {backbone}: its largest weight change in {Path(res.run_dir).name} is "
-        f"{change:.2%} of its largest weight")
+    model = Path(res.run_dir) / "model.keras"
+    stat = model.stat() if model.exists() else None
+    name = f"conv-kernels-{backbone}.png"
+    png, said = reuse.get(name, f"{model}:{stat.st_size}:{stat.st_mtime_ns}" if stat else "no model")
+    if png is None:
+        try:
+            png, layer, change = conv_kernels_plot(res.run_dir, reuse.folder / name)
+        except TransferError as e:  # a missing plot must not cost the report of everything trained
+            log(f"no conv-kernels plot for {backbone}: {e}")
+            return None
+        said = {"layer": layer, "change": change}
+        reuse.said(name, **said)
+    log(f"first conv layer {said['layer']} of {backbone}: its largest weight change in {Path(res.run_dir).name} is "
+        f"{said['change']:.2%} of its largest weight")
     return png
 
 

@@ -24,6 +24,8 @@ and return :class:`~transfer.runs.Result` records, which
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -212,14 +214,17 @@ def _features(run, cfg: CompareConfig, backbone: str, features_dir: Path, progre
 def _finetuned(run, cfg: CompareConfig, backbone: str, freeze: str, features_dir: Path, log):
     """Strategy 1 with ``backbone`` and one ``freeze`` value (a finished run resumes to its evaluation)."""
     from transfer.fileio import slug
-    from transfer.finetuning import finetune_run
-    from transfer.runs import open_run
+    from transfer.finetuning import finetune_run, finetune_settings
+    from transfer.runs import finished_with, open_run, read_results
 
     folder = run.out / backbone / f"finetune-{slug(freeze)}"
     sub = open_run(run.split, folder, "finetune", seed=cfg.seed)
+    fcfg = cfg.finetune_config(backbone, freeze).validated()
+    if finished_with(folder, {"finetune": finetune_settings(fcfg)}):  # and open_run checked its split
+        log(f"strategy 1 (fine-tuning, freeze {freeze}) with {backbone}: reusing {folder} (same settings and split)")
+        return read_results(folder)[0]
     log(f"strategy 1 (fine-tuning, freeze {freeze}) with {backbone} -> {folder}")
-    return finetune_run(sub, cfg.finetune_config(backbone, freeze).validated(), features_dir=features_dir,
-                        log=_prefixed(log, f"finetune {freeze}"))
+    return finetune_run(sub, fcfg, features_dir=features_dir, log=_prefixed(log, f"finetune {freeze}"))
 
 
 def _scratch(run, cfg: CompareConfig, log):
@@ -237,14 +242,25 @@ def _scratch(run, cfg: CompareConfig, log):
     return scratch_run(sub, scfg, log=_prefixed(log, "scratch"))
 
 
-def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log):
-    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``."""
+def _previous_report(out: Path) -> dict:
+    try:
+        return json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, seconds: dict):
+    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``.
+
+    ``seconds``: the time each sub-run took here, recorded with the report's own in ``config.json``.
+    """
     from transfer.compare_plots import make_plots
     from transfer.fileio import write_csv
     from transfer.runfolder import publishing
     from transfer.runs import write_config, write_skipped
     from transfer.verdict import combine, verdict
 
+    start = time.perf_counter()
     table, preds = combine(results, run.out, seed=cfg.seed)
     line = verdict(table, preds)
     skipped = {}
@@ -253,14 +269,16 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log):
             skipped.setdefault(path, reason)
     # Plots of models an earlier compare here had and this one has not are removed with the old set.
     with publishing(run.out) as stage:
-        drawn = make_plots(run.out, table, preds, results, cfg, run.classes, stage / "plots", features_dir, log=log)
+        drawn, inputs = make_plots(run.out, table, preds, results, cfg, run.classes, stage / "plots", features_dir,
+                                   log=log, previous=_previous_report(run.out).get("plot_inputs"))
         write_skipped(skipped, stage / "skipped.csv")
         write_csv(table, stage / "compare.csv")
+        seconds["report and plots"] = round(time.perf_counter() - start, 1)
         write_config(stage / "config.json", {
             **run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0],
             "verdict": line,
             "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
-            "plots": [f"plots/{p.name}" for p in drawn],
+            "plots": [f"plots/{p.name}" for p in drawn], "plot_inputs": inputs, "seconds": seconds,
         })
     return table, line, preds
 
@@ -271,15 +289,22 @@ def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, pr
     ``predictions``, when given, receives each model's predictions on the evaluation images (for the paired
     statistics over repeats).
     """
-    results = []
+    results, seconds = [], {}
+
+    def timed(label, step, *args):
+        start = time.perf_counter()
+        done = step(run, cfg, *args)
+        seconds[label] = round(time.perf_counter() - start, 1)
+        return done
+
     for backbone in cfg.backbones:
         if "features" in cfg.strategies:
-            results += _features(run, cfg, backbone, features_dir, progress, log)
+            results += timed(f"{backbone} features", _features, backbone, features_dir, progress, log)
         for f in cfg.freeze if "finetune" in cfg.strategies else ():
-            results.append(_finetuned(run, cfg, backbone, f, features_dir, log))
+            results.append(timed(f"{backbone} finetune-{f}", _finetuned, backbone, f, features_dir, log))
     if "scratch" in cfg.strategies:
-        results.append(_scratch(run, cfg, log))
-    table, line, preds = _write_report(run, cfg, results, features_dir, log)
+        results.append(timed("scratch", _scratch, log))
+    table, line, preds = _write_report(run, cfg, results, features_dir, log, seconds)
     if predictions is not None:
         predictions.append(preds)
     return table, line

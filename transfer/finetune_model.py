@@ -123,6 +123,8 @@ def check_freeze(backbone: str, image_size: int, values) -> None:
     """
     from transfer.backbones import build_backbone
 
+    if all(str(v).strip().lower() in ("all", "none") for v in values):
+        return  # valid for every backbone: no model to build (a compare that reuses everything stays fast)
     layers = build_backbone(backbone, weights=None, image_size=image_size).layers
     for value in values:
         frozen_count(value, layers)

@@ -105,9 +105,14 @@ def _count(n, noun):
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def finetune_settings(cfg: FinetuneConfig) -> dict:
+    """What a run records of ``cfg`` to be resumed or reused: every option but the engine, which runs frozen
+    models forward and changes no number beyond 1e-4."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "engine"}
+
+
 def _config_hash(cfg, split, precision) -> str:
-    # The engine runs frozen models forward (it changes no number beyond 1e-4): a resume may use another one.
-    options = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "engine"}
+    options = finetune_settings(cfg)
     blob = json.dumps({"cfg": options, "precision": precision,
                        "split": sorted(map(tuple, split.values.tolist()))},
                       sort_keys=True, default=str)
@@ -387,7 +392,7 @@ def _write_reports(job: _Training, result, precision: str, head: dict, body: dic
 
     cfg, run = job.cfg, job.run
     write_reports(run, [result], {
-        "finetune": dataclasses.asdict(cfg), "precision": precision,
+        "finetune": finetune_settings(cfg), "engine": cfg.engine, "precision": precision,
         "head_on_cached_features": bool(head["on_features"] and (job.probes or cfg.head_epochs)),
         "probe_C": head.get("probe_C"),
         "kept": {"finetune": "the best fine-tuning epoch", "head": "the stage 1 model (no fine-tuning epoch beat "

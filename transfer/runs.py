@@ -311,6 +311,14 @@ def finished_with(folder, settings: dict) -> bool:
     return all(saved.get(key) == value for key, value in settings.items())
 
 
+def _count_or_none(value):
+    """An optional count column as read back: a number, or None where the row has none (empty, NaN)."""
+    try:
+        return None if value is None or value == "" or math.isnan(float(value)) else int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
 def read_results(folder) -> list[Result]:
     """The records of a finished run, read back from its reports (to reuse it without training again)."""
     folder = Path(folder)
@@ -333,6 +341,7 @@ def read_results(folder) -> list[Result]:
             n_train=int(m["n_train"]), fit_seconds=float(m["fit_seconds"]),
             extract_seconds=float(m["extract_seconds"]), feature_dim=int(m["feature_dim"]),
             inference_images_per_second=float(m["inference_images_per_second"]),
-            trainable_params=int(m["trainable_params"]), freeze=m.get("freeze"), run_dir=folder,
-            skipped=dict(zip(skipped["path"], skipped["reason"], strict=True))))
+            trainable_params=int(m["trainable_params"]), freeze=m.get("freeze") or None,
+            frozen_params=_count_or_none(m.get("frozen_params")), epochs_run=_count_or_none(m.get("epochs_run")),
+            run_dir=folder, skipped=dict(zip(skipped["path"], skipped["reason"], strict=True))))
     return results
