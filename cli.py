@@ -350,8 +350,8 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
               help="Run folder (its own: an extract run's folder shares its split and features; default: "
                    "runs/finetune-NAME, NAME from --data).")
 @click.option("--freeze", default=FinetuneConfig.freeze, show_default=True,
-              help="Frozen in stage 2: all (head only), none, a layer count from the input, a fraction (0.7), or a "
-                   "layer/block name from which on everything trains (block6a).")
+              help="Frozen in stage 2: all (head only), none, a layer count from the input, a fraction (0.5: the "
+                   "first half of the layers), or a layer/block name from which on everything trains (block6a).")
 @FINETUNE_OPTIONS
 @click.option("--dropout", type=float, default=FinetuneConfig.dropout, show_default=True)
 @click.option("--hidden", type=click.IntRange(0), default=FinetuneConfig.hidden, show_default=True,
@@ -449,8 +449,8 @@ def _echo_learning_curve(curve, line, out: Path):
               help="Strategy 1 runs once per value, comma-separated: all, none, a count, a fraction, a layer name "
                    "(e.g. all,100,none).")
 @FINETUNE_OPTIONS
-@click.option("--scratch-size", type=click.IntRange(16), default=CompareConfig.scratch_size, show_default=True,
-              help="Input size of the from-scratch CNN.")
+@click.option("--scratch-size", type=click.IntRange(16), default=CompareConfig.scratch_size,
+              help="Input size of the from-scratch CNN (default: the images' own, within 32-64 px).")
 @click.option("--scratch-epochs", type=click.IntRange(1), default=CompareConfig.scratch_epochs, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=CompareConfig.repeats, show_default=True,
               help="Run the whole comparison N times, on splits seeded --seed, --seed+1, ...: mean, spread and "

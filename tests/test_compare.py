@@ -83,7 +83,7 @@ def test_compare_writes_every_plot(tiny_run):
 
 def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
     data, run, table, _ = tiny_run
-    from transfer import classifiers, compare_plots, features, finetune_model, finetuning, scratch
+    from transfer import backbones, classifiers, compare_plots, features, finetune_model, finetuning, scratch
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished sub-run was trained, evaluated or drawn again")
@@ -93,6 +93,7 @@ def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
     monkeypatch.setattr(scratch, "scratch_run", must_not_run)
     monkeypatch.setattr(finetuning, "finetune_run", must_not_run)
     monkeypatch.setattr(finetune_model, "build_model", must_not_run)  # no backbone rebuilt
+    monkeypatch.setattr(backbones, "build_backbone", must_not_run)
     monkeypatch.setattr(compare_plots, "tsne_plot", must_not_run)  # the slow plots, drawn from the same inputs
     monkeypatch.setattr(compare_plots, "conv_kernels_plot", must_not_run)
     plots_before = {p.name: p.read_bytes() for p in (run / "plots").glob("*.png") if "curves" not in p.name}
@@ -348,3 +349,12 @@ def test_repeats_on_one_test_split_pair_the_images_not_the_repeats():
     row = summary.iloc[1]
     assert row["differs_from_best"] == "no (within noise)" and row["diff_ci_low"] < 0 < row["diff_ci_high"]
     assert "within noise" in line and "over the 3 repeats' shared test images" in line
+
+
+def test_no_conv_kernels_plot_of_a_run_that_kept_its_first_conv_layer_frozen(tiny_run, tmp_path):
+    from transfer.compare_plots import conv_kernels_plot
+
+    _, run, _, _ = tiny_run
+    with pytest.raises(TransferError, match="stem_conv stayed frozen in finetune-all .--freeze all.; --freeze none"):
+        conv_kernels_plot(run / TINY_BACKBONE / "finetune-all", tmp_path / "k.png")
+    assert not (tmp_path / "k.png").exists()

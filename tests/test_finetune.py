@@ -332,3 +332,16 @@ def test_the_probe_chooses_its_regularisation_on_train_alone():
     assert right["C"] == wrong["C"]
     np.testing.assert_array_equal(right["kernel"], wrong["kernel"])
     assert right["val_accuracy"] > 0.8 and right["val_accuracy"] + wrong["val_accuracy"] == pytest.approx(1.0)
+
+
+def test_checking_all_none_or_a_fraction_builds_no_model(monkeypatch):
+    from transfer import backbones
+    from transfer.finetune_model import check_freeze
+
+    def built(*args, **kwargs):
+        raise AssertionError("built")
+
+    monkeypatch.setattr(backbones, "build_backbone", built)
+    check_freeze("efficientnet_lite0", 224, ["all", "none", "0.5", "0.25"])  # valid for every backbone
+    with pytest.raises(AssertionError, match="built"):  # a name or a count needs the real layers
+        check_freeze("efficientnet_lite0", 224, ["0.5", "block6a"])

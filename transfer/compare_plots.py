@@ -186,6 +186,19 @@ def tsne_plot(run_dir, cfg, path, *, features_dir=None, limit=1000, seed=0):
     return plots.tsne_png(pixels, features, rows["label"].to_numpy(), path, seed=seed)
 
 
+def _check_stem_trained(run_dir: Path, freeze: str):
+    """Raise when the run kept its first conv layer frozen: its kernels did not change, nothing to draw."""
+    from transfer.fileio import read_csv
+
+    if not (run_dir / "layers.csv").exists():
+        return
+    layers = read_csv(run_dir / "layers.csv")
+    convs = layers[layers["type"] == "Conv2D"]
+    if len(convs) and not bool(convs.iloc[0]["trainable"]):
+        raise TransferError(f"its first conv layer {convs.iloc[0]['name']} stayed frozen in {run_dir.name} "
+                            f"(--freeze {freeze}); --freeze none trains it")
+
+
 def conv_kernels_plot(run_dir, path):
     """The first conv layer's kernels of a fine-tuning run's backbone: ImageNet (before) and tuned (after).
 
@@ -205,6 +218,7 @@ def conv_kernels_plot(run_dir, path):
 
     run_dir = Path(run_dir)
     cfg = json.loads((run_dir / "config.json").read_text())["finetune"]
+    _check_stem_trained(run_dir, cfg["freeze"])
     if cfg["weights"] == "none":
         raise TransferError(f"{run_dir} was fine-tuned from random weights (weights='none'): there are no "
                             "pretrained kernels to compare with.")

@@ -67,7 +67,7 @@ class CompareConfig:
         classifiers: strategy 2's scikit-learn classifiers.
         freeze: strategy 1 runs once per value (``all``, ``none``, a count,
             a fraction or a layer name, as ``transfer finetune --freeze``).
-        scratch_size: input size of the from-scratch CNN.
+        scratch_size: input size of the from-scratch CNN (None: the images' own, within 32-64 px).
         scratch_epochs: its epoch limit (early stopping on validation loss).
         repeats: run the whole comparison this many times, on splits (and
             training seeds) ``seed``, ``seed + 1``, ...; the report is then the
@@ -102,8 +102,7 @@ class CompareConfig:
     augment: bool = _feeds("augment", "finetune", "scratch")
     patience: int = _feeds("patience", "finetune")
     precision: str = _feeds("precision", "finetune")
-    # Compare's own default: the scratch CNN sees photos here, and 32 px (its default alone) loses them.
-    scratch_size: int = _feeds("image_size", "scratch", default=64)
+    scratch_size: int | None = _feeds("image_size", "scratch")
     scratch_epochs: int = _feeds("epochs", "scratch")
     seed: int = _feeds("seed", "finetune", "scratch")
     repeats: int = 1
@@ -230,11 +229,11 @@ def _finetuned(run, cfg: CompareConfig, backbone: str, freeze: str, features_dir
 def _scratch(run, cfg: CompareConfig, log):
     """The from-scratch baseline, or its finished sub-run when the settings and split are the same."""
     from transfer.runs import finished_with, open_run, read_results
-    from transfer.scratch import scratch_run
+    from transfer.scratch import scratch_run, sized
 
     folder = run.out / "scratch"
     sub = open_run(run.split, folder, "scratch", seed=cfg.seed)
-    scfg = cfg.scratch_config().validated()
+    scfg = sized(cfg.scratch_config().validated(), sub.rows("train")["path"], log=_prefixed(log, "scratch"))
     if finished_with(folder, {"scratch": dataclasses.asdict(scfg)}):
         log(f"baseline: reusing {folder} (same settings and split)")
         return read_results(folder)[0]

@@ -123,11 +123,23 @@ def check_freeze(backbone: str, image_size: int, values) -> None:
     """
     from transfer.backbones import build_backbone
 
-    if all(str(v).strip().lower() in ("all", "none") for v in values):
-        return  # valid for every backbone: no model to build (a compare that reuses everything stays fast)
+    named = [v for v in values if not _fits_any_backbone(v)]
+    if not named:
+        return  # no model to build: a compare that reuses everything stays fast
     layers = build_backbone(backbone, weights=None, image_size=image_size).layers
-    for value in values:
+    for value in named:
         frozen_count(value, layers)
+
+
+def _fits_any_backbone(value) -> bool:
+    """``all``, ``none`` or a fraction in [0, 1]: valid whatever the layers."""
+    text = str(value).strip().lower()
+    if text in ("all", "none"):
+        return True
+    try:
+        return "." in text and 0 <= float(text) <= 1
+    except ValueError:
+        return False
 
 
 PROBE_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))

@@ -34,8 +34,9 @@ class FinetuneConfig(BackboneOptions):
     Attributes:
         freeze: what stays frozen in stage 2: ``all`` (head only), ``none``,
             a number of backbone layers counted from the input, a fraction
-            (``0.7``), or a layer / block name: that layer and everything
-            after it train (``block6a`` or ``block6a_expand_conv``).
+            (``0.5``, the default: the first half of the layers), or a layer /
+            block name: that layer and everything after it train (``block6a``
+            or ``block6a_expand_conv``).
         head: how stage 1 makes the head: ``probe`` (default) fits a linear
             probe (a logistic regression on the cached features, to
             convergence, its regularisation cross-validated on ``train``) and
@@ -55,7 +56,12 @@ class FinetuneConfig(BackboneOptions):
         train_bn: let BatchNorm layers train, in training mode.
     """
 
-    freeze: str = "none"
+    # The first half of the backbone's layers stays frozen: measured on every set at hand (README, "The depth
+    # rule"), freezing them lost nothing against training everything (the same test accuracy on digits,
+    # hymenoptera and a fashion-mnist subset) while each epoch ran 1.5x faster (bench/finetune.py); freezing
+    # three quarters lost 3 points on digits, far from ImageNet. Early layers are the general ones
+    # (Yosinski et al., NeurIPS 2014), and trained at the stage-2 rate they barely moved (0.05 % on digits).
+    freeze: str = "0.5"
     head: str = "probe"
     head_epochs: int = 5
     epochs: int = 10

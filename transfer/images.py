@@ -151,6 +151,24 @@ def unreadable(paths) -> dict[str, str]:
     return bad
 
 
+def median_side(paths, sample: int = 500) -> int | None:
+    """The median longer side, in pixels, of up to ``sample`` evenly spaced images of ``paths`` (headers only).
+
+    None when none of them opens.
+    """
+    from PIL import Image
+
+    paths = list(paths)
+    sides = []
+    for p in paths[:: max(1, -(-len(paths) // sample))]:
+        try:
+            with Image.open(p) as img:
+                sides.append(max(img.size))
+        except Exception:  # noqa: BLE001, S112 - unreadable files are skipped and listed by the decoding itself
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 def _as_8_bit(img):
     """A 16-bit, 32-bit integer or float image as 8-bit grayscale, scaled by its bit depth or value range.
 

@@ -23,6 +23,14 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
+
+
+def has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AMX or AVX512-BF16)."""
+    return bool(_cpu_flags() & BF16_FLAGS)
+
+
 def cpu_name() -> str:
     """The CPU's model name."""
     try:
@@ -97,7 +105,7 @@ def choose_precision(precision: str = "auto", backbone: str = "efficientnet_lite
 
     if tf.config.list_physical_devices("GPU"):
         return "mixed_float16"
-    if _cpu_flags() & {"amx_bf16", "avx512_bf16"} and _bf16_is_faster_here(backbone, log):
+    if has_bf16() and _bf16_is_faster_here(backbone, log):
         return "mixed_bfloat16"
     return "float32"
 

@@ -14,6 +14,10 @@ from transfer.images import ImageOptions
 from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 
 MIN_SIZE = 16  # two 2x poolings leave a 4x4 map
+# The automatic input size: the images' own, within these bounds. Below 32 px (LeNet-5's input) the two poolings
+# leave too small a map; above 64 px this small network gains little and each step costs the square of the side
+# (README, "The scratch CNN's input size": 32 against 64 px on digits and a fashion-mnist subset).
+AUTO_SIZES = (32, 64)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -21,12 +25,14 @@ class ScratchConfig(ImageOptions):
     """Options of the from-scratch baseline.
 
     Attributes:
-        image_size: input height = width (small: the network is small).
+        image_size: input height = width; None (default): the training images' own median longer side, raised
+            to 32 px or lowered to 64 px (upsampling adds pixels, not information, at a cost that grows with
+            the square of the side).
         epochs: at most this many epochs; early stopping on validation loss
             with ``patience`` restores the best weights.
     """
 
-    image_size: int = 32
+    image_size: int | None = None
     epochs: int = 30
     lr: float = 1e-3
     patience: int = 5
@@ -39,12 +45,26 @@ class ScratchConfig(ImageOptions):
         Raises:
             TransferError: naming the option, what is allowed and what was given.
         """
-        cfg = self.checked_images(MIN_SIZE, what="the scratch CNN")
+        cfg = self.checked_images(MIN_SIZE, default_size=AUTO_SIZES[0], what="the scratch CNN")
+        cfg = dataclasses.replace(cfg, image_size=self.image_size)  # None stays: sized() resolves it on the data
         if self.epochs < 1:
             raise TransferError(f"epochs={self.epochs} is not valid: give a positive integer.")
         if not self.lr > 0:
             raise TransferError(f"lr={self.lr} is not valid: give a positive number.")
         return cfg
+
+
+def sized(cfg: ScratchConfig, train_paths, log=print) -> ScratchConfig:
+    """``cfg`` with ``image_size`` resolved: as given, or the training images' own size within :data:`AUTO_SIZES`."""
+    from transfer.images import median_side
+
+    if cfg.image_size is not None:
+        return cfg
+    side = median_side(train_paths)
+    size = AUTO_SIZES[1] if side is None else min(max(side, AUTO_SIZES[0]), AUTO_SIZES[1])
+    log(f"scratch CNN input: {size} px (the training images' median side is {side} px; automatic sizes lie "
+        f"within {AUTO_SIZES[0]}-{AUTO_SIZES[1]} px)")
+    return dataclasses.replace(cfg, image_size=size)
 
 
 def build_scratch_model(image_size: int, n_classes: int):
@@ -124,6 +144,7 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     from transfer.runs import Result, write_reports
 
     skipped: dict[str, str] = {}
+    cfg = sized(cfg, run.rows("train")["path"], log)
     model, history = _fit(run, cfg, skipped)
     rows = run.rows(run.eval_split)
     paths = rows["path"].tolist()
