@@ -233,8 +233,10 @@ def _scratch(run, cfg: CompareConfig, log):
 
     folder = run.out / "scratch"
     sub = open_run(run.split, folder, "scratch", seed=cfg.seed)
-    scfg = sized(cfg.scratch_config().validated(), sub.rows("train")["path"], log=_prefixed(log, "scratch"))
-    if finished_with(folder, {"scratch": dataclasses.asdict(scfg)}):
+    scfg = cfg.scratch_config().validated()
+    # The size it would choose, to compare with the finished run's (scratch_run chooses it again and says so).
+    chosen = sized(scfg, sub.rows("train")["path"], log=lambda line: None)
+    if finished_with(folder, {"scratch": dataclasses.asdict(chosen)}):
         log(f"baseline: reusing {folder} (same settings and split)")
         return read_results(folder)[0]
     log(f"baseline: a small CNN from random init -> {folder}")
