@@ -233,13 +233,14 @@ def _scratch(run, cfg: CompareConfig, log):
 
     folder = run.out / "scratch"
     sub = open_run(run.split, folder, "scratch", seed=cfg.seed)
-    scfg = cfg.scratch_config().validated()
-    # The size it would choose, to compare with the finished run's (scratch_run chooses it again and says so).
-    chosen = sized(scfg, sub.rows("train")["path"], log=lambda line: None)
-    if finished_with(folder, {"scratch": dataclasses.asdict(chosen)}):
+    said = []  # the size it chose, said only if it trains (once, after the line that says it does)
+    scfg = sized(cfg.scratch_config().validated(), sub.rows("train")["path"], log=said.append)
+    if finished_with(folder, {"scratch": dataclasses.asdict(scfg)}):
         log(f"baseline: reusing {folder} (same settings and split)")
         return read_results(folder)[0]
     log(f"baseline: a small CNN from random init -> {folder}")
+    for line in said:
+        _prefixed(log, "scratch")(line)
     return scratch_run(sub, scfg, log=_prefixed(log, "scratch"))
 
 
