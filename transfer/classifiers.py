@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -72,14 +71,30 @@ class ClassifierSpec:
     name: str
     make: callable  # n_samples -> an unfitted Pipeline
     grid: dict
+    max_train: int | None = None  # above this many training images its fit outgrows the CNN pass: skipped
+    why_limit: str = ""
 
+
+# The grid search sees a stratified sample of at most this many training images; the refit sees all. README,
+# "Scaling out": on fashion-mnist's 51,000 training images, logistic regression chose the same C from samples of
+# 1,000 to 10,000 (test accuracy 0.9076 each time), at a search cost growing with the sample (3.6 s to 28.6 s).
+SEARCH_SIZE = 5000
+# Above these sizes a classifier's refit costs more than the CNN pass over the same images, or more memory than
+# the rest of the run (README, "Scaling out", measured on fashion-mnist features): the RBF SVM's fit grew as n^2.3
+# (1.1 s at 2,500 images, 15.4 s at 10,000: ~190 s at 30,000, the CNN's time for them here); LinearSVC's
+# liblinear peaked at 3.7 GiB refitting 60,000.
+RBF_MAX_TRAIN = 20000
+LINEAR_SVM_MAX_TRAIN = 20000
 
 CLASSIFIERS = {
     spec.name: spec
     for spec in [
-        ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": np.logspace(-4, -1, 4).tolist()}),
+        ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": np.logspace(-4, -1, 4).tolist()},
+                       max_train=LINEAR_SVM_MAX_TRAIN, why_limit="liblinear copies the features in double precision "
+                       "and in a sparse format of its own: 3.7 GiB of memory for 60,000 images"),
         ClassifierSpec("rbf_svm", _rbf_svm, {"svc__C": np.logspace(-1, 2, 4).tolist(),
-                                             "svc__gamma": ["scale", 1e-4, 1e-3]}),
+                                             "svc__gamma": ["scale", 1e-4, 1e-3]},
+                       max_train=RBF_MAX_TRAIN, why_limit="a kernel SVM's fit grows with the square of the images"),
         ClassifierSpec("logreg", _logreg, {"logisticregression__C": np.logspace(-4, 1, 6).tolist()}),
         ClassifierSpec("knn", _knn, {"kneighborsclassifier__n_neighbors": [1, 3, 5, 9, 15],
                                      "kneighborsclassifier__weights": ["uniform", "distance"]}),
@@ -120,6 +135,8 @@ class FitResult:
     best_params: dict
     fit_seconds: float
     at_edge: list = dataclasses.field(default_factory=list)
+    search_seconds: float = float("nan")
+    searched_on: int = 0
 
 
 CONTINUOUS = ("__C", "__alpha", "__gamma")  # log-spaced parameters whose best value may lie beyond the grid
@@ -140,47 +157,69 @@ def grid_edges(grid: dict, best_params: dict) -> list[str]:
     return edges
 
 
-def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n_jobs=-1) -> FitResult:
-    """Grid-search one classifier on the training features, then refit.
+def check_search_size(value):
+    """Raise a :class:`TransferError` unless ``value`` is None or a whole number of at least 10."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 10):
+        raise TransferError(f"search_size={value!r} is not valid: give a whole number of at least 10 (the most "
+                            "training images a grid search sees), or none to search on all of them.")
+
+
+def search_sample(y, search_size, seed=0) -> np.ndarray:
+    """Row indices of at most ``search_size`` of the labels ``y``, stratified by class (all rows when fewer)."""
+    if search_size is None or len(y) <= search_size:
+        return np.arange(len(y))
+    from sklearn.model_selection import train_test_split
+
+    rows, _ = train_test_split(np.arange(len(y)), train_size=search_size, stratify=y, random_state=seed)
+    return np.sort(rows)
+
+
+def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n_jobs=-1,
+                   search_size=SEARCH_SIZE) -> FitResult:
+    """Grid-search one classifier on the training features, then refit once.
 
     Args:
         name: a key of :data:`CLASSIFIERS`.
         x_train, y_train: the training split (the search sees only these).
         x_refit, y_refit: what the best parameters are refit on (train + val
             when a separate test split exists); defaults to the training split.
-        seed: seeds the cross-validation folds.
+        seed: seeds the cross-validation folds and the search sample.
+        search_size: the search sees a stratified sample of at most this many
+            training images (None: all); the refit sees all of them.
     """
     from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     spec = CLASSIFIERS[name]
-    smallest = int(pd.Series(y_train).value_counts().min())
+    rows = search_sample(y_train, search_size, seed)
+    x_search, y_search = x_train[rows], np.asarray(y_train)[rows]
+    smallest = int(pd.Series(y_search).value_counts().min())
     if smallest < 2:
         raise TransferError(f"A class has {smallest} training image(s): cross-validation needs at least 2 per class.")
     cv = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
     grid = dict(spec.grid)
     k_key = "kneighborsclassifier__n_neighbors"
     if k_key in grid:  # k cannot exceed the images a CV fold trains on
-        fold_train = len(y_train) - -(-len(y_train) // cv.n_splits)
+        fold_train = len(y_search) - -(-len(y_search) // cv.n_splits)
         grid[k_key] = [k for k in grid[k_key] if k <= fold_train] or [1]
     start = time.perf_counter()
-    search = GridSearchCV(spec.make(len(y_train)), grid, cv=cv, n_jobs=n_jobs, refit=x_refit is None)
+    search = GridSearchCV(spec.make(len(y_train)), grid, cv=cv, n_jobs=n_jobs, refit=False)
+    x_fit, y_fit = (x_train, y_train) if x_refit is None else (x_refit, y_refit)
     with warnings.catch_warnings():
         # An iteration cap reached by some grid points (the MLP's, mostly) is what cross-validation judges: the
         # score counts, not the warning, which the workers printed once per fit.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        search.fit(x_train, y_train)
-        if x_refit is None:
-            estimator = search.best_estimator_
-        else:
-            # The same pipeline as searched (built for the training split's size).
-            estimator = clone(spec.make(len(y_train))).set_params(**search.best_params_).fit(x_refit, y_refit)
-    seconds = time.perf_counter() - start
+        search.fit(x_search, y_search)
+        searched = time.perf_counter() - start
+        # The same pipeline as searched (built for the training split's size).
+        estimator = clone(spec.make(len(y_train))).set_params(**search.best_params_).fit(x_fit, y_fit)
     table = pd.DataFrame(search.cv_results_)
     table["params"] = table["params"].map(str)
     table.insert(0, "classifier", name)
-    return FitResult(name, estimator, table, search.best_params_, seconds, grid_edges(grid, search.best_params_))
+    table.insert(1, "searched_on", len(y_search))
+    return FitResult(name, estimator, table, search.best_params_, time.perf_counter() - start,
+                     grid_edges(grid, search.best_params_), searched, len(y_search))
 
 
 def class_scores(estimator, x) -> np.ndarray:
@@ -261,7 +300,27 @@ def load_classifier(path):
     return sio.load(path, trusted=list(found))
 
 
-def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print) -> list:
+def suited(names, n_train, log=print) -> list[str]:
+    """The classifiers of ``names`` whose fit suits ``n_train`` images; each other one is skipped, saying why.
+
+    Raises:
+        TransferError: none of them suits.
+    """
+    kept = []
+    for name in names:
+        spec = CLASSIFIERS[name]
+        if spec.max_train is not None and n_train > spec.max_train:
+            log(f"{name} skipped: {n_train:,} training images is above its limit of {spec.max_train:,} "
+                f"({spec.why_limit}); the others scale")
+        else:
+            kept.append(name)
+    if not kept:
+        raise TransferError(f"No classifier of {', '.join(names)} suits {n_train:,} training images; choose from "
+                            f"{', '.join(n for n, s in CLASSIFIERS.items() if s.max_train is None)} with --classifier.")
+    return kept
+
+
+def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE, progress=True, log=print) -> list:
     """Strategy 2 in an opened run folder: features (cached or extracted), each classifier tuned and scored.
 
     Writes the run's reports (see :func:`classify`) and returns one
@@ -270,40 +329,54 @@ def classify_run(run, cfg, names, *, features_dir=None, progress=True, log=print
     Args:
         run: from :func:`transfer.runs.open_run`.
         cfg: a validated :class:`~transfer.features.ExtractConfig`.
-        names: classifier names (see :func:`parse_classifiers`).
+        names: classifier names (see :func:`parse_classifiers`); those that do
+            not suit the number of training images are skipped, saying why.
+        search_size: see :func:`fit_classifier`.
     """
+    from transfer.feature_cache import cache_root
     from transfer.features import extract_features, feature_settings
-    from transfer.fileio import write_csv
-    from transfer.runfolder import publishing
-    from transfer.runs import metrics_table, write_reports
 
-    features_dir = Path(features_dir) if features_dir is not None else run.out / "features"
-    feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress, log=log)
+    features_dir = cache_root(features_dir)
+    # Train, val, test in turn: each split (and train + val for the refit) is then a view of the one array, no copy.
+    order = run.split["split"].map({"train": 0, "val": 1, "test": 2}).sort_values(kind="stable").index
+    feats = extract_features(run.split["path"][order], cfg, cache_dir=features_dir, progress=progress, log=log)
     run.check_readable(dict(feats.skipped))
     data = _feature_splits(run, feats)
+    fitted = suited(names, len(data.y_train if data.y_refit is None else data.y_refit), log)
     fits, results, edges = [], [], {}
-    for name in names:
-        log(f"fitting {name} (grid search on {len(data.y_train)} training images)...")
-        fit = fit_classifier(name, data.x_train, data.y_train, data.x_refit, data.y_refit, seed=run.seed)
+    for name in fitted:
+        searched = min(len(data.y_train), search_size or len(data.y_train))
+        log(f"fitting {name} (grid search on {searched:,} of {len(data.y_train):,} training images)...")
+        fit = fit_classifier(name, data.x_train, data.y_train, data.x_refit, data.y_refit, seed=run.seed,
+                             search_size=search_size)
         if fit.at_edge:
             log(f"warning: {name} chose {', '.join(fit.at_edge)} at the edge of its grid: the best value may lie "
                 "beyond it")
             edges[name] = fit.at_edge
         results.append(_scored(fit, data, cfg, feats, run))
         fits.append(fit)
-    # The classifiers and the reports replace an earlier run's together, or not at all.
+    _publish(run, fits, results, {
+        "extract": feature_settings(cfg), "engine": cfg.engine, "executor": cfg.executor, "classifiers": fitted,
+        "requested_classifiers": list(names), "pipelines": pipeline_steps(names), "search_size": search_size,
+        "best_classifier": None, "grid_edges": edges, "features_from_cache": feats.from_cache,
+        "feature_cache_key": feats.key, "features_dir": str(features_dir),
+        "search_seconds": {fit.name: round(fit.search_seconds, 2) for fit in fits},
+    })
+    return results
+
+
+def _publish(run, fits, results, config):
+    """The classifiers and the reports replace an earlier run's together, or not at all."""
+    from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
+    from transfer.runs import metrics_table, write_reports
+
+    config["best_classifier"] = metrics_table(results)["classifier"].iloc[0]
     with publishing(run.out) as stage:
         for fit in fits:
             save_classifier(fit.estimator, stage / "classifiers" / f"{fit.name}.skops")
         write_csv(pd.concat([fit.search for fit in fits]), stage / "search.csv")
-        write_reports(run, results, {
-            "extract": feature_settings(cfg), "engine": cfg.engine, "classifiers": list(names),
-            "pipelines": pipeline_steps(names),
-            "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
-            "features_from_cache": feats.from_cache, "feature_cache_key": feats.key,
-            "features_dir": str(features_dir),
-        }, folder=stage)
-    return results
+        write_reports(run, results, config, folder=stage)
 
 
 @dataclasses.dataclass
@@ -319,20 +392,18 @@ class _FeatureSplits:
 
 
 def _feature_splits(run, feats) -> _FeatureSplits:
-    """The run's splits as feature arrays (readable images only, each split holds some: see
-    :meth:`~transfer.runs.Run.check_readable`); refit on train + val when test scores."""
-    index = {p: i for i, p in enumerate(feats.paths)}
-    readable = run.split[run.split["path"].isin(index)]
-    rows = {s: readable[readable["split"] == s] for s in ("train", "val", "test")}
-    eval_split = run.eval_split
-
-    def xy(frame):
-        return feats.features[[index[p] for p in frame["path"]]], frame["label"].to_numpy()
-
-    data = _FeatureSplits(*xy(rows["train"]), *xy(rows[eval_split]), rows[eval_split]["path"].tolist(),
-                          sorted(set(readable["label"])))
-    if eval_split == "test" and len(rows["val"]):
-        data.x_refit, data.y_refit = xy(pd.concat([rows["train"], rows["val"]]))
+    """The run's splits as views of the one feature array, whose readable images come train, val, test in turn
+    (each split holds some: see :meth:`~transfer.runs.Run.check_readable`); refit on train + val when test scores."""
+    table = run.split.set_index("path").loc[feats.paths]
+    y, where = table["label"].to_numpy(), table["split"].to_numpy()
+    n_train, n_val = int((where == "train").sum()), int((where == "val").sum())
+    ends = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, len(y))}
+    low, high = ends[run.eval_split]
+    x = feats.features
+    data = _FeatureSplits(x[:n_train], y[:n_train], x[low:high], y[low:high], list(feats.paths[low:high]),
+                          sorted(set(run.split.loc[run.split["path"].isin(set(feats.paths)), "label"])))
+    if run.eval_split == "test" and n_val:
+        data.x_refit, data.y_refit = x[:n_train + n_val], y[:n_train + n_val]
     return data
 
 
@@ -354,18 +425,22 @@ def _scored(fit, data: _FeatureSplits, cfg, feats, run):
 
 
 def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fraction=VAL_FRACTION,
-             test_fraction=TEST_FRACTION, seed=SEED, progress=True, features_dir=None, log=print) -> pd.DataFrame:
+             test_fraction=TEST_FRACTION, seed=SEED, search_size=SEARCH_SIZE, progress=True, features_dir=None,
+             log=print) -> pd.DataFrame:
     """``transfer classify``: features (cached or extracted), tuned classifiers, reports.
 
     Writes ``metrics.csv``, ``predictions.csv``, ``per_class.csv``,
     ``search.csv``, ``config.json``, ``split.csv``, ``skipped.csv`` and
-    ``classifiers/NAME.skops`` into ``out``; the feature cache goes to
-    ``features_dir`` (default ``out/features``).
+    ``classifiers/NAME.skops`` into ``out``; the features go to the feature
+    cache ``features_dir`` (default: the shared one, see
+    :func:`transfer.feature_cache.cache_root`).
 
     Args:
         data: a folder, a CSV manifest, ``digits`` or ``fashion-mnist`` (see
             :func:`transfer.sources.resolve_source`), or a split table.
         classifiers: comma-separated names or a list (``all``: every one).
+        search_size: the grid searches see a stratified sample of at most
+            this many training images (None: all); each refit sees all.
 
     Returns:
         The metrics table, one row per classifier, best first.
@@ -375,7 +450,9 @@ def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fracti
     from transfer.runs import metrics_table, open_run
 
     names = parse_classifiers(classifiers)
+    check_search_size(search_size)
     cfg = (cfg or ExtractConfig()).validated()
     with claim(out, "classify", log=log):
         run = open_run(data, out, "classify", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-        return metrics_table(classify_run(run, cfg, names, features_dir=features_dir, progress=progress, log=log))
+        return metrics_table(classify_run(run, cfg, names, features_dir=features_dir, search_size=search_size,
+                                          progress=progress, log=log))

@@ -1,11 +1,11 @@
 """``transfer compare``: both strategies and a from-scratch baseline on one split, in one report.
 
-A compare run folder holds one ``split.csv`` that every sub-run shares, one
-feature cache shared by strategy 2 and the head stage of strategy 1, a
-sub-run folder per trained model family, and the combined report::
+A compare run folder holds one ``split.csv`` that every sub-run shares, a
+sub-run folder per trained model family, and the combined report; strategy 2
+and the head stage of strategy 1 read the backbone's features from the shared
+feature cache (:mod:`transfer.feature_cache`), where a CNN pass is made once::
 
     RUN/split.csv                      the one split
-    RUN/features/                      feature cache (all backbones)
     RUN/BACKBONE/classify/             strategy 2 (a `classify` run)
     RUN/BACKBONE/finetune-FREEZE/      strategy 1, one per freeze value
     RUN/scratch/                       the CNN trained from random init
@@ -13,8 +13,7 @@ sub-run folder per trained model family, and the combined report::
 
 With ``--repeats N``, each repeat is such a folder ``RUN/repeat-K``; with
 ``--train-sizes``, each size is one, ``RUN/size-N`` (on ``RUN/split.csv`` cut
-to N training images per class), beside ``RUN/learning-curve.csv``; both
-share the one feature cache ``RUN/features``.
+to N training images per class), beside ``RUN/learning-curve.csv``.
 
 The source is read and split once; the sub-runs receive the split itself
 and return :class:`~transfer.runs.Result` records, which
@@ -31,7 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from transfer.backbones import DEFAULT_BACKBONE
-from transfer.classifiers import DEFAULT_CLASSIFIERS
+from transfer.classifiers import DEFAULT_CLASSIFIERS, SEARCH_SIZE
 from transfer.errors import TransferError
 from transfer.features import ExtractConfig
 from transfer.finetuning import FinetuneConfig
@@ -65,6 +64,8 @@ class CompareConfig:
         backbones: registry names; every strategy runs for each.
         strategies: any of ``features``, ``finetune``, ``scratch``.
         classifiers: strategy 2's scikit-learn classifiers.
+        search_size: their grid searches see a stratified sample of at most
+            this many training images (None: all); each refit sees all.
         freeze: strategy 1 runs once per value (``all``, ``none``, a count,
             a fraction or a layer name, as ``transfer finetune --freeze``).
         scratch_size: input size of the from-scratch CNN (None: the images' own, within 32-64 px).
@@ -85,6 +86,7 @@ class CompareConfig:
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
     strategies: tuple[str, ...] = STRATEGIES
     classifiers: tuple[str, ...] = DEFAULT_CLASSIFIERS
+    search_size: int | None = SEARCH_SIZE
     layer: str = _feeds("layer", "features")
     pooling: str | None = _feeds("pooling", "features")
     flip_average: bool = _feeds("flip_average", "features")
@@ -93,6 +95,10 @@ class CompareConfig:
     batch_size: int = _feeds("batch_size", "features", "finetune", "scratch")
     weights: str = _feeds("weights", "features", "finetune")
     engine: str = _feeds("engine", "features", "finetune")
+    executor: str = _feeds("executor", "features")
+    actors: int | None = _feeds("actors", "features")
+    actor_cpus: float = _feeds("actor_cpus", "features")
+    actor_gpus: float = _feeds("actor_gpus", "features")
     freeze: tuple[str, ...] = (FinetuneConfig.freeze,)
     head: str = _feeds("head", "finetune")
     head_epochs: int = _feeds("head_epochs", "finetune")
@@ -135,7 +141,7 @@ class CompareConfig:
             TransferError: naming the option, what is allowed and what was given.
         """
         from transfer.backbones import get_backbone
-        from transfer.classifiers import parse_classifiers
+        from transfer.classifiers import check_search_size, parse_classifiers
 
         backbones = tuple(dict.fromkeys(get_backbone(b).name for b in _names(self.backbones)))
         if not backbones:
@@ -147,6 +153,7 @@ class CompareConfig:
                                 f"comma-separated list of: {', '.join(STRATEGIES)}.")
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise TransferError(f"repeats={self.repeats!r} is not valid: give a positive integer.")
+        check_search_size(self.search_size)
         train_sizes = _train_sizes(self.train_sizes, minimum=2 if "features" in strategies else 1)
         if train_sizes and self.repeats > 1:
             raise TransferError(f"repeats={self.repeats} and train_sizes={','.join(train_sizes)} cannot be combined: "
@@ -200,14 +207,14 @@ def _features(run, cfg: CompareConfig, backbone: str, features_dir: Path, progre
     folder = run.out / backbone / "classify"
     sub = open_run(run.split, folder, "classify", seed=cfg.seed)
     ecfg = cfg.extract_config(backbone).validated()
-    if finished_with(folder, {"extract": feature_settings(ecfg), "classifiers": list(cfg.classifiers),
-                              "pipelines": pipeline_steps(cfg.classifiers),
+    if finished_with(folder, {"extract": feature_settings(ecfg), "requested_classifiers": list(cfg.classifiers),
+                              "pipelines": pipeline_steps(cfg.classifiers), "search_size": cfg.search_size,
                               "seed": cfg.seed, "feature_cache_key": cache_key(ecfg, list(run.split["path"]))}):
         log(f"strategy 2 (features + classifiers) with {backbone}: reusing {folder} (same settings, split and images)")
         return read_results(folder)
     log(f"strategy 2 (features + classifiers) with {backbone} -> {folder}")
-    return classify_run(sub, ecfg, cfg.classifiers, features_dir=features_dir, progress=progress,
-                        log=_prefixed(log, "features"))
+    return classify_run(sub, ecfg, cfg.classifiers, features_dir=features_dir, search_size=cfg.search_size,
+                        progress=progress, log=_prefixed(log, "features"))
 
 
 def _finetuned(run, cfg: CompareConfig, backbone: str, freeze: str, features_dir: Path, log):
@@ -328,7 +335,7 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
         log(f"repeat {k} of {cfg.repeats} (seed {once.seed}) -> {out / f'repeat-{k}'}")
         start = time.perf_counter()
         run = open_run(source, out / f"repeat-{k}", "compare", seed=once.seed, **split_options)
-        table, _ = _compare_once(run, once, out / "features", progress, _prefixed(log, f"repeat {k}"), predictions)
+        table, _ = _compare_once(run, once, None, progress, _prefixed(log, f"repeat {k}"), predictions)
         tables.append(table.assign(repeat=k))
         seconds.append(time.perf_counter() - start)
     summary, line = summarise_repeats(tables, predictions)
@@ -390,7 +397,7 @@ def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, 
             f"{out / f'size-{size}'}")
         start = time.perf_counter()
         sub = open_run(subset, out / f"size-{size}", "compare", seed=cfg.seed)
-        table, _ = _compare_once(sub, once, out / "features", progress, _prefixed(log, f"size {size}"))
+        table, _ = _compare_once(sub, once, None, progress, _prefixed(log, f"size {size}"))
         tables.append(table.assign(train_size=size, mean_images_per_class=round(float(counts.mean()), 1),
                                    min_images_per_class=int(counts.min()), n_train=int(counts.sum())))
         seconds[size] = round(time.perf_counter() - start, 1)
@@ -463,4 +470,4 @@ def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progre
     if cfg.train_sizes:
         return _learning_curve(source, out, cfg, split_options, progress, log)
     run = open_run(source, out, "compare", seed=cfg.seed, **split_options)
-    return _compare_once(run, cfg, out / "features", progress, log)
+    return _compare_once(run, cfg, None, progress, log)
