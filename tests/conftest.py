@@ -18,6 +18,28 @@ ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def feature_cache(tmp_path_factory):
+    """The shared feature cache of every run in this session: one of its own, never the user's."""
+    folder = tmp_path_factory.mktemp("feature-cache")
+    os.environ["TRANSFER_CACHE"] = str(folder)
+    return folder
+
+
+def cached_images(paths, root=None) -> dict:
+    """How many entries the feature cache holds for ``paths``, per feature setting: ``{settings key: count}``."""
+    from transfer.feature_cache import cache_root, image_id
+
+    ids = {image_id(p) for p in paths}
+    counts = {}
+    for shard in cache_root(root).rglob("shard-*.npz"):
+        with np.load(shard) as z:
+            n = sum(i in ids for i in z["ids"].tolist() + z["skipped_ids"].tolist())
+        if n:
+            counts[shard.parent.name] = counts.get(shard.parent.name, 0) + n
+    return counts
+
+
 @pytest.fixture
 def hymenoptera():
     if not (HYMENOPTERA / "val").is_dir():

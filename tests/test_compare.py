@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import ROOT, colour_folder
+from tests.conftest import ROOT, cached_images, colour_folder
 from transfer.comparison import CompareConfig, compare
 from transfer.errors import TransferError
 from transfer.verdict import COMPARE_COLUMNS, verdict
@@ -64,8 +64,9 @@ def test_compare_shares_one_split_and_one_feature_cache(tiny_run):
     for sub in table["run_dir"].unique():
         assert (run / sub / "split.csv").read_bytes() == top
     # classify, the head stage of both fine-tuning runs and the t-SNE all used the same cached CNN pass.
-    assert len(list((run / "features").glob("features-*.npz"))) == 1
-    assert not (run / "efficientnet_lite0" / "classify" / "features").exists()
+    split = pd.read_csv(run / "split.csv")
+    assert list(cached_images(split["path"]).values()) == [len(split)]
+    assert not (run / "features").exists() and not (run / "efficientnet_lite0" / "classify" / "features").exists()
 
 
 def test_compare_writes_every_plot(tiny_run):
@@ -321,8 +322,8 @@ def test_repeats_report_mean_spread_and_paired_differences_over_seeded_splits(tm
     assert "over 3 splits" in line and "One repeat took" in line
     assert (run / "plots" / "repeats.png").read_bytes()[:4] == b"\x89PNG"
     # one CNN pass for all repeats: the cache is shared, not made per repeat
-    assert len(list((run / "features").glob("features-*.npz"))) == 1
-    assert not (run / "repeat-1" / "features").exists()
+    paths = set().union(*(pd.read_csv(run / f"repeat-{k}" / "split.csv")["path"] for k in (1, 2, 3)))
+    assert list(cached_images(paths).values()) == [len(paths)]
     assert json.loads((run / "config.json").read_text())["repeats"] == 3
 
 

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import ROOT, colour_folder
+from tests.conftest import ROOT, cached_images, colour_folder
 
 PAUSE = """
 import runpy, sys, time
@@ -73,7 +73,7 @@ def test_a_kill_during_extraction_leaves_no_cache_and_the_run_finishes_after(tmp
     out = tmp_path / "run"
     args = ["extract", "--data", data, "--out", out, "--image-size", "64", "--batch-size", "8"]
     _kill_at(args, "images", "forward", "len(calls) == 4")  # the warm-up batch, then the third of ten batches
-    assert not list((out / "features").glob("features-*.npz"))  # no cache of a part of the images
+    assert not cached_images(data.rglob("*.png"))  # no cache of a part of the images (one shard holds all 80)
     again = subprocess.run(_transfer(*args), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "taking over from an earlier run that did not finish" in again.stdout + again.stderr
@@ -146,7 +146,7 @@ def test_a_full_disk_while_caching_features_names_the_space(tmp_path, monkeypatc
     monkeypatch.setattr(np, "savez", real)
     assert result.exit_code == 2 and result.output.count("Error") == 1, result.output
     error = result.output.splitlines()[-1]
-    assert error.startswith("Error: No space left on the disk of") and "features-" in error
+    assert error.startswith("Error: No space left on the disk of") and "shard-" in error
     assert "it needed more than 102.4 kB" in error  # 20 images x 1280 float32 features
     assert _leftovers(tmp_path / "run") == []
 

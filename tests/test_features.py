@@ -58,7 +58,7 @@ def test_interrupted_write_leaves_no_cache_file(images, tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", crash)
     with pytest.raises(KeyboardInterrupt):
         extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == ["settings.json"]
 
 
 def test_salted_folder_lists_exactly_the_bad_files(tmp_path, bad_files):
@@ -88,7 +88,7 @@ def test_bad_extract_options_fail_before_any_work():
 
 def test_a_corrupt_cache_file_is_extracted_again(images, tmp_path):
     first = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
-    (cache,) = (tmp_path / "cache").iterdir()
+    (cache,) = (tmp_path / "cache").rglob("shard-*.npz")
     cache.write_bytes(cache.read_bytes()[:100])
     again = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
     assert not again.from_cache
@@ -119,3 +119,92 @@ def test_flip_averaged_features_are_the_mean_of_an_image_and_its_mirror(tmp_path
     np.testing.assert_allclose(both.features[0], plain.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(both.features[1], both.features[0], rtol=1e-4, atol=1e-5)  # mirrors look alike
     assert not np.allclose(plain[0], plain[1], rtol=1e-3)  # while their own features differ
+
+
+def test_only_the_images_the_cache_lacks_run_through_the_cnn(images, tmp_path, monkeypatch):
+    first = extract_features(images[:10], TINY, cache_dir=tmp_path / "cache", progress=False)
+    ran = []
+    real = features.run_extraction
+
+    def counting(cfg, paths, *args, **kwargs):
+        ran.append(sorted(paths))
+        return real(cfg, paths, *args, **kwargs)
+
+    monkeypatch.setattr(features, "run_extraction", counting)
+    every = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert ran == [sorted(images[10:])] and not every.from_cache
+    np.testing.assert_array_equal(every.features[:10], first.features)
+    assert every.paths == images and every.seconds > 0 and every.images_per_second > 0
+    again = extract_features(images[::-1], TINY, cache_dir=tmp_path / "cache", progress=False)  # another order
+    assert len(ran) == 1 and again.from_cache and again.paths == images[::-1]
+    np.testing.assert_array_equal(again.features, every.features[::-1])
+
+
+def test_a_killed_extraction_keeps_its_whole_shards_and_the_next_run_extracts_the_rest(images, tmp_path,
+                                                                                      monkeypatch):
+    from transfer import feature_cache
+
+    monkeypatch.setattr(feature_cache, "SHARD_ROWS", 5)
+    ran, real = [], features.run_extraction
+
+    def dies_at_third_shard(cfg, paths, *args, **kwargs):
+        ran.append(len(paths))
+        if len(ran) == 3:
+            raise KeyboardInterrupt
+        return real(cfg, paths, *args, **kwargs)
+
+    monkeypatch.setattr(features, "run_extraction", dies_at_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").rglob("shard-*.npz"))) == 2
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.name.startswith(".tmp")]
+    ran.clear()
+    monkeypatch.setattr(features, "run_extraction", lambda *a, **k: (ran.append(len(a[1])), real(*a, **k))[1])
+    done = extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert ran == [5, 1] and done.features.shape == (16, 1280)  # the 6 images the two whole shards lacked
+    whole = extract_features(images, TINY, cache_dir=tmp_path / "fresh", progress=False)
+    np.testing.assert_allclose(done.features, whole.features, rtol=1e-5, atol=1e-5)
+
+
+def test_unreadable_images_are_cached_with_their_reason_and_not_tried_again(tmp_path, bad_files, monkeypatch):
+    paths = sorted(str(p) for p in bad_files.iterdir()) + [str(p) for p in colour_folder(tmp_path / "d", n=1)
+                                                           .rglob("*.png")]
+    first = extract_features(paths, TINY, cache_dir=tmp_path / "cache", progress=False)
+    monkeypatch.setattr(features, "run_extraction", lambda *a, **k: pytest.fail("the CNN ran again"))
+    again = extract_features(paths, TINY, cache_dir=tmp_path / "cache", progress=False)
+    assert again.skipped == first.skipped and len(first.skipped) == 3 and again.from_cache
+    assert again.paths == first.paths and len(again.paths) == len(paths) - 3
+
+
+def test_cache_list_and_prune(images, tmp_path):
+    from click.testing import CliRunner
+
+    import cli
+
+    root = tmp_path / "cache"
+    extract_features(images, TINY, cache_dir=root, progress=False)
+    extract_features(images[:3], dataclasses_replace(TINY, pooling="max"), cache_dir=root, progress=False)
+    listed = CliRunner().invoke(cli.main, ["cache", "list", "--dir", str(root)])
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert len([line for line in lines if "efficientnet_lite0" in line]) == 2
+    assert any(" avg " in line and " 16 " in line for line in lines)
+    from transfer.feature_cache import cached_settings
+
+    table = cached_settings(root)
+    max_key = table.loc[table["pooling"] == "max", "key"].iloc[0]
+    pruned = CliRunner().invoke(cli.main, ["cache", "prune", "--dir", str(root), "--key", max_key])
+    assert pruned.exit_code == 0 and max_key in pruned.output
+    assert list(cached_settings(root)["pooling"]) == ["avg"]
+    bad = CliRunner().invoke(cli.main, ["cache", "prune", "--dir", str(root), "--key", "nope"])
+    assert bad.exit_code == 2 and bad.output.count("\n") == 1 and "holds no key 'nope'" in bad.output
+    nothing = CliRunner().invoke(cli.main, ["cache", "prune", "--dir", str(root)])
+    assert nothing.exit_code == 2 and "Say what to prune" in nothing.output
+    old = CliRunner().invoke(cli.main, ["cache", "prune", "--dir", str(root), "--older-than", "0"])
+    assert old.exit_code == 0 and "1 removed" in old.output and cached_settings(root).empty
+
+
+def dataclasses_replace(cfg, **change):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **change)

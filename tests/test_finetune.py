@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import ROOT, colour_folder
+from tests.conftest import ROOT, cached_images, colour_folder
 from transfer import features
 from transfer.errors import TransferError
 from transfer.finetune_model import PROBE_CS, frozen_count
@@ -84,7 +84,7 @@ def test_finetune_writes_its_reports(run):
     config = json.loads((out / "config.json").read_text())
     assert config["head_on_cached_features"] is True and config["precision"] == "float32"
     assert config["probe_C"] is None  # the head was trained (the default)
-    assert list((out / "features").glob("features-*.npz"))  # stage 1 used strategy 2's cache
+    assert list(cached_images(pd.read_csv(out / "split.csv")["path"]).values()) == [len(pd.read_csv(out / "split.csv"))]
 
 
 def test_frozen_layers_are_unchanged_and_trainable_ones_changed(run):
@@ -148,8 +148,7 @@ def test_head_stage_reuses_features_from_extract(tmp_path, monkeypatch):
     monkeypatch.setattr(features, "run_extraction", no_cnn)
     for head, epochs_run in (("train", 2), ("probe", 0)):
         cfg = FinetuneConfig(freeze="all", head=head, head_epochs=2, epochs=0, augment=False, **TINY)
-        table = finetune(data, tmp_path / f"run-{head}", cfg, features_dir=tmp_path / "run" / "features",
-                         log=lambda *_: None)
+        table = finetune(data, tmp_path / f"run-{head}", cfg, log=lambda *_: None)
         assert table["epochs_run"].iloc[0] == epochs_run
 
 
@@ -213,7 +212,7 @@ def test_augment_plateau_class_weight_and_hidden_head(tmp_path):
     table = finetune(data, tmp_path / "run", cfg, log=lambda *_: None)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["head_on_cached_features"] is False
-    assert not (tmp_path / "run" / "features").exists()  # augmentation: no feature cache involved
+    assert not cached_images(pd.read_csv(tmp_path / "run" / "split.csv")["path"])  # augmentation: no feature cache
     split = pd.read_csv(tmp_path / "run" / "split.csv")
     assert table["n_train"].iloc[0] == (split["split"] == "train").sum() == 11  # 2 of the 13 carved for val
     assert table["freeze"].iloc[0] == "0.9"
@@ -279,8 +278,7 @@ def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot
     probe_only = finetune(data, tmp_path / "probe", FinetuneConfig(freeze="all", head="probe", epochs=0,
                                                                    augment=False, **TINY), log=lambda *_: None)
     split = pd.read_csv(tmp_path / "probe" / "split.csv")
-    feats = extract_features(split["path"], ExtractConfig(image_size=32, batch_size=8),
-                             cache_dir=tmp_path / "probe" / "features", progress=False)
+    feats = extract_features(split["path"], ExtractConfig(image_size=32, batch_size=8), progress=False)
     pos = {p: i for i, p in enumerate(feats.paths)}
     index = {"blue": 0, "red": 1}
 

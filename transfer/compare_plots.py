@@ -157,8 +157,8 @@ def tsne_plot(run_dir, cfg, path, *, features_dir=None, limit=1000, seed=0):
         run_dir: a run folder with ``split.csv`` (compare, classify, extract or finetune).
         cfg: the :class:`~transfer.features.ExtractConfig` of the features to show.
         path: the PNG to write.
-        features_dir: the feature cache (default ``run_dir/features``): a cached
-            pass over the whole split is reused, otherwise the CNN runs once.
+        features_dir: the feature cache (default: the shared one): features
+            it holds are reused, the CNN runs only over the others.
         limit: at most this many images (a seeded sample; t-SNE is quadratic).
 
     Returns:
@@ -175,8 +175,7 @@ def tsne_plot(run_dir, cfg, path, *, features_dir=None, limit=1000, seed=0):
     if len(rows) > limit:
         rows = rows.sample(limit, random_state=seed).sort_index()
     # The features of the whole split, as strategy 2 caches them (the same key: no second CNN pass).
-    cache = Path(features_dir) if features_dir is not None else run_dir / "features"
-    feats = extract_features(split["path"], cfg, cache_dir=cache, progress=False)
+    feats = extract_features(split["path"], cfg, cache_dir=features_dir, progress=False)
     pos = {p: i for i, p in enumerate(feats.paths)}
     rows = rows[rows["path"].isin(pos)]
     if len(rows) < 5:

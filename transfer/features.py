@@ -2,8 +2,10 @@
 
 Images stream through ``tf.data`` (parallel decode, resize, batch, prefetch),
 so memory holds a few batches of pixels; only the features grow with the
-number of images.  The cache key holds everything that changes a feature, so
-a cached file is reused exactly when it is valid.
+number of images.  The features go to the shared feature cache
+(:mod:`transfer.feature_cache`), under a key of everything that changes a
+feature, so cached features are reused exactly when they are valid, and only
+the images it lacks run through the CNN.
 """
 
 from __future__ import annotations
@@ -12,13 +14,11 @@ import dataclasses
 import hashlib
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
 from transfer.backbones import FEATURE_LAYERS, BackboneOptions, check_pooling, get_backbone, weights_identity
 from transfer.errors import TransferError
-from transfer.fileio import atomic_path
 from transfer.images import timed_predict
 from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 
@@ -38,11 +38,20 @@ class ExtractConfig(BackboneOptions):
             mirror image's (test-time augmentation; twice the CNN time).  Off
             by default: measured, it helps on some sets and hurts on others
             (README, strategy 2), and a mirrored digit or letter is another one.
+        executor: where the CNN pass runs: ``local``, ``ray`` (a Ray of this
+            machine's own) or ``ray:ADDRESS`` (see :mod:`transfer.executors`).
+        actors, actor_cpus, actor_gpus: with Ray, the actor pool's size
+            (None: as many as the cluster's CPUs or GPUs allow) and what each
+            actor reserves.
     """
 
     layer: str = "pooled"
     pooling: str | None = "avg"
     flip_average: bool = False
+    executor: str = "local"
+    actors: int | None = None
+    actor_cpus: float = 1.0
+    actor_gpus: float = 0.0
 
     def validated(self) -> ExtractConfig:
         """A copy with every option checked and resolved (the backbone's size, its registry name).
@@ -50,7 +59,16 @@ class ExtractConfig(BackboneOptions):
         Raises:
             TransferError: naming the option, what is allowed and what was given.
         """
+        from transfer.executors import parse_executor
+
         check_pooling(self.pooling)
+        parse_executor(self.executor)
+        if self.actors is not None and (not isinstance(self.actors, int) or self.actors < 1):
+            raise TransferError(f"actors={self.actors!r} is not valid: give a positive whole number, or none for as "
+                                "many as the cluster's CPUs allow.")
+        if self.actor_cpus <= 0 or self.actor_gpus < 0:
+            raise TransferError(f"actor_cpus={self.actor_cpus!r}, actor_gpus={self.actor_gpus!r} are not valid: give "
+                                "a positive number of CPUs and zero or more GPUs per actor.")
         if not self.layer:
             raise TransferError(f"layer must be one of {', '.join(FEATURE_LAYERS)} or a layer name.")
         cfg = self.checked_backbone()
@@ -62,9 +80,12 @@ class ExtractConfig(BackboneOptions):
         return dataclasses.replace(cfg, pooling=pooling)
 
 
+RUNNERS = ("engine", "executor", "actors", "actor_cpus", "actor_gpus")  # how the CNN runs, not what it computes
+
+
 def feature_settings(cfg: ExtractConfig) -> dict:
-    """What a run records of ``cfg`` to be reused: every option but the engine (engines agree to 1e-4)."""
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "engine"}
+    """What a run records of ``cfg`` to be reused: every option but how the CNN ran (engines agree to 1e-4)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUNNERS}
 
 
 @dataclasses.dataclass
@@ -81,21 +102,15 @@ class Features:
 
 
 def cache_key(cfg: ExtractConfig, paths) -> str:
-    """A hash of everything that changes the features of ``paths``."""
-    files = []
-    for p in paths:
-        try:
-            st = Path(p).stat()
-            files.append([str(p), st.st_size, st.st_mtime_ns])
-        except OSError:
-            files.append([str(p), -1, -1])
-    blob = json.dumps({
-        "version": CACHE_VERSION, "backbone": cfg.backbone, "weights": weights_identity(cfg.backbone, cfg.weights),
-        "layer": cfg.layer, "pooling": cfg.pooling, "image_size": cfg.image_size, "resize": cfg.resize,
-        "files": files,
-        # only when on, so that the caches made before the option existed stay valid
-        **({"flip_average": True} if cfg.flip_average else {}),
-    }, sort_keys=True)
+    """A hash of everything that changes the features of ``paths``, in any order: the settings and each image's
+    address in the cache (see :func:`transfer.feature_cache.image_id`)."""
+    from transfer.feature_cache import image_id
+
+    return _key(cfg, [image_id(p) for p in paths])
+
+
+def _key(cfg, ids) -> str:
+    blob = json.dumps({"settings": store_settings(cfg), "images": sorted(ids)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -140,65 +155,106 @@ def extractor(cfg: ExtractConfig, log=print):
     return frozen_model(identity, lambda: build_extractor(cfg), engine, sample, log)
 
 
-def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None, log=print):
+def run_extraction(cfg: ExtractConfig, paths, progress=True, model=None, log=print, bar=None):
     """Run the backbone over ``paths``; returns ``(kept paths, features, skipped, images_per_second)``.
 
-    ``model`` is the extractor when already built (see :func:`extractor`).
+    ``model`` is the extractor when already built (see :func:`extractor`);
+    ``bar`` a progress bar to advance instead of a new one.
     """
     row = get_backbone(cfg.backbone)
     model = model if model is not None else extractor(cfg, log)
     paths = [str(p) for p in paths]
-    bar = _progress(len(paths), f"extract {row.name}") if progress else None
+    own = _progress(len(paths), f"extract {row.name}") if progress and bar is None else None
+    tick = (bar or own).update if (bar or own) is not None else None
     kept, feats, skipped, rate = timed_predict(model, paths, cfg.image_size, cfg.resize, cfg.batch_size,
-                                               row.preprocess_input, on_batch=bar.update if bar else None)
-    if bar is not None:
-        bar.close()
+                                               row.preprocess_input, on_batch=tick)
+    if own is not None:
+        own.close()
     return [paths[i] for i in kept], feats, [(p, skipped[p]) for p in paths if p in skipped], rate
 
 
-def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print) -> Features:
-    """Features of ``paths``, from the cache when its key matches, else by running the CNN.
+def store_settings(cfg: ExtractConfig) -> dict:
+    """Everything but the images that changes a feature: the shared cache's folder for ``cfg``.
 
-    The engine is not part of the key: engines are used only where they agree
-    with TensorFlow to 1e-4 of the largest feature.
+    Not the engine: an engine is used only where it agrees with TensorFlow to
+    1e-4 of the largest feature (checked before its first use).
+    """
+    return {"version": CACHE_VERSION, "backbone": cfg.backbone,
+            "weights": weights_identity(cfg.backbone, cfg.weights), "layer": cfg.layer, "pooling": cfg.pooling,
+            "image_size": cfg.image_size, "resize": cfg.resize, "flip_average": cfg.flip_average}
+
+
+def _fill(store, missing, cfg, progress, log):
+    """Extract the images ``missing`` (``{id: path}``) shard by shard into ``store``; returns the seconds."""
+    from transfer.executors import fill_on_ray, parse_executor
+    from transfer.feature_cache import SHARD_ROWS
+
+    executor = parse_executor(cfg.executor)
+    if executor.kind == "ray":
+        return fill_on_ray(store, missing, cfg, executor, actors=cfg.actors, actor_cpus=cfg.actor_cpus,
+                           actor_gpus=cfg.actor_gpus, progress=progress, log=log)
+    start = time.perf_counter()
+    model = extractor(cfg, log)
+    items = list(missing.items())
+    bar = _progress(len(items), f"extract {cfg.backbone}") if progress else None
+    try:
+        for at in range(0, len(items), SHARD_ROWS):
+            chunk = dict(items[at:at + SHARD_ROWS])
+            by_path = {p: i for i, p in chunk.items()}
+            began = time.perf_counter()
+            kept, feats, skipped, rate = run_extraction(cfg, list(chunk.values()), progress=False, model=model,
+                                                        log=log, bar=bar)
+            store.add([by_path[p] for p in kept], kept, feats, {by_path[p]: (p, why) for p, why in skipped},
+                      time.perf_counter() - began, rate)
+    finally:
+        if bar is not None:
+            bar.close()
+    return time.perf_counter() - start
+
+
+def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print) -> Features:
+    """Features of ``paths``: those the shared cache holds are read, only the others run through the CNN.
 
     Args:
         paths: image files.
         cfg: backbone, layer, pooling, size and resize mode.
-        cache_dir: folder of cached feature files (none: no caching).
+        cache_dir: the feature cache (default: the shared one, see
+            :func:`transfer.feature_cache.cache_root`).
         progress: show a progress bar with images/s.
         log: where the engine's one-off export and timing are said.
     """
+    from transfer.feature_cache import FeatureStore, cache_root, image_id
+
     cfg = cfg.validated()
     paths = [str(p) for p in paths]
-    key = cache_key(cfg, paths)
-    cache = Path(cache_dir) / f"features-{key}.npz" if cache_dir is not None else None
-    if cache is not None and cache.exists():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                rate = float(z["images_per_second"]) if "images_per_second" in z.files else float("nan")
-                return Features(list(z["paths"]), z["features"],
-                                [tuple(r) for r in z["skipped"].reshape(-1, 2)],
-                                float(z["seconds"]), key, True, rate)
-        except Exception:  # noqa: BLE001 - any unreadable cache file (BadZipFile, EOFError...): extract again
-            cache.unlink(missing_ok=True)
-    start = time.perf_counter()
-    kept, feats, skipped, rate = run_extraction(cfg, paths, progress=progress, log=log)
-    seconds = time.perf_counter() - start
-    if cache is not None:
-        with atomic_path(cache, suffix=".npz", needed=feats.nbytes) as tmp, open(tmp, "wb") as f:
-            np.savez(f, paths=np.array(kept, dtype=str), features=feats,
-                     skipped=np.array(skipped, dtype=str).reshape(-1, 2), seconds=seconds,
-                     images_per_second=rate, config=json.dumps(dataclasses.asdict(cfg)))
-    return Features(kept, feats, skipped, seconds, key, False, rate)
+    ids = [image_id(p) for p in paths]
+    store = FeatureStore(cache_root(cache_dir), store_settings(cfg))
+    found = store.find(ids)
+    missing = {i: p for i, p in zip(ids, paths, strict=True) if not found.has(i)}
+    if missing:
+        _fill(store, missing, cfg, progress, log)
+        found = store.find(ids)
+    kept = [k for k, i in enumerate(ids) if i in found.rows]
+    skipped = [(p, found.skipped[i]) for p, i in zip(paths, ids, strict=True) if i in found.skipped]
+    feats = store.read([ids[k] for k in kept], found)
+    # The CNN's seconds and rate for these images, whenever they ran: each shard's, in proportion of its images used.
+    used = {}
+    for i in set(ids):
+        shard = found.rows.get(i, (None,))[0]
+        used[shard] = used.get(shard, 0) + 1
+    seconds = sum(found.shards[s][0] * n / max(found.shards[s][1], 1) for s, n in used.items() if s is not None)
+    per_image = [n / found.shards[s][2] for s, n in used.items() if s is not None and found.shards[s][2] > 0]
+    rate = sum(n for s, n in used.items() if s is not None) / sum(per_image) if per_image else float("nan")
+    return Features([paths[k] for k in kept], feats, skipped, seconds, _key(cfg, ids), not missing, rate)
 
 
 def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,
             seed=SEED, progress=True, features_dir=None, log=print):
     """``transfer extract``: split the data, compute (or reuse) the features of every image.
 
-    Writes ``split.csv``, ``skipped.csv`` and the feature cache under
-    ``features_dir`` (default ``out/features/``).
+    Writes ``split.csv`` and ``skipped.csv``; the features go to the
+    feature cache ``features_dir`` (default: the shared one, see
+    :func:`transfer.feature_cache.cache_root`).
 
     Returns:
         ``(split, features)``: the split table and the :class:`Features`.
@@ -209,7 +265,6 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRA
     cfg = (cfg or ExtractConfig()).validated()
     with claim(out, "extract", log=log):
         run = open_run(data, out, None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-        feats = extract_features(run.split["path"], cfg, cache_dir=features_dir or run.out / "features",
-                                 progress=progress, log=log)
+        feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress, log=log)
         write_skipped(feats.skipped, run.out / "skipped.csv")
     return run.split, feats

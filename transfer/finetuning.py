@@ -418,10 +418,11 @@ def finetune_run(run, cfg: FinetuneConfig, *, features_dir=None, log=print):
     Args:
         run: from :func:`transfer.runs.open_run`.
         cfg: a validated :class:`FinetuneConfig`.
-        features_dir: the feature cache stage 1 uses (default ``run.out/features``).
+        features_dir: the feature cache stage 1 uses (default: the shared one).
     """
     import keras
 
+    from transfer.feature_cache import cache_root
     from transfer.precision import choose_precision, distribution_strategy
     from transfer.training import TrainState
 
@@ -429,8 +430,7 @@ def finetune_run(run, cfg: FinetuneConfig, *, features_dir=None, log=print):
     state = TrainState(run.out, _config_hash(cfg, run.split, precision))
     keras.utils.set_random_seed(cfg.seed)  # after the precision measurement, which draws random numbers
     keras.mixed_precision.set_global_policy(precision)
-    job = _Training(run, cfg, state, distribution_strategy(),
-                    Path(features_dir) if features_dir is not None else run.out / "features", log, log)
+    job = _Training(run, cfg, state, distribution_strategy(), cache_root(features_dir), log, log)
     try:
         model, backbone = _prepare(job)
         head = _train_head(job, model, backbone)
@@ -454,9 +454,9 @@ def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=VAL_F
     Args:
         data: a folder, a CSV manifest, ``digits`` or ``fashion-mnist`` (see
             :func:`transfer.sources.resolve_source`), or a split table.
-        features_dir: where stage 1 finds (or leaves) cached features:
-            default ``out/features``; give a ``classify`` run's ``features``
-            folder to reuse its CNN pass.
+        features_dir: the feature cache where stage 1 finds (or leaves) the
+            backbone's features (default: the shared one, see
+            :func:`transfer.feature_cache.cache_root`).
 
     Returns:
         The one-row metrics table.

@@ -114,7 +114,6 @@ def check_run_folder(out, command: str):
         raise TransferError(
             f"{out} holds a `{other}` run, whose reports `{command}` would overwrite: give `{command}` its own out "
             f"folder (copy {Path(out) / 'split.csv'} into it to use the same split"
-            + (f"; features_dir={Path(out) / 'features'} reuses its features" if command == "finetune" else "")
             + ")."
         )
 
