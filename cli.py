@@ -27,7 +27,7 @@ quiet_tensorflow_import(announce=lambda line: click.echo(line, err=True))
 
 from transfer import __version__  # noqa: E402
 from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone  # noqa: E402
-from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS  # noqa: E402
+from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS, SEARCH_SIZE  # noqa: E402
 from transfer.comparison import DEMO_DATA, CompareConfig  # noqa: E402
 from transfer.engines import ENGINES  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
@@ -137,6 +137,20 @@ WEIGHTS = click.option("--weights", default=BackboneOptions.weights, show_defaul
 ENGINE = click.option("--engine", type=click.Choice(ENGINES), default=BackboneOptions.engine, show_default=True,
                       help="What runs the frozen CNN forward: auto (ONNX Runtime where installed, checked against "
                            "TensorFlow and faster here, measured once), tensorflow or onnxruntime.")
+
+
+def _search_size(ctx, param, value):
+    if value is None or str(value).lower() == "all":
+        return None
+    try:
+        return click.IntRange(10).convert(value, param, ctx)
+    except click.BadParameter:
+        raise click.BadParameter(f"{value!r} is not a whole number of at least 10, or all.") from None
+
+
+SEARCH = click.option("--search-size", default=str(SEARCH_SIZE), show_default=True, callback=_search_size,
+                      help="The classifiers' grid searches see a stratified sample of at most this many training "
+                           "images (all: every one); each refit sees all.")
 SPLIT = _options(
     click.option("--val-fraction", type=float, default=VAL_FRACTION, show_default=True,
                  help="Validation share when the data has no splits of its own."),
@@ -154,6 +168,17 @@ FEATURE_OPTIONS = _options(
                  show_default=True, callback=_none_word, help="Pooling of conv outputs ('none' flattens them)."),
     click.option("--flip-average/--no-flip-average", default=ExtractConfig.flip_average, show_default=True,
                  help="Average each image's features with its mirror image's (twice the CNN time)."),
+)
+EXECUTOR = _options(
+    click.option("--executor", default=ExtractConfig.executor, show_default=True,
+                 help="Where the CNN pass runs: local, ray (a Ray of this machine's own) or ray:ADDRESS (a running "
+                      "cluster, e.g. ray:auto). Ray needs pip install -e '.[ray]'."),
+    click.option("--actors", type=click.IntRange(1), default=ExtractConfig.actors,
+                 help="With Ray: the actor pool's size (default: as many as the cluster's CPUs or GPUs allow)."),
+    click.option("--actor-cpus", type=click.FloatRange(0, min_open=True), default=ExtractConfig.actor_cpus,
+                 show_default=True, help="With Ray: CPUs each actor reserves."),
+    click.option("--actor-gpus", type=click.FloatRange(0), default=ExtractConfig.actor_gpus, show_default=True,
+                 help="With Ray: GPUs each actor reserves (e.g. 1, or 0.5 to share one between two)."),
 )
 FINETUNE_OPTIONS = _options(
     click.option("--head", type=click.Choice(HEADS), default=FinetuneConfig.head, show_default=True,
@@ -173,6 +198,41 @@ FINETUNE_OPTIONS = _options(
                       "the best by the same ranking."),
     PRECISION,
 )
+
+
+@main.group()
+def cache():
+    """The feature cache every run shares: list it, prune it."""
+
+
+CACHE_DIR = click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path),
+                         help="The cache folder (default: $TRANSFER_CACHE, else ~/.cache/transfer/features).")
+
+
+@cache.command("list")
+@CACHE_DIR
+def cache_list(root):
+    """One line per feature setting: images, size on disk, last use."""
+    from transfer.feature_cache import cache_root, cached_settings
+
+    table = cached_settings(root)
+    click.echo(table.to_string(index=False) if len(table) else "(empty)")
+    click.echo(f"Cache: {cache_root(root)} ({table['megabytes'].sum():,.1f} MB)")
+
+
+@cache.command("prune")
+@CACHE_DIR
+@click.option("--key", "keys", multiple=True, help="A key from `transfer cache list` (repeatable).")
+@click.option("--older-than", type=click.FloatRange(0), help="Remove the settings unused for this many days.")
+@click.option("--all", "everything", is_flag=True, help="Remove every cached feature.")
+def cache_prune(root, keys, older_than, everything):
+    """Remove cached features (the next run that needs them extracts them again)."""
+    from transfer.feature_cache import prune
+
+    removed = prune(root, keys=keys, older_than_days=older_than, everything=everything)
+    for row in removed.itertuples():
+        click.echo(f"removed {row.key}: {row.backbone} {row.layer}, {row.images} images, {row.megabytes} MB")
+    click.echo(f"{len(removed)} removed, {removed['megabytes'].sum():,.1f} MB freed.")
 
 
 @main.command()
@@ -250,8 +310,10 @@ def _echo_predictions(preds, run_dir):
               help="Classify with this run's model (classify: backbone + fitted classifier; finetune).")
 @click.option("--classifier", help="With --run: which fitted classifier (default: the run's best).")
 @ENGINE
+@click.option("--executor", default=ExtractConfig.executor, show_default=True,
+              help="With --run of a classify run: where the CNN pass runs (local, ray, ray:ADDRESS), as for classify.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, engine, paths):
+def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, engine, executor, paths):
     """ImageNet top-K classes for image files or folders (no PATHS: two photos that ship with scikit-learn).
 
     With --run RUN_DIR, predicts the classes of a `transfer classify` or `transfer finetune` run.
@@ -266,7 +328,7 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
     from transfer.predict import predict_run
 
     preds, skipped = (predict_run(run_dir, list(paths), classifier=classifier, batch_size=batch_size, engine=engine,
-                                  log=click.echo) if run_dir
+                                  executor=executor, log=click.echo) if run_dir
                       else predict_imagenet(list(paths), row.name, top=top, weights=weights, resize=resize,
                                             batch_size=batch_size, engine=engine, log=click.echo))
     _echo_predictions(preds, run_dir)
@@ -300,7 +362,7 @@ EXTRACT_OPTIONS = _options(
     BACKBONE, DATA,
     click.option("--out", "-o", "out", type=click.Path(path_type=Path),
                  help="Run folder for features, reports and models (default: runs/COMMAND-NAME, NAME from --data)."),
-    FEATURE_OPTIONS, IMAGE_SIZE, RESIZE, BATCH_SIZE, WEIGHTS, ENGINE, SPLIT,
+    FEATURE_OPTIONS, IMAGE_SIZE, RESIZE, BATCH_SIZE, WEIGHTS, ENGINE, EXECUTOR, SPLIT,
 )
 
 
@@ -324,7 +386,8 @@ def extract(data, out, val_fraction, test_fraction, seed, **options):
 @EXTRACT_OPTIONS
 @click.option("--classifier", "-c", "classifiers", default=",".join(DEFAULT_CLASSIFIERS), show_default=True,
               help=f"Comma-separated: {', '.join(CLASSIFIERS)} (or 'all').")
-def classify(data, out, classifiers, val_fraction, test_fraction, seed, **options):
+@SEARCH
+def classify(data, out, classifiers, search_size, val_fraction, test_fraction, seed, **options):
     """Train scikit-learn classifiers on the frozen features and evaluate them."""
     from transfer.classifiers import classify as run_classify
     from transfer.classifiers import parse_classifiers
@@ -333,7 +396,7 @@ def classify(data, out, classifiers, val_fraction, test_fraction, seed, **option
     cfg = _config(ExtractConfig, options).validated()
     out = _run_folder(out, "classify", data)
     table = run_classify(data, out, cfg, classifiers, val_fraction=val_fraction, test_fraction=test_fraction,
-                         seed=seed, log=click.echo)
+                         seed=seed, search_size=search_size, log=click.echo)
     click.echo(table[["classifier", "accuracy", "macro_f1", "fit_seconds", "best_params"]]
                .to_string(index=False))
     click.echo(f"Evaluated on the {table['eval_split'].iloc[0]} split ({table['n_test'].iloc[0]} images).")
@@ -444,7 +507,9 @@ def _echo_learning_curve(curve, line, out: Path):
               help="Comma-separated: features (strategy 2), finetune (strategy 1), scratch (baseline).")
 @click.option("--classifier", "-c", "classifiers", default=",".join(CompareConfig.classifiers), show_default=True,
               help="Strategy 2's classifiers, comma-separated (or 'all').")
+@SEARCH
 @FEATURE_OPTIONS
+@EXECUTOR
 @click.option("--freeze", default=FinetuneConfig.freeze, show_default=True,
               help="Strategy 1 runs once per value, comma-separated: all, none, a count, a fraction, a layer name "
                    "(e.g. all,100,none).")

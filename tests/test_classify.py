@@ -255,3 +255,50 @@ def test_classify_without_out_writes_to_a_default_run_folder_and_says_where(tmp_
     run = Path("runs") / "classify-colours"
     assert f"Reports in {run}:" in result.output
     assert pd.read_csv(tmp_path / run / "metrics.csv")["classifier"].tolist() == ["logreg"]
+
+
+def test_the_search_sees_a_stratified_sample_and_the_refit_sees_every_image():
+    from transfer.classifiers import fit_classifier
+
+    rng = np.random.default_rng(0)
+    y = np.array(["a"] * 90 + ["b"] * 30)  # 3:1, kept in the sample
+    x = rng.normal(size=(120, 8)) + (y == "b")[:, None] * 2.0
+    fit = fit_classifier("knn", x, y, search_size=40, n_jobs=1)
+    assert fit.searched_on == 40 and (fit.search["searched_on"] == 40).all()
+    assert fit.estimator[-1].n_samples_fit_ == 120  # kNN keeps what it was refit on: all of it
+    # each CV fold of the sample trains on 32 images: k above that was never searched
+    assert max(fit.search["param_kneighborsclassifier__n_neighbors"]) <= 32
+    fit_all = fit_classifier("knn", x, y, search_size=None, n_jobs=1)
+    assert fit_all.searched_on == 120
+    from transfer.classifiers import search_sample
+
+    rows = search_sample(y, 40)
+    assert len(rows) == 40 and (y[rows] == "b").sum() == 10 and len(set(rows)) == 40
+    assert list(search_sample(y, 500)) == list(range(120))
+
+
+def test_a_classifier_above_its_size_limit_is_skipped_with_one_line(tmp_path, monkeypatch):
+    import dataclasses
+
+    from transfer import classifiers
+
+    monkeypatch.setitem(classifiers.CLASSIFIERS, "rbf_svm",
+                        dataclasses.replace(classifiers.CLASSIFIERS["rbf_svm"], max_train=10))
+    said = []
+    data = colour_folder(tmp_path / "d", n=8, splits=("train", "val"))
+    table = classify(data, tmp_path / "run", TINY, "rbf_svm,logreg", progress=False, log=said.append)
+    assert list(table["classifier"]) == ["logreg"]
+    assert [line for line in said if line.startswith("rbf_svm skipped: 16 training images is above its limit of 10 "
+                                                    "(a kernel SVM's fit grows with the square")]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["classifiers"] == ["logreg"] and config["requested_classifiers"] == ["rbf_svm", "logreg"]
+    with pytest.raises(TransferError, match="No classifier of rbf_svm suits 16 training images; choose from "):
+        classify(data, tmp_path / "run2", TINY, "rbf_svm", progress=False, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("value", ["5", "many"])
+def test_cli_search_size_must_be_a_count_of_at_least_10_or_all(tmp_path, value):
+    args = ["classify", "--data", str(colour_folder(tmp_path / "d", n=3)), "--search-size", value]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 2 and "--search-size" in result.output
+    assert f"{value!r} is not a whole number of at least 10, or all." in result.output

@@ -74,7 +74,7 @@ def _noise(row, size: int, n: int) -> np.ndarray:
     return np.asarray(row.preprocess_input(pixels), np.float32)
 
 
-def predict_run(run_dir, paths, classifier=None, batch_size=None, engine="auto", log=print):
+def predict_run(run_dir, paths, classifier=None, batch_size=None, engine="auto", executor="local", log=print):
     """Classify new images with a run's backbone + fitted classifier.
 
     Args:
@@ -82,6 +82,8 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None, engine="auto",
         paths: image files and/or folders.
         classifier: which fitted classifier; default: the run's best.
         engine: what runs the CNN forward (see :func:`transfer.engines.frozen_model`).
+        executor: where a classify run's CNN pass runs (``local``, ``ray``, ``ray:ADDRESS``); the features
+            go to the shared feature cache, so predicting the same files again runs no CNN.
 
     Returns:
         ``(predictions, skipped)`` with columns ``path, pred_label, score, classifier``
@@ -92,7 +94,7 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None, engine="auto",
     from pathlib import Path
 
     from transfer.classifiers import class_scores, load_classifier
-    from transfer.features import ExtractConfig, run_extraction
+    from transfer.features import ExtractConfig, extract_features
 
     run = Path(run_dir)
     try:
@@ -120,14 +122,15 @@ def predict_run(run_dir, paths, classifier=None, batch_size=None, engine="auto",
     if not paths:
         raise TransferError("No images given: pass image files or folders.")
     estimator = load_classifier(model_file)
-    cfg = dataclasses.replace(ExtractConfig(**config["extract"]), engine=engine)
+    cfg = dataclasses.replace(ExtractConfig(**config["extract"]), engine=engine, executor=executor)
     if batch_size:
         cfg = dataclasses.replace(cfg, batch_size=batch_size)
     files, skipped = list_images(paths)
     rows = []
     if files:
-        kept, feats, bad, _ = run_extraction(cfg.validated(), files, progress=False, log=log)
-        skipped += bad
+        found = extract_features(files, cfg, progress=False, log=log)
+        kept, feats = found.paths, found.features
+        skipped += found.skipped
         if kept:
             pred = estimator.predict(feats)
             scores = class_scores(estimator, feats)
