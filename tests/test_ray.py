@@ -100,3 +100,20 @@ def test_an_unknown_executor_is_one_line(tmp_path, value):
                                            "--executor", value])
     assert result.exit_code == 2 and result.output.count("\n") == 1
     assert f"--executor {value!r} is not valid: give local, ray" in result.output
+
+
+def test_grid_searches_run_on_ray_through_joblib(local_ray):
+    import joblib
+    from ray.util.joblib import register_ray
+
+    from transfer.classifiers import fit_classifier
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(["a", "b"], 30)
+    x = rng.normal(size=(60, 8)) + (y == "b")[:, None] * 2.0
+    register_ray()
+    with joblib.parallel_config(backend="ray"):  # what the README tells a user with a cluster to write
+        on_ray = fit_classifier("logreg", x, y)
+    here = fit_classifier("logreg", x, y)
+    assert on_ray.best_params == here.best_params
+    np.testing.assert_allclose(on_ray.search["mean_test_score"], here.search["mean_test_score"])

@@ -82,18 +82,17 @@ def connect(executor: Executor, log=print):
     return ray
 
 
-def actor_class(cfg):
-    """The class of the Ray actors that extract for ``cfg`` (which travels inside it: an actor restarted after
-    a loss needs no constructor arguments kept in the object store)."""
+def actor_class(cfg, build):
+    """The class of the Ray actors that extract for ``cfg`` with the model ``build(cfg, log)`` makes (both travel
+    inside the class, pickled with it)."""
 
     class Extractor:
         def __init__(self):
             from transfer.backbones import get_backbone
-            from transfer.features import extractor
             from transfer.images import forward
 
             self.row = get_backbone(cfg.backbone)
-            self.model = extractor(cfg, log=lambda *_: None)
+            self.model = build(cfg, log=lambda *_: None)
             probe = np.zeros((1, cfg.image_size, cfg.image_size, 3), np.float32)
             self.width = int(np.prod(forward(self.model, self.row.preprocess_input(probe), 1).shape[1:]))
 
@@ -111,11 +110,12 @@ def actor_class(cfg):
     return Extractor
 
 
-def fill_on_ray(store, missing: dict, cfg, executor: Executor, *, actors=None, actor_cpus=1.0, actor_gpus=0.0,
-                progress=True, log=print) -> float:
+def fill_on_ray(store, missing: dict, cfg, executor: Executor, build, *, actors=None, actor_cpus=1.0,
+                actor_gpus=0.0, progress=True, log=print) -> float:
     """Extract the images ``missing`` (``{id: path}``) on Ray into ``store``; returns the seconds.
 
     Args:
+        build: ``build(cfg, log)`` makes the extractor, once in each actor.
         actors: the actor pool's size (default: the cluster's CPUs / ``actor_cpus``, or its GPUs / ``actor_gpus``).
         actor_cpus, actor_gpus: what each actor reserves.
     """
@@ -132,7 +132,7 @@ def fill_on_ray(store, missing: dict, cfg, executor: Executor, *, actors=None, a
         + (f" x {actor_gpus:g} GPU" if actor_gpus else ""))
     items = [{"id": i, "path": p} for i, p in missing.items()]
     data = ray.data.from_items(items, override_num_blocks=max(actors, -(-len(items) // (cfg.batch_size * 8))))
-    done = data.map_batches(actor_class(cfg), batch_size=cfg.batch_size * 4,
+    done = data.map_batches(actor_class(cfg, build), batch_size=cfg.batch_size * 4,
                             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
                             num_cpus=actor_cpus, num_gpus=actor_gpus or None)
     bar = _bar(len(items), cfg.backbone) if progress else None

@@ -191,7 +191,7 @@ def _fill(store, missing, cfg, progress, log):
 
     executor = parse_executor(cfg.executor)
     if executor.kind == "ray":
-        return fill_on_ray(store, missing, cfg, executor, actors=cfg.actors, actor_cpus=cfg.actor_cpus,
+        return fill_on_ray(store, missing, cfg, executor, extractor, actors=cfg.actors, actor_cpus=cfg.actor_cpus,
                            actor_gpus=cfg.actor_gpus, progress=progress, log=log)
     start = time.perf_counter()
     model = extractor(cfg, log)
