@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import importlib
 
+import pandas as _pd
+
+# A file name that is not UTF-8 is a str with surrogates here (and written back as its own bytes); pandas 3 keeps
+# strings in Arrow, which holds UTF-8 only, whenever pyarrow is installed (Ray Data installs it): Python storage.
+_pd.set_option("mode.string_storage", "python")
+
 __version__ = "0.1.0"
 
 _API = {

@@ -52,10 +52,11 @@ def image_id(path) -> str:
     """An image's address in the cache: its resolved path, size and modification time, hashed."""
     try:
         st = os.stat(path)
-        blob = f"{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+        # The name's own bytes: a name that is not UTF-8 (a surrogate in Python) is an address too.
+        blob = os.fsencode(os.path.realpath(path)) + f"\0{st.st_size}\0{st.st_mtime_ns}".encode()
     except OSError:  # absent or unreadable: extracted (and skipped with its reason) like any other
-        blob = f"{os.path.abspath(path)}\0missing"
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+        blob = os.fsencode(os.path.abspath(path)) + b"\0missing"
+    return hashlib.sha1(blob).hexdigest()[:20]
 
 
 @dataclasses.dataclass
