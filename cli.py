@@ -370,6 +370,7 @@ EXTRACT_OPTIONS = _options(
 @EXTRACT_OPTIONS
 def extract(data, out, val_fraction, test_fraction, seed, **options):
     """Run the frozen backbone once over every image and cache the features."""
+    from transfer.feature_cache import cache_root
     from transfer.features import extract as run_extract
 
     cfg = _config(ExtractConfig, options).validated()
@@ -379,7 +380,8 @@ def extract(data, out, val_fraction, test_fraction, seed, **options):
     how = "reused from the cache" if feats.from_cache else f"extracted in {feats.seconds:.1f} s"
     click.echo(f"{len(feats.paths)} images -> {feats.features.shape[1]} features each ({how}); "
                f"{len(feats.skipped)} skipped.")
-    click.echo(f"Split: {out / 'split.csv'}  Skipped: {out / 'skipped.csv'}  Features: {out / 'features'}")
+    click.echo(f"Split: {out / 'split.csv'}  Skipped: {out / 'skipped.csv'}  Features: {cache_root()} "
+               "(the shared feature cache: transfer cache list)")
 
 
 @main.command()
@@ -432,7 +434,8 @@ def classify(data, out, classifiers, search_size, val_fraction, test_fraction, s
 @ENGINE
 @SPLIT
 @click.option("--features-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Feature cache for stage 1 (default: OUT/features); a classify run's features/ reuses its CNN pass.")
+              help="Feature cache for stage 1 (default: the shared one, $TRANSFER_CACHE or ~/.cache/transfer/features, "
+                   "where a classify run on the same images left its CNN pass).")
 def finetune(data, out, val_fraction, test_fraction, features_dir, **options):
     """Fine-tune the backbone with a new head (strategy 1); resumes when run again after a kill."""
     from transfer.finetuning import finetune as run_finetune

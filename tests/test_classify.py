@@ -275,6 +275,11 @@ def test_the_search_sees_a_stratified_sample_and_the_refit_sees_every_image():
     rows = search_sample(y, 40)
     assert len(rows) == 40 and (y[rows] == "b").sum() == 10 and len(set(rows)) == 40
     assert list(search_sample(y, 500)) == list(range(120))
+    rare = np.array(["a"] * 200 + ["b"] * 3 + ["c"])  # 3 b's would be 0 in proportion; one c cannot be split
+    rows = search_sample(rare, 20)
+    assert (rare[rows] == "b").sum() == 2 and (rare[rows] == "c").sum() == 1 and len(rows) == 23  # a: 20
+    with pytest.raises(TransferError, match="A class has 1 training image"):
+        fit_classifier("logreg", np.zeros((204, 3)), rare, search_size=20, n_jobs=1)
 
 
 def test_a_classifier_above_its_size_limit_is_skipped_with_one_line(tmp_path, monkeypatch):
@@ -302,3 +307,11 @@ def test_cli_search_size_must_be_a_count_of_at_least_10_or_all(tmp_path, value):
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 2 and "--search-size" in result.output
     assert f"{value!r} is not a whole number of at least 10, or all." in result.output
+
+
+def test_predicting_only_unreadable_files_with_a_run_lists_them_and_writes_no_csv(run, tmp_path, bad_files):
+    _, out, _ = run
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(out), "--output", str(tmp_path / "p.csv"),
+                                           str(bad_files)])
+    assert result.exit_code == 2 and "none of the 3 inputs could be read as an image" in result.output
+    assert result.output.count("skipped ") == 3 and not (tmp_path / "p.csv").exists()

@@ -58,7 +58,7 @@ def test_interrupted_write_leaves_no_cache_file(images, tmp_path, monkeypatch):
     monkeypatch.setattr(np, "savez", crash)
     with pytest.raises(KeyboardInterrupt):
         extract_features(images, TINY, cache_dir=tmp_path / "cache", progress=False)
-    assert [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()] == ["settings.json"]
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()) == ["settings.json", "used"]
 
 
 def test_salted_folder_lists_exactly_the_bad_files(tmp_path, bad_files):

@@ -168,13 +168,18 @@ def check_search_size(value):
 
 
 def search_sample(y, search_size, seed=0) -> np.ndarray:
-    """Row indices of at most ``search_size`` of the labels ``y``, stratified by class (all rows when fewer)."""
+    """Row indices of about ``search_size`` of the labels ``y``: each class in proportion, at least 2 of it where
+    it has them (cross-validation needs 2), all rows when there are no more than ``search_size``."""
+    y = np.asarray(y)
     if search_size is None or len(y) <= search_size:
         return np.arange(len(y))
-    from sklearn.model_selection import train_test_split
-
-    rows, _ = train_test_split(np.arange(len(y)), train_size=search_size, stratify=y, random_state=seed)
-    return np.sort(rows)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label in sorted(set(y.tolist())):
+        members = np.flatnonzero(y == label)
+        take = min(len(members), max(2, round(len(members) * search_size / len(y))))
+        rows.append(rng.choice(members, take, replace=False))
+    return np.sort(np.concatenate(rows))
 
 
 def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n_jobs=-1,

@@ -124,6 +124,10 @@ def fill_on_ray(store, missing: dict, cfg, executor: Executor, build, *, actors=
     ray = connect(executor, log)
     start = time.perf_counter()
     resources = ray.cluster_resources()
+    for what, each in (("GPU", actor_gpus), ("CPU", actor_cpus)):
+        if each and resources.get(what, 0) < each:
+            raise TransferError(f"--actor-{what.lower()}s {each:g}: the Ray cluster has {resources.get(what, 0):g} "
+                                f"{what}(s), so no actor could start; give at most that, or use a cluster with them.")
     if actors is None:
         actors = int(resources.get("GPU", 0) // actor_gpus) if actor_gpus else \
             int(resources.get("CPU", 1) // actor_cpus)

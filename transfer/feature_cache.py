@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,7 @@ class FeatureStore:
                     held, gone = z["ids"], z["skipped_ids"]
                     info = (float(z["seconds"]), len(held) + len(gone), float(z["images_per_second"]))
                     reasons = z["skipped_reasons"]
-            except Exception:  # noqa: BLE001 - a damaged shard (BadZipFile, EOFError, KeyError...): extract again
+            except (zipfile.BadZipFile, EOFError, KeyError, ValueError):  # a damaged shard: its images extract again
                 shard.unlink(missing_ok=True)
                 continue
             for row, i in enumerate(held.tolist()):
@@ -128,10 +129,12 @@ class FeatureStore:
         if not (self.folder / "settings.json").exists():
             self.folder.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.folder / "settings.json", json.dumps(self.settings, indent=2, sort_keys=True))
+            (self.folder / "used").touch()
         gone = sorted(skipped)
         name = hashlib.sha1("\0".join(list(ids) + gone).encode()).hexdigest()[:16]
         shard = self.folder / f"shard-{name}.npz"
-        features = np.asarray(features, np.float32).reshape(len(ids), -1)
+        features = np.asarray(features, np.float32)
+        features = features.reshape(len(ids), features.shape[-1] if features.ndim == 2 else 0)
         with atomic_path(shard, suffix=".npz", needed=features.nbytes) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=np.array(ids, dtype=str), paths=np.array(paths, dtype=str), features=features,
                      skipped_ids=np.array(gone, dtype=str),
@@ -186,7 +189,7 @@ def prune(root=None, *, keys=(), older_than_days=None, everything=False) -> pd.D
     if older_than_days is not None:
         cutoff = time.time() - older_than_days * 86400
         used = [(cache_root(root) / k / "used") for k in table["key"]]
-        chosen |= np.array([(u.stat().st_mtime if u.exists() else 0) < cutoff for u in used], bool)
+        chosen |= np.array([(u if u.exists() else u.parent).stat().st_mtime < cutoff for u in used], bool)
     removed = table[chosen]
     for key in removed["key"]:
         shutil.rmtree(cache_root(root) / key)

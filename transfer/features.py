@@ -234,6 +234,10 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, l
     if missing:
         _fill(store, missing, cfg, progress, log)
         found = store.find(ids)
+    lost = [p for p, i in zip(paths, ids, strict=True) if not found.has(i)]
+    if lost:  # shards removed while this run extracted (a prune, another process): say so, drop nothing silently
+        raise TransferError(f"The feature cache {store.folder} lost the features of {len(lost)} image(s) while this "
+                            f"run extracted them (e.g. {lost[0]}): was it pruned meanwhile? Run the command again.")
     kept = [k for k, i in enumerate(ids) if i in found.rows]
     skipped = [(p, found.skipped[i]) for p, i in zip(paths, ids, strict=True) if i in found.skipped]
     feats = store.read([ids[k] for k in kept], found)
@@ -243,8 +247,8 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, l
         shard = found.rows.get(i, (None,))[0]
         used[shard] = used.get(shard, 0) + 1
     seconds = sum(found.shards[s][0] * n / max(found.shards[s][1], 1) for s, n in used.items() if s is not None)
-    per_image = [n / found.shards[s][2] for s, n in used.items() if s is not None and found.shards[s][2] > 0]
-    rate = sum(n for s, n in used.items() if s is not None) / sum(per_image) if per_image else float("nan")
+    timed = {s: n for s, n in used.items() if s is not None and found.shards[s][2] > 0}
+    rate = sum(timed.values()) / sum(n / found.shards[s][2] for s, n in timed.items()) if timed else float("nan")
     return Features([paths[k] for k in kept], feats, skipped, seconds, _key(cfg, ids), not missing, rate)
 
 
