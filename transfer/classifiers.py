@@ -349,7 +349,8 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
 
     features_dir = cache_root(features_dir)
     # Train, val, test in turn: each split (and train + val for the refit) is then a view of the one array, no copy.
-    order = run.split["split"].map({"train": 0, "val": 1, "test": 2}).sort_values(kind="stable").index
+    # (A learning curve's size leaves some images out of every split: they are not read.)
+    order = run.split["split"].map({"train": 0, "val": 1, "test": 2}).dropna().sort_values(kind="stable").index
     feats = extract_features(run.split["path"][order], cfg, cache_dir=features_dir, progress=progress, log=log)
     run.check_readable(dict(feats.skipped))
     data = _feature_splits(run, feats)
@@ -406,8 +407,10 @@ def _feature_splits(run, feats) -> _FeatureSplits:
     (each split holds some: see :meth:`~transfer.runs.Run.check_readable`); refit on train + val when test scores."""
     table = run.split.set_index("path").loc[feats.paths]
     y, where = table["label"].to_numpy(), table["split"].to_numpy()
-    n_train, n_val = int((where == "train").sum()), int((where == "val").sum())
+    n_train, n_val, n_test = (int((where == s).sum()) for s in ("train", "val", "test"))
     ends = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, len(y))}
+    if len(y) != n_train + n_val + n_test:
+        raise TransferError(f"{len(y) - n_train - n_val - n_test} feature rows belong to no split of {run.out}.")
     low, high = ends[run.eval_split]
     x = feats.features
     data = _FeatureSplits(x[:n_train], y[:n_train], x[low:high], y[low:high], list(feats.paths[low:high]),
