@@ -233,3 +233,34 @@ def test_high_bit_depth_images_keep_their_grey_levels(tmp_path, name, pixels, ex
         assert out[:, 0].max() == 0 and out[:, -1].min() == 255 and (np.diff(out[0, :, 0].astype(int)) > 0).all()
     else:
         assert np.abs(out.astype(int) - expected).max() <= 1
+
+
+def test_training_batches_decode_once_and_shuffle_as_without_keeping_them(tmp_path, monkeypatch):
+    """Decoded images kept in memory across epochs give the batches, order and skip list decoding each epoch does."""
+    from transfer import images
+    from transfer.images import ImageOptions, training_batches
+
+    paths = [solid_image(tmp_path / f"{i}.png", (i * 20, 0, 0)) for i in range(9)]
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    paths.insert(4, tmp_path / "broken.png")
+    labels = list(range(len(paths)))
+    opts = ImageOptions(image_size=8, batch_size=4)
+
+    decodes = []
+    real_decode = images.decode_image
+    monkeypatch.setattr(images, "decode_image", lambda *a: decodes.append(a[0]) or real_decode(*a))
+
+    def epochs():
+        skipped = {}
+        decodes.clear()
+        ds = training_batches(paths, labels, opts, lambda x: x, skipped, shuffle=True, seed=3)
+        return [np.concatenate([y.numpy() for _, y in ds]) for _ in range(2)], skipped, len(decodes)
+
+    kept, kept_skipped, kept_decodes = epochs()
+    monkeypatch.setattr(images, "DECODED_CACHE_BYTES", 0)
+    decoded, decoded_skipped, decoded_decodes = epochs()
+    assert (kept_decodes, decoded_decodes) == (len(paths), 2 * len(paths))
+    assert [e.tolist() for e in kept] == [e.tolist() for e in decoded]
+    assert kept[0].tolist() != kept[1].tolist()  # reshuffled each epoch
+    assert sorted(kept[0].tolist()) == [i for i in labels if i != 4]
+    assert list(kept_skipped) == list(decoded_skipped) == [str(tmp_path / "broken.png")]

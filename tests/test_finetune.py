@@ -343,3 +343,43 @@ def test_checking_all_none_or_a_fraction_builds_no_model(monkeypatch):
     check_freeze("efficientnet_lite0", 224, ["all", "none", "0.5", "0.25"])  # valid for every backbone
     with pytest.raises(AssertionError, match="built"):  # a name or a count needs the real layers
         check_freeze("efficientnet_lite0", 224, ["0.5", "block6a"])
+
+
+@pytest.mark.parametrize("freeze", ["0.5", "0.3"])  # 0.3 cuts across a residual branch: two frozen outputs
+def test_stage2_on_the_frozen_layers_outputs_trains_as_on_the_images(tmp_path, monkeypatch, freeze):
+    """Without augmentation stage 2 runs the frozen layers once; the training is the one the images give."""
+    from transfer import finetuning
+
+    data = colour_folder(tmp_path / "d", n=12)
+    cfg = FinetuneConfig(freeze=freeze, epochs=2, augment=False, patience=0, dropout=0.0, **TINY)
+    kept = finetune(data, tmp_path / "kept", cfg, log=lambda *_: None)
+    monkeypatch.setattr(finetuning, "PREFIX_CACHE_BYTES", 0)  # too little memory: through the frozen layers
+    lines = []
+    redone = finetune(data, tmp_path / "redone", cfg, log=lines.append)
+    assert any("runs the frozen layers every epoch" in line for line in lines)
+    configs = [json.loads((tmp_path / run / "config.json").read_text()) for run in ("kept", "redone")]
+    assert [c["stage2_on_frozen_outputs"] for c in configs] == [True, False]
+    histories = [pd.read_csv(tmp_path / run / "history.csv") for run in ("kept", "redone")]
+    assert len(histories[0]) == 2
+    np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-3)
+    np.testing.assert_allclose(histories[0]["val_loss"], histories[1]["val_loss"], rtol=1e-3)
+    assert kept["accuracy"].iloc[0] == redone["accuracy"].iloc[0]
+
+
+def test_frozen_layers_stay_in_inference_mode_while_stage_2_trains():
+    """Keras 3 passes fit's training=True through backbone(x, training=False): the frozen part must not drop."""
+    import keras
+
+    from transfer.finetune_model import build_model, set_trainable, split_frozen
+
+    cfg = FinetuneConfig(weights="none", **TINY).validated()
+    model, backbone = build_model(cfg, 3)
+    n = frozen_count("0.5", backbone.layers)
+    set_trainable(backbone, n, False)
+    dropping = [layer.name for layer in backbone.layers[:n] if isinstance(layer, keras.layers.Dropout)]
+    assert dropping  # EfficientNet-Lite has drop-connect layers among the frozen ones
+    prefix, rest, trained = split_frozen(model, backbone, n)
+    frozen_part = keras.Model(trained.input, trained.layers[1](trained.input))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(frozen_part(x, training=True)), np.asarray(prefix(x)))
+    assert [id(v) for v in trained.trainable_variables] == [id(v) for v in model.trainable_variables]

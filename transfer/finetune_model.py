@@ -96,6 +96,60 @@ def set_trainable(backbone, n_frozen: int, train_bn: bool):
         layer.trainable = i >= n_frozen and (train_bn or not _is_bn(layer))
 
 
+def split_frozen(model, backbone, n_frozen: int):
+    """``model`` cut where its frozen backbone layers end, for stage 2; the parts share ``model``'s layers.
+
+    Returns ``(prefix, rest, trained)``: ``prefix`` maps images to the
+    frozen layers' outputs that trainable layers read (more than one where
+    the cut crosses a residual branch); ``rest`` maps those to the class
+    probabilities; ``trained`` is ``rest`` after ``prefix`` on images, what
+    stage 2 trains when it cannot keep the prefix's outputs.  The frozen
+    layers run in inference mode: Keras 3 passes ``fit``'s ``training=True``
+    through ``backbone(x, training=False)`` to every layer inside, which
+    left EfficientNet's drop-connect layers dropping at random in the frozen
+    blocks too.  None when nothing is frozen, or the parts would train other
+    variables than ``model`` (its checkpoints must fit ``model``).
+    """
+    import keras
+
+    produced = {id(layer.output) for layer in backbone.layers[:n_frozen]}
+    cut = []
+    for layer in backbone.layers[n_frozen:]:
+        for tensor in layer.input if isinstance(layer.input, list) else [layer.input]:
+            if id(tensor) in produced and all(tensor is not t for t in cut):
+                cut.append(tensor)
+    if n_frozen <= 1 or not cut:
+        return None
+    prefix = keras.Model(backbone.input, cut, name="frozen_prefix")
+    upper = keras.Model(cut, backbone.output, name="trainable_backbone")
+    inputs = [keras.Input(t.shape[1:], dtype=t.dtype, name=f"prefix_{i}") for i, t in enumerate(cut)]
+    x = upper(inputs if len(inputs) > 1 else inputs[0], training=False)
+    for layer in model.layers[model.layers.index(backbone) + 1:]:
+        x = layer(x)
+    rest = keras.Model(inputs, x, name=f"{model.name}_after_prefix")
+    image = keras.Input(model.input.shape[1:], dtype=model.input.dtype, name="image")
+    trained = keras.Model(image, rest(_inference_only(prefix)(image)), name=f"{model.name}_stage2")
+    if [id(v) for v in trained.trainable_variables] != [id(v) for v in model.trainable_variables]:
+        return None
+    return prefix, rest, trained
+
+
+def _inference_only(part):
+    """``part`` as a layer that runs it with ``training=False`` whatever its caller's mode (its call takes no
+    ``training`` argument, so Keras has none to pass on)."""
+    import keras
+
+    class InferenceOnly(keras.layers.Layer):
+        def __init__(self):
+            super().__init__(name=f"{part.name}_inference")
+            self.part = part
+
+        def call(self, x):
+            return self.part(x, training=False)
+
+    return InferenceOnly()
+
+
 def layer_table(backbone) -> pd.DataFrame:
     """One row per backbone layer: index, name, type, trainable, parameters (``layers.csv``)."""
     return pd.DataFrame([

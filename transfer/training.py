@@ -133,7 +133,7 @@ def beats(key, best, on_every_count=False) -> bool:
     return key[-1] < best[-1] - 1e-6
 
 
-def _epoch_callback(state: TrainState, stage: str, monitor: str, cfg, log):
+def _epoch_callback(state: TrainState, stage: str, monitor: str, cfg, log, keep):
     import keras
 
     class EpochState(keras.callbacks.Callback):
@@ -166,7 +166,7 @@ def _epoch_callback(state: TrainState, stage: str, monitor: str, cfg, log):
                 # The best of the whole run so far (a fine-tuning epoch must beat the head's best),
                 # under a new name that state.json adopts in the same commit as this epoch.
                 name = f"best-{stage}-{epoch + 1}"
-                state.save_weights(self.model, name)
+                state.save_weights(keep or self.model, name)
                 state.meta["best"], state.meta["best_stage"] = key, stage
                 state.meta["best_checkpoint"] = name
             if key is not None and beats(key, s["best"]):  # the stage's own best, by the same ranking
@@ -185,7 +185,7 @@ def _epoch_callback(state: TrainState, stage: str, monitor: str, cfg, log):
             s["epoch"] = epoch + 1
             s["lr"] = float(np.asarray(opt.learning_rate))
             checkpoint = f"{stage}-{epoch + 1}"
-            state.save_weights(self.model, checkpoint, optimizer=opt)
+            state.save_weights(keep or self.model, checkpoint, optimizer=opt)
             state.commit(stage, s, checkpoint, row)
 
     return EpochState()
@@ -204,7 +204,7 @@ def _optimizer(cfg, lr, epochs, steps, warmup: bool):
     return keras.optimizers.Adam(lr)
 
 
-def fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_weight, log, strategy) -> int:
+def fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_weight, log, strategy, keep=None) -> int:
     """Train one stage with resume: continue after the last finished epoch of ``stage``.
 
     Args:
@@ -214,6 +214,8 @@ def fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_wei
         state: the run's :class:`TrainState`; every epoch is committed to it.
         train, val: ``tf.data`` batches (``val`` None: monitor the training loss).
         cfg: gives ``schedule`` and ``patience`` (early stopping, plateau).
+        keep: the model whose weights the checkpoints hold, when ``model``
+            trains a part of it (default: ``model``).
 
     Returns:
         The number of epochs the stage has run, over every invocation.
@@ -232,7 +234,7 @@ def fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_wei
     initial = 0
     if s["epoch"] > 0:
         with strategy.scope():
-            state.load_weights(model, s["checkpoint"], optimizer=model.optimizer)
+            state.load_weights(keep or model, s["checkpoint"], optimizer=model.optimizer)
         if cfg.schedule == "plateau" and "lr" in s:
             model.optimizer.learning_rate.assign(s["lr"])
         initial = s["epoch"]
@@ -246,7 +248,7 @@ def fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_wei
             # which Keras reports as running "out of data" at each epoch's end.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial, class_weight=class_weight,
-                      callbacks=[_epoch_callback(state, stage, monitor, cfg, log)], shuffle=False,
+                      callbacks=[_epoch_callback(state, stage, monitor, cfg, log, keep)], shuffle=False,
                       verbose=1 if sys.stdout.isatty() else 2)
     s = state.stage(stage)
     s["done"] = True
