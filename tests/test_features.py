@@ -208,3 +208,18 @@ def dataclasses_replace(cfg, **change):
     import dataclasses
 
     return dataclasses.replace(cfg, **change)
+
+
+def test_a_large_pass_runs_in_a_process_of_its_own_with_the_same_features(images, tmp_path, monkeypatch):
+    """From CHILD_PASS_IMAGES images the CNN pass runs in a child process, whose memory goes when it ends."""
+    paths = images
+    here = extract_features(paths, TINY, cache_dir=tmp_path / "here", progress=False, log=lambda *_: None)
+    monkeypatch.setattr(features, "CHILD_PASS_IMAGES", len(paths))
+    lines = []
+    child = extract_features(paths, TINY, cache_dir=tmp_path / "child", progress=False, log=lines.append)
+    # TensorFlow is imported in this process already: only a fresh process says which device it found.
+    assert any(line.startswith("TensorFlow ") for line in lines)
+    assert child.paths == here.paths
+    np.testing.assert_allclose(child.features, here.features, rtol=1e-5, atol=1e-6)
+    again = extract_features(paths, TINY, cache_dir=tmp_path / "child", progress=False, log=lines.append)
+    assert again.from_cache

@@ -184,15 +184,29 @@ def store_settings(cfg: ExtractConfig) -> dict:
             "image_size": cfg.image_size, "resize": cfg.resize, "flip_average": cfg.flip_average}
 
 
+# The local CNN pass runs in a process of its own from this many images to extract (README, "Scaling out"):
+# TensorFlow keeps what the pass allocated until its process ends (0.75 GiB after 70,000 fashion-mnist images
+# here), which the classifier search after it would pay for beside its own memory; a child process gives it back.
+# Below this, the child's start (TensorFlow's import and the model's build, ~10 s here) costs more than it saves.
+CHILD_PASS_IMAGES = 10_000
+
+
 def _fill(store, missing, cfg, progress, log):
     """Extract the images ``missing`` (``{id: path}``) shard by shard into ``store``; returns the seconds."""
     from transfer.executors import fill_on_ray, parse_executor
-    from transfer.feature_cache import SHARD_ROWS
 
     executor = parse_executor(cfg.executor)
     if executor.kind == "ray":
         return fill_on_ray(store, missing, cfg, executor, extractor, actors=cfg.actors, actor_cpus=cfg.actor_cpus,
                            actor_gpus=cfg.actor_gpus, progress=progress, log=log)
+    if len(missing) >= CHILD_PASS_IMAGES:
+        return _fill_in_child(store, missing, cfg, progress, log)
+    return _fill_here(store, missing, cfg, progress, log)
+
+
+def _fill_here(store, missing, cfg, progress, log):
+    from transfer.feature_cache import SHARD_ROWS
+
     start = time.perf_counter()
     model = extractor(cfg, log)
     items = list(missing.items())
@@ -210,6 +224,54 @@ def _fill(store, missing, cfg, progress, log):
         if bar is not None:
             bar.close()
     return time.perf_counter() - start
+
+
+def _fill_in_child(store, missing, cfg, progress, log):
+    """:func:`_fill_here` in a fresh Python process, which imports only this package (not the caller's script,
+    as multiprocessing's spawn would); its progress bar writes to this process's terminal."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    with tempfile.TemporaryDirectory(prefix="transfer-pass-") as tmp:
+        job, answer = Path(tmp) / "job.pickle", Path(tmp) / "answer.pickle"
+        job.write_bytes(pickle.dumps((str(store.folder.parent), store.settings, missing, cfg, progress, str(answer))))
+        done = subprocess.run([sys.executable, "-c", "from transfer.features import child_pass; child_pass()",
+                               str(job)], env=env, stdout=subprocess.DEVNULL)
+        if done.returncode or not answer.exists():
+            raise TransferError(f"The feature extraction's process ended before it finished (exit status "
+                                f"{done.returncode}: out of memory, or killed?): the shards it wrote are kept; run "
+                                "the command again to extract the rest.")
+        seconds, said, error = pickle.loads(answer.read_bytes())
+    for line in said:
+        log(line)
+    if error:
+        raise TransferError(error)
+    return seconds
+
+
+def child_pass():
+    """The child process of :func:`_fill_in_child`: the pass, what it said, and a one-line error if it had one."""
+    import pickle
+    import sys
+    from pathlib import Path
+
+    from transfer.feature_cache import FeatureStore
+    from transfer.startup import quiet_tensorflow_import
+
+    root, settings, missing, cfg, progress, answer = pickle.loads(Path(sys.argv[1]).read_bytes())
+    said, seconds, error = [], 0.0, None
+    quiet_tensorflow_import(announce=said.append)
+    try:
+        seconds = _fill_here(FeatureStore(root, settings), missing, cfg, progress, said.append)
+    except TransferError as e:
+        error = str(e)
+    Path(answer).write_bytes(pickle.dumps((seconds, said, error)))
 
 
 def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print) -> Features:
