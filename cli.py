@@ -466,7 +466,7 @@ def _echo_compare(table, line, out: Path):
     click.echo("Time here: " + ", ".join(f"{phase} {s:.0f} s" for phase, s in config["seconds"].items()) +
                " (sub-runs reused from an earlier run take the time of reading them back).")
     _report_skipped_count(out)
-    click.echo(f"Report: {out / 'compare.csv'}")
+    click.echo(f"Report: {out / 'report.html'} (open it in a browser); the table: {out / 'compare.csv'}")
     click.echo(f"Plots:  {out / 'plots'}/ ({', '.join(sorted(p.name for p in (out / 'plots').glob('*.png')))})")
 
 

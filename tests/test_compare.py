@@ -1,6 +1,8 @@
+import base64
 import json
 import subprocess
 import sys
+from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
@@ -279,9 +281,82 @@ def test_cli_compare_prints_table_verdict_and_paths(tmp_path):
     assert result.exit_code == 0, result.output
     assert "test split, 12 images, best first:" in result.output
     assert "Verdict: " in result.output
-    assert f"Report: {out / 'compare.csv'}" in result.output
+    assert f"Report: {out / 'report.html'} (open it in a browser); the table: {out / 'compare.csv'}" in result.output
     assert f"Plots:  {out / 'plots'}/" in result.output and "tsne-efficientnet_lite0.png" in result.output
     assert len(pd.read_csv(out / "compare.csv")) == 3
+
+
+class _Page(HTMLParser):
+    """The parts of report.html a reader relies on: text by section, table rows, images and their captions."""
+
+    def __init__(self):
+        super().__init__()
+        self.stack, self.verdict, self.images, self.captions, self.tables = [], "", [], [], {}
+        self.table = self.row = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.stack.append((tag, attrs))
+        if tag == "table":
+            self.table = self.tables.setdefault(attrs.get("id"), [])
+        elif tag == "tr" and self.table is not None:
+            self.row = []
+            self.table.append(self.row)
+        elif tag in ("td", "th") and self.row is not None:
+            self.row.append("")
+        elif tag == "img":
+            self.images.append(attrs)
+
+    def handle_endtag(self, tag):
+        while self.stack and self.stack.pop()[0] != tag:
+            pass
+        if tag == "table":
+            self.table = self.row = None
+
+    def handle_data(self, data):
+        classes = [a.get("class", "") for _, a in self.stack]
+        if "verdict" in classes:
+            self.verdict += data
+        if any(t == "figcaption" for t, _ in self.stack):
+            self.captions.append(data)
+        if self.row is not None and self.stack and self.stack[-1][0] in ("td", "th", "code"):
+            self.row[-1] += data.strip()
+
+
+def test_report_html_shows_the_verdict_table_plots_and_split(tiny_run):
+    _, run, table, line = tiny_run
+    text = (run / "report.html").read_text()
+    page = _Page()
+    page.feed(text)
+    assert page.verdict.strip() == line
+    results = page.tables["results"]
+    saved = pd.read_csv(run / "compare.csv", keep_default_na=False)
+    assert results[0] == [c for c in saved.columns if c != "run_dir"]
+    assert [r[results[0].index("model")] for r in results[1:]] == list(saved["model"]), "same rows, same order"
+    assert [float(r[results[0].index("accuracy")]) for r in results[1:]] == pytest.approx(saved["accuracy"], abs=1e-4)
+    plots = sorted(p.name for p in (run / "plots").glob("*.png"))
+    assert sorted(i["alt"] for i in page.images) == plots
+    for img in page.images:  # embedded: the page needs no other file
+        assert base64.b64decode(img["src"].removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(c.strip() for c in page.captions) and len(page.captions) >= 2 * len(plots)
+    split = pd.read_csv(run / "split.csv")
+    sizes = {r[0]: r[1:] for r in page.tables["split-sizes"][1:]}
+    assert sizes["all"] == [str((split["split"] == s).sum()) for s in ("train", "val", "test")]
+    phases = [r[0] for r in page.tables["seconds"][1:]]
+    assert "report and plots" in phases and "scratch" in phases
+    assert "http://" not in text and "https://" not in text, "no network"
+
+
+def test_tensorboard_logs_of_every_trained_model(tiny_run):
+    from tests.test_finetune import epoch_scalars
+
+    _, run, _, _ = tiny_run
+    assert len(epoch_scalars(run / "scratch" / "logs" / "scratch" / "train")) >= 1
+    # freeze none trains stage 2 (its head is the linear probe, fitted by scikit-learn: no Keras epochs);
+    # freeze all has nothing left to train after the probe.
+    tuned = run / TINY_BACKBONE / "finetune-none" / "logs"
+    assert epoch_scalars(tuned / "finetune" / "train") == [0]
+    assert not (run / TINY_BACKBONE / "finetune-all" / "logs").exists()
 
 
 def test_compare_without_pretrained_weights_skips_the_kernel_plot(tmp_path):

@@ -1,5 +1,6 @@
 """`transfer compare` at real sizes: hymenoptera with defaults and the digits demo (marked slow; run in CI)."""
 
+import html
 import re
 import time
 
@@ -51,7 +52,8 @@ def test_digits_demo_is_the_command_with_no_arguments(tmp_path, monkeypatch):
     assert "No --data given: the digits demo, as `transfer compare --data digits --image-size 96 --no-augment`." \
         in result.output
     run = tmp_path / "runs" / "compare-digits"
-    assert f"Report: {run.relative_to(tmp_path) / 'compare.csv'}" in result.output
+    assert f"Report: {run.relative_to(tmp_path) / 'report.html'}" in result.output
+    assert re.search(r"Verdict: (.*)", result.output).group(1) in html.unescape((run / "report.html").read_text())
     table = pd.read_csv(run / "compare.csv")
     assert set(table["strategy"]) == {"features", "finetune", "scratch"}
     assert (table["n_test"] == 270).all()

@@ -87,6 +87,23 @@ def test_finetune_writes_its_reports(run):
     assert list(cached_images(pd.read_csv(out / "split.csv")["path"]).values()) == [len(pd.read_csv(out / "split.csv"))]
 
 
+def epoch_scalars(folder, tag="epoch_loss"):
+    """The steps of one scalar in a TensorBoard log folder (read as TensorBoard reads it)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return [e.step for e in events.Tensors(tag)] if tag in events.Tags()["tensors"] else []
+
+
+def test_tensorboard_logs_each_stage_and_epoch(run):
+    _, out, _ = run
+    assert epoch_scalars(out / "logs" / "head" / "train") == list(range(10))
+    # Each stage in a folder of its own, epochs counted as history.csv counts them (0-based here).
+    assert epoch_scalars(out / "logs" / "finetune" / "train") == [0, 1]
+    assert epoch_scalars(out / "logs" / "finetune" / "validation", "epoch_accuracy") == [0, 1]
+
+
 def test_frozen_layers_are_unchanged_and_trainable_ones_changed(run):
     import keras
 

@@ -17,6 +17,26 @@ from transfer.runs import STRATEGIES
 
 TSNE_VERSION = 2  # bump when the t-SNE plot is drawn otherwise (2: PCA to 50 dimensions first), so it is redrawn
 
+# How to read each plot, one line, by the start of its file name (report.html prints it under the plot).
+CAPTIONS = {
+    "confusion-": "rows are the true classes, columns the predicted ones: the best model of this strategy; "
+                  "off-diagonal cells are its mistakes.",
+    "accuracy-vs-time": "each model's accuracy against its training time (log scale), coloured by strategy: up and "
+                        "to the left is better; the table's p-values say which gaps are more than noise.",
+    "curves-": "training and validation loss and accuracy per epoch; the dotted line is where the head stage ends "
+               "and fine-tuning starts: a validation curve that turns up while training keeps falling is "
+               "over-fitting.",
+    "tsne-": "the frozen features of the images, flattened to 2-D by t-SNE and coloured by class: well-separated "
+             "clusters are what a linear classifier on the features can use.",
+    "conv-kernels-": "the first convolution's kernels before and after fine-tuning: little change means the early "
+                     "layers kept their ImageNet filters.",
+}
+
+
+def caption(name: str) -> str:
+    """The one-line reading guide of the compare plot file ``name`` (empty for a plot without one)."""
+    return next((text for start, text in CAPTIONS.items() if Path(name).name.startswith(start)), "")
+
 
 def _first_conv_kernel(model):
     """The kernel of the first convolution that reads the RGB input, searching nested models."""

@@ -9,7 +9,7 @@ feature cache (:mod:`transfer.feature_cache`), where a CNN pass is made once::
     RUN/BACKBONE/classify/             strategy 2 (a `classify` run)
     RUN/BACKBONE/finetune-FREEZE/      strategy 1, one per freeze value
     RUN/scratch/                       the CNN trained from random init
-    RUN/compare.csv, RUN/config.json, RUN/plots/*.png
+    RUN/compare.csv, RUN/report.html, RUN/config.json, RUN/plots/*.png
 
 With ``--repeats N``, each repeat is such a folder ``RUN/repeat-K``; with
 ``--train-sizes``, each size is one, ``RUN/size-N`` (on ``RUN/split.csv`` cut
@@ -259,12 +259,13 @@ def _previous_report(out: Path) -> dict:
 
 
 def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, seconds: dict):
-    """compare.csv, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``.
+    """compare.csv, report.html, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``.
 
     ``seconds``: the time each sub-run took here, recorded with the report's own in ``config.json``.
     """
     from transfer.compare_plots import make_plots
     from transfer.fileio import write_csv
+    from transfer.html_report import write_report
     from transfer.runfolder import publishing
     from transfer.runs import write_config, write_skipped
     from transfer.verdict import combine, verdict
@@ -283,9 +284,11 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, sec
         write_skipped(skipped, stage / "skipped.csv")
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)
+        settings = {**run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0]}
+        write_report(stage / "report.html", data=run.data, verdict=line, table=table, plots=drawn, split=run.split,
+                     classes=run.classes, roles=run.roles, seconds=seconds, settings=settings)
         write_config(stage / "config.json", {
-            **run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0],
-            "verdict": line,
+            **settings, "verdict": line,
             "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
             "plots": [f"plots/{p.name}" for p in drawn], "plot_inputs": inputs, "seconds": seconds,
         })

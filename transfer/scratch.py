@@ -96,6 +96,7 @@ def _fit(run, cfg: ScratchConfig, skipped: dict):
     import keras
 
     from transfer.images import training_batches, unreadable
+    from transfer.training import tensorboard
 
     skipped.update(unreadable(run.split["path"]))
     run.check_readable(skipped)  # before anything trains
@@ -124,7 +125,8 @@ def _fit(run, cfg: ScratchConfig, skipped: dict):
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         fit = model.fit(batches(run.rows("train"), shuffle=True, augment=cfg.augment), validation_data=val,
-                        epochs=cfg.epochs, verbose=2, shuffle=False, callbacks=[Timer(), stop])
+                        epochs=cfg.epochs, verbose=2, shuffle=False,
+                        callbacks=[Timer(), stop, tensorboard(run.out / "logs" / "scratch")])
     history = pd.DataFrame(fit.history)
     history.insert(0, "epoch", np.arange(1, len(history) + 1))
     history.insert(0, "stage", "scratch")

@@ -33,6 +33,7 @@ class TrainState:
     """
 
     def __init__(self, out: Path, config_hash: str):
+        self.out = out
         self.dir = out / "train_state"
         self.history_path = out / "history.csv"
         meta = self.dir / "state.json"
@@ -204,6 +205,17 @@ def _optimizer(cfg, lr, epochs, steps, warmup: bool):
     return keras.optimizers.Adam(lr)
 
 
+def tensorboard(log_dir):
+    """Keras's own TensorBoard callback, writing the epoch curves to ``log_dir`` (``tensorboard --logdir RUN``).
+
+    No graph and no profile: both trace the model again, which costs seconds on a CPU and shows nothing
+    the reports do not.
+    """
+    import keras
+
+    return keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False, profile_batch=0, update_freq="epoch")
+
+
 def fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_weight, log, strategy, keep=None) -> int:
     """Train one stage with resume: continue after the last finished epoch of ``stage``.
 
@@ -248,7 +260,8 @@ def fit_stage(model, state, stage, train, val, epochs, lr, steps, cfg, class_wei
             # which Keras reports as running "out of data" at each epoch's end.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial, class_weight=class_weight,
-                      callbacks=[_epoch_callback(state, stage, monitor, cfg, log, keep)], shuffle=False,
+                      callbacks=[_epoch_callback(state, stage, monitor, cfg, log, keep),
+                                 tensorboard(state.out / "logs" / stage)], shuffle=False,
                       verbose=1 if sys.stdout.isatty() else 2)
     s = state.stage(stage)
     s["done"] = True
