@@ -1,5 +1,7 @@
 import base64
+import html
 import json
+import re
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -331,9 +333,12 @@ def test_report_html_shows_the_verdict_table_plots_and_split(tiny_run):
     assert page.verdict.strip() == line
     results = page.tables["results"]
     saved = pd.read_csv(run / "compare.csv", keep_default_na=False)
-    assert results[0] == [c for c in saved.columns if c != "run_dir"]
     assert [r[results[0].index("model")] for r in results[1:]] == list(saved["model"]), "same rows, same order"
     assert [float(r[results[0].index("accuracy")]) for r in results[1:]] == pytest.approx(saved["accuracy"], abs=1e-4)
+    assert [r[results[0].index("differs from best")] for r in results[1:]] == list(saved["differs_from_best"])
+    use = json.loads((run / "config.json").read_text())["recommended_model"]
+    marked = re.findall(r'<tr class="[^"]*recommended">(.*?)</tr>', text, re.S)
+    assert len(marked) == 1 and f"<td>{html.escape(use)}</td>" in marked[0], "the verdict's model is marked"
     plots = sorted(p.name for p in (run / "plots").glob("*.png"))
     assert sorted(i["alt"] for i in page.images) == plots
     for img in page.images:  # embedded: the page needs no other file

@@ -26,8 +26,8 @@ CAPTIONS = {
     "curves-": "training and validation loss and accuracy per epoch; the dotted line is where the head stage ends "
                "and fine-tuning starts: a validation curve that turns up while training keeps falling is "
                "over-fitting.",
-    "tsne-": "the frozen features of the images, flattened to 2-D by t-SNE and coloured by class: well-separated "
-             "clusters are what a linear classifier on the features can use.",
+    "tsne-": "t-SNE maps of the raw pixels (left) and of the frozen features (right), coloured by class: "
+             "clusters that separate better on the right are what pretraining gives a classifier on the features.",
     "conv-kernels-": "the first convolution's kernels before and after fine-tuning: little change means the early "
                      "layers kept their ImageNet filters.",
 }

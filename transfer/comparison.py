@@ -268,7 +268,7 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, sec
     from transfer.html_report import write_report
     from transfer.runfolder import publishing
     from transfer.runs import write_config, write_skipped
-    from transfer.verdict import combine, verdict
+    from transfer.verdict import combine, recommended_model, verdict
 
     start = time.perf_counter()
     table, preds = combine(results, run.out, seed=cfg.seed)
@@ -285,10 +285,11 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, sec
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)
         settings = {**run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0]}
+        use = recommended_model(table, preds)
         write_report(stage / "report.html", data=run.data, verdict=line, table=table, plots=drawn, split=run.split,
-                     classes=run.classes, roles=run.roles, seconds=seconds, settings=settings)
+                     classes=run.classes, roles=run.roles, seconds=seconds, settings=settings, recommended=use)
         write_config(stage / "config.json", {
-            **settings, "verdict": line,
+            **settings, "verdict": line, "recommended_model": use,
             "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
             "plots": [f"plots/{p.name}" for p in drawn], "plot_inputs": inputs, "seconds": seconds,
         })

@@ -18,8 +18,11 @@ import pandas as pd
 from transfer.compare_plots import caption
 from transfer.fileio import write_text_atomic
 
-# The table's columns on the page: compare.csv's without the file-system ones.
-HIDDEN_COLUMNS = ("run_dir",)
+# The table's columns on the page (compare.csv has them all): headings as a reader names them.
+COLUMNS = {"model": "model", "accuracy": "accuracy", "ci95": "95 % interval", "macro_f1": "macro F1",
+           "mcnemar_p_vs_best": "p vs best", "differs_from_best": "differs from best",
+           "train_seconds": "training s", "inference_images_per_second": "images/s",
+           "trainable_params": "trained parameters"}
 
 
 def _cell(value) -> dict:
@@ -31,10 +34,13 @@ def _cell(value) -> dict:
             "num": False}
 
 
-def _table(table: pd.DataFrame) -> dict:
-    shown = table.drop(columns=[c for c in HIDDEN_COLUMNS if c in table])
+def _table(table: pd.DataFrame, recommended: str | None) -> dict:
+    shown = table.assign(ci95=[f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table["accuracy_ci_low"],
+                                                                      table["accuracy_ci_high"], strict=True)])
+    shown = shown[list(COLUMNS)]
     rows = [[_cell(v.item() if hasattr(v, "item") else v) for v in row] for row in shown.itertuples(index=False)]
-    return {"columns": list(shown.columns), "rows": rows}
+    return {"columns": list(COLUMNS.values()), "rows": rows,
+            "recommended": [m == recommended for m in shown["model"]]}
 
 
 def _split(split: pd.DataFrame, classes) -> dict:
@@ -57,7 +63,7 @@ def _settings(settings: dict) -> list[tuple[str, str]]:
 
 
 def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split: pd.DataFrame, classes,
-                  roles: str, seconds: dict, settings: dict) -> str:
+                  roles: str, seconds: dict, settings: dict, recommended: str | None = None) -> str:
     """The HTML text of a compare report.
 
     Args:
@@ -68,6 +74,7 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
         split: the run's split (``path, label, split`` rows).
         classes: class names by label index.
         roles: which split scored and which chose.
+        recommended: the model the verdict says to use (its row is marked).
         seconds: phase -> seconds.
         settings: the options of the run, as ``config.json`` records them.
     """
@@ -79,7 +86,7 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined)
     longest = max(seconds.values(), default=0) or 1
     return env.get_template("report.html.j2").render(
-        data=data, verdict=verdict, table=_table(table), eval_split=str(table["eval_split"].iloc[0]),
+        data=data, verdict=verdict, table=_table(table, recommended), eval_split=str(table["eval_split"].iloc[0]),
         plots=[{"name": Path(p).name, "caption": caption(p),
                 "data": base64.b64encode(Path(p).read_bytes()).decode("ascii")} for p in plots],
         split=_split(split, list(classes)), classes=list(classes), roles=roles,

@@ -103,23 +103,51 @@ def _ratio(a: float, b: float) -> str:
     return f"at {a / b:.0f}x its training time" if a / b >= 1.5 else "at about the same training time"
 
 
-def verdict(table: pd.DataFrame, preds: dict) -> str:
-    """One line: which strategy to use, whether the difference is real, and what it costs."""
+def _best_of(table: pd.DataFrame) -> dict:
+    return {s: table[table["strategy"] == s].iloc[0] for s in STRATEGIES if (table["strategy"] == s).any()}
+
+
+def _p_between(preds: dict, a, b) -> float:
     from transfer.evaluate import mcnemar_pvalue
 
-    y_true = preds["_y_true"]
-    best_of = {s: table[table["strategy"] == s].iloc[0] for s in STRATEGIES if (table["strategy"] == s).any()}
+    return mcnemar_pvalue(preds["_y_true"], preds[a["model"]]["pred_label"].to_numpy(),
+                          preds[b["model"]]["pred_label"].to_numpy())
 
-    def p_between(a, b):
-        return mcnemar_pvalue(y_true, preds[a["model"]]["pred_label"].to_numpy(),
-                              preds[b["model"]]["pred_label"].to_numpy())
 
+def _strategy_choice(table: pd.DataFrame, preds: dict):
+    """``(more accurate, less accurate, p, chosen)`` of the two strategies' best rows: the cheaper one when the
+    difference is within noise; None when the table lacks a strategy."""
+    best_of = _best_of(table)
+    if "features" not in best_of or "finetune" not in best_of:
+        return None
+    a, b = sorted((best_of["features"], best_of["finetune"]), key=lambda r: -r["accuracy"])
+    p = _p_between(preds, a, b)
+    chosen = min((a, b), key=lambda r: r["train_seconds"]) if p >= SIGNIFICANCE else a
+    return a, b, p, chosen
+
+
+def recommended_model(table: pd.DataFrame, preds: dict) -> str:
+    """The model the verdict says to use (its ``model`` name in the table): what ``transfer export`` exports."""
+    choice = _strategy_choice(table, preds)
+    pick = choice[3] if choice else table.iloc[0]
+    best_of = _best_of(table)
+    if "scratch" in best_of and len(best_of) > 1:
+        s = best_of["scratch"]
+        pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["accuracy"])
+        if _p_between(preds, pre, s) < SIGNIFICANCE and s["accuracy"] > pre["accuracy"]:
+            pick = s
+    return str(pick["model"])
+
+
+def verdict(table: pd.DataFrame, preds: dict) -> str:
+    """One line: which strategy to use, whether the difference is real, and what it costs."""
+    best_of = _best_of(table)
     parts = []
-    if "features" in best_of and "finetune" in best_of:
-        a, b = sorted((best_of["features"], best_of["finetune"]), key=lambda r: -r["accuracy"])
-        p = p_between(a, b)
+    choice = _strategy_choice(table, preds)
+    if choice:
+        a, b, p, chosen = choice
         if p >= SIGNIFICANCE:
-            cheap, dear = sorted((a, b), key=lambda r: r["train_seconds"])
+            cheap, dear = (a, b) if chosen is a else (b, a)
             parts.append(f"{cheap['model']} ({cheap['accuracy']:.3f}) is within noise of {dear['model']} "
                          f"({dear['accuracy']:.3f}, McNemar p={p:.2f}) "
                          f"{_ratio(cheap['train_seconds'], dear['train_seconds'])}: use {cheap['model']}")
@@ -132,7 +160,7 @@ def verdict(table: pd.DataFrame, preds: dict) -> str:
     if "scratch" in best_of and len(best_of) > 1:
         s = best_of["scratch"]
         pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["accuracy"])
-        p = p_between(pre, s)
+        p = _p_between(preds, pre, s)
         gain = pre["accuracy"] - s["accuracy"]
         # Against the most accurate pretrained model, named, since it need not be the one recommended above.
         if p < SIGNIFICANCE and gain > 0:

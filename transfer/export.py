@@ -1,0 +1,474 @@
+"""``transfer export``: a run's chosen model as one file that takes images and returns class scores.
+
+The exported model takes uint8 RGB images of any size, ``(n, h, w, 3)``, and
+does inside what the run did outside: the resize (``plain`` or ``crop``, as
+Keras's ``Resizing`` layer), the backbone's preprocessing (an affine map per
+pixel, written as a fixed 1x1 convolution), the network, and for strategy 2
+the scikit-learn classifier: a linear one (logistic regression, linear SVM)
+and the MLP are folded, with their scaler, into Keras ``Dense`` layers, so the
+file needs no scikit-learn.  kNN and the RBF SVM have no exact Keras
+equivalent and are refused, saying so.
+
+What the model is travels inside the file (``transfer.json``: classes, input
+size, resize, preprocessing, backbone, what the outputs are, a hash of the
+training images), read back by :func:`read_metadata` and
+``transfer predict --model FILE``:
+
+- ``keras``: a member of the ``.keras`` zip, beside Keras's own;
+- ``savedmodel``: ``assets.extra/transfer.json`` in the folder (TF Serving's place for such files);
+- ``onnx``: the model's ``metadata_props``;
+- ``tflite``: a metadata buffer of the flatbuffer, as TFLite's own metadata is stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from transfer.errors import TransferError
+
+FORMATS = {"keras": ".keras", "savedmodel": "", "onnx": ".onnx", "tflite": ".tflite"}
+METADATA = "transfer.json"
+METADATA_VERSION = 1
+# Classifiers folded exactly into Keras layers, and why the others are not.
+FOLDABLE = ("logreg", "linear_svm", "mlp")
+NOT_FOLDABLE = {
+    "knn": "k-nearest neighbours looks up the training features themselves, which have no Keras layer",
+    "rbf_svm": "an RBF SVM's one-vs-one votes over its support vectors have no exact Keras equivalent here",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Chosen:
+    """The model of a run that :func:`export_model` exports.
+
+    Attributes:
+        run_dir: the (sub-)run folder holding it.
+        kind: ``finetune``, ``scratch`` or ``features``.
+        name: its name in the run's reports (``compare.csv``'s ``model``).
+        config: that run's ``config.json``.
+        classifier: for ``features``, the scikit-learn classifier's name.
+    """
+
+    run_dir: Path
+    kind: str
+    name: str
+    config: dict
+    classifier: str | None = None
+
+
+def _config(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        raise TransferError(f"{folder} is not a transfer run folder (no readable config.json): give the --out folder "
+                            "of compare, finetune, classify or scratch.") from None
+
+
+def choose(run_dir, model: str | None = None) -> Chosen:
+    """The model of ``run_dir`` to export: ``model`` if given, else the one the run recommends.
+
+    A compare run's default is the model its verdict says to use; ``model`` may
+    be a ``compare.csv`` model name, a sub-run folder (``scratch``,
+    ``efficientnet_lite0/finetune-0.5``) or a classifier name.  A classify run
+    takes a classifier name (default: its best); finetune and scratch runs have one model.
+
+    Raises:
+        TransferError: not a run folder, or no such model, listing the ones there are.
+    """
+    run = Path(run_dir)
+    config = _config(run)
+    command = config.get("command")
+    if command == "compare":
+        return _from_compare(run, config, model)
+    if command == "classify":
+        name = model or config["best_classifier"]
+        if name not in config["classifiers"]:
+            raise TransferError(f"{run} has no classifier {name!r}. Expected one of: "
+                                f"{', '.join(config['classifiers'])}.")
+        return Chosen(run, "features", f"{config['extract']['backbone']} features + {name}", config, name)
+    if command in ("finetune", "scratch"):
+        if model:
+            raise TransferError(f"{run} is a {command} run with one model: drop --model {model}.")
+        return Chosen(run, command, command, config)
+    raise TransferError(f"{run} holds a {command!r} run, which has no model to export: give the --out folder of "
+                        "compare, finetune, classify or scratch.")
+
+
+def _from_compare(run: Path, config: dict, model: str | None) -> Chosen:
+    table = pd.read_csv(run / "compare.csv", keep_default_na=False)
+    wanted = model or config.get("recommended_model") or table["model"].iloc[0]
+    rows = table[(table["model"] == wanted) | (table["run_dir"] == wanted) | (table["classifier"] == wanted)]
+    if len(rows) != 1:
+        why = "matches several" if len(rows) else "is not one of its models"
+        raise TransferError(f"--model {wanted!r} {why} in {run / 'compare.csv'}. Expected a model name, e.g. "
+                            + ", ".join(repr(m) for m in table["model"]) + ".")
+    row = rows.iloc[0]
+    folder = run / row["run_dir"]
+    return Chosen(folder, row["strategy"], row["model"], _config(folder), row["classifier"] or None)
+
+
+# ---------------------------------------------------------------------------
+# Building the Keras model.
+# ---------------------------------------------------------------------------
+
+
+def _affine(preprocess) -> tuple[np.ndarray, np.ndarray]:
+    """``preprocess`` (float RGB in [0, 255] -> the network's input) as ``x @ w + b`` per pixel.
+
+    Raises:
+        TransferError: it is not affine per pixel (a new backbone's preprocessing that needs a layer of its own).
+    """
+    basis = np.concatenate([np.zeros((1, 3)), 255 * np.eye(3)]).astype(np.float32)[None, :, None, :]
+    out = np.asarray(preprocess(basis.copy()), np.float64)[0, :, 0, :]
+    b, w = out[0], (out[1:] - out[0]) / 255
+    probe = np.random.default_rng(0).uniform(0, 255, (1, 4, 4, 3)).astype(np.float32)
+    if not np.allclose(np.asarray(preprocess(probe.copy()), np.float64), probe @ w + b, atol=1e-4):
+        raise TransferError("this backbone's preprocessing is not a per-pixel affine map, which export writes as a "
+                            "1x1 convolution: it cannot be exported yet.")
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def _image_input(size: int, resize: str, preprocess):
+    """uint8 images of any size -> the network's input at ``size``: ``(input tensor, output tensor)``."""
+    import keras
+
+    images = keras.Input((None, None, 3), dtype="uint8", name="images")
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", crop_to_aspect_ratio=resize == "crop",
+                              antialias=True, name="resize", dtype="float32")(images)
+    if preprocess is not None:
+        w, b = _affine(preprocess)
+        conv = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
+        x = conv(x)
+        conv.set_weights([w[None, None], b])
+    return images, x
+
+
+def _dense(x, w, b, activation, name):
+    import keras
+
+    layer = keras.layers.Dense(w.shape[1], activation=activation, name=name)
+    y = layer(x)
+    layer.set_weights([np.asarray(w, np.float32), np.asarray(b, np.float32)])
+    return y
+
+
+def _classifier_layers(x, estimator, name: str):
+    """The fitted pipeline ``estimator`` (scaler + linear model or MLP) as Dense layers on features ``x``.
+
+    Returns:
+        ``(scores tensor, what the scores are)``.
+    """
+    scaler, model = estimator.steps[0][1], estimator.steps[-1][1]
+    mean = getattr(scaler, "mean_", None)
+    scale = getattr(scaler, "scale_", None)
+    mean = np.zeros(x.shape[-1]) if mean is None else mean
+    scale = np.ones(x.shape[-1]) if scale is None else scale
+
+    def fold(w, b):  # a Dense layer on standardised features -> one on the raw features
+        w = np.asarray(w, np.float64) / scale[:, None]
+        return w, np.asarray(b, np.float64) - mean @ w
+
+    if name == "mlp":
+        ws, bs = model.coefs_, model.intercepts_
+        w, b = fold(ws[0], bs[0])
+        for i, (w_next, b_next) in enumerate(zip(ws[1:], bs[1:], strict=True)):
+            x = _dense(x, w, b, model.activation, f"mlp_hidden_{i + 1}")
+            w, b = w_next, b_next
+        if w.shape[1] == 1:  # binary: sigmoid(z) is the softmax of (0, z)
+            w, b = np.hstack([np.zeros_like(w), w]), np.hstack([np.zeros_like(b), b])
+        return _dense(x, w, b, "softmax", "classifier"), "probabilities"
+    coef, intercept = np.atleast_2d(model.coef_).T, np.atleast_1d(model.intercept_)
+    if name == "logreg":
+        if coef.shape[1] == 1:
+            coef, intercept = np.hstack([np.zeros_like(coef), coef]), np.hstack([0.0, intercept])
+        return _dense(x, *fold(coef, intercept), "softmax", "classifier"), "probabilities"
+    if coef.shape[1] == 1:  # LinearSVC, binary: the run scores (-margin, margin)
+        coef, intercept = np.hstack([-coef, coef]), np.hstack([-intercept, intercept])
+    return _dense(x, *fold(coef, intercept), None, "classifier"), "decision values (LinearSVC has no probabilities)"
+
+
+def _features_model(chosen: Chosen):
+    import keras
+
+    from transfer.backbones import get_backbone
+    from transfer.classifiers import load_classifier
+    from transfer.features import ExtractConfig, build_extractor
+
+    name = chosen.classifier
+    if name in NOT_FOLDABLE:
+        raise TransferError(f"{chosen.name} cannot be exported: {NOT_FOLDABLE[name]}. Export a fine-tuned model or "
+                            f"one of {', '.join(FOLDABLE)} (--model).")
+    cfg = ExtractConfig(**chosen.config["extract"])
+    if str(cfg.weights).lower() in ("none", "random"):
+        raise TransferError(f"{chosen.run_dir} used random backbone weights (weights='none'), which are not saved: "
+                            "classify again with imagenet or a weights file to export it.")
+    estimator = load_classifier(chosen.run_dir / "classifiers" / f"{name}.skops")
+    images, x = _image_input(cfg.image_size, cfg.resize, get_backbone(cfg.backbone).preprocess_input)
+    features = build_extractor(cfg)(x)
+    scores, what = _classifier_layers(features, estimator, name)
+    classes = [str(c) for c in estimator.classes_]
+    return keras.Model(images, scores, name="transfer_export"), classes, what, cfg.backbone, cfg.weights, \
+        cfg.image_size, cfg.resize
+
+
+def _trained_model(chosen: Chosen):
+    import keras
+
+    from transfer.backbones import get_backbone
+    from transfer.finetune_model import load_saved_model
+
+    if not (chosen.run_dir / "model.keras").exists():
+        raise TransferError(f"{chosen.run_dir} has no model.keras: the run did not finish; run it again to resume.")
+    cfg = chosen.config[chosen.kind]
+    backbone = cfg.get("backbone", "none")
+    preprocess = get_backbone(backbone).preprocess_input if chosen.kind == "finetune" else None
+    images, x = _image_input(cfg["image_size"], cfg["resize"], preprocess)
+    network = load_saved_model(chosen.run_dir / "model.keras")
+    model = keras.Model(images, network(x), name="transfer_export")
+    return model, list(chosen.config["classes"]), "probabilities", backbone, cfg.get("weights", "none"), \
+        cfg["image_size"], cfg["resize"]
+
+
+def _training_hash(run_dir: Path) -> str:
+    """SHA-256 of the training and validation rows (path and label) of the run's split: which data made it."""
+    split = pd.read_csv(run_dir / "split.csv", keep_default_na=False)
+    rows = split[split["split"].isin(["train", "val"])][["path", "label", "split"]].sort_values(["path"])
+    return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()
+
+
+def build_export_model(chosen: Chosen):
+    """The self-contained Keras model of ``chosen`` and its metadata: ``(model, metadata)``."""
+    build = _features_model if chosen.kind == "features" else _trained_model
+    model, classes, outputs, backbone, weights, size, resize = build(chosen)
+    from transfer import __version__
+
+    meta = {"transfer_export": METADATA_VERSION, "model": chosen.name, "kind": chosen.kind,
+            "classifier": chosen.classifier, "classes": classes, "outputs": outputs,
+            "input": "uint8 RGB images (n, height, width, 3), any size", "image_size": size, "resize": resize,
+            "preprocessing": "inside the model: resize (bilinear, antialiased"
+                             + (", centre crop" if resize == "crop" else "") + "), then the backbone's own",
+            "backbone": backbone, "weights": str(weights), "training_data_sha256": _training_hash(chosen.run_dir),
+            "run": str(chosen.run_dir.resolve()), "transfer_version": __version__}
+    return model, meta
+
+
+# ---------------------------------------------------------------------------
+# Writing each format, with the metadata inside.
+# ---------------------------------------------------------------------------
+
+
+def _write_keras(model, meta, path: Path):
+    model.save(path)
+    with zipfile.ZipFile(path, "a") as z:  # Keras reads only its own members
+        z.writestr(METADATA, json.dumps(meta, indent=2))
+
+
+def _write_savedmodel(model, meta, path: Path):
+    model.export(str(path), format="tf_saved_model", verbose=False)
+    (path / "assets.extra").mkdir(exist_ok=True)
+    (path / "assets.extra" / METADATA).write_text(json.dumps(meta, indent=2))
+
+
+def _write_onnx(model, meta, path: Path):
+    import onnx
+
+    model.export(str(path), format="onnx", verbose=False)
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA, json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+def _write_tflite(model, meta, path: Path):
+    import tempfile
+
+    import tensorflow as tf
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        flat = tf.lite.TFLiteConverter.from_saved_model(tmp).convert()
+    path.write_bytes(flat)
+    tree = flatbuffer_utils.read_model(str(path))
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    tree.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = METADATA, len(tree.buffers) - 1
+    tree.metadata = [*(tree.metadata or []), entry]
+    flatbuffer_utils.write_model(tree, str(path))
+
+
+WRITERS = {"keras": _write_keras, "savedmodel": _write_savedmodel, "onnx": _write_onnx, "tflite": _write_tflite}
+NEEDS = {"onnx": ("tf2onnx", "onnx"), "savedmodel": (), "keras": (), "tflite": ()}
+
+
+def check_format(fmt: str, out) -> Path:
+    """Validate ``fmt`` and ``out`` before any model is built; returns ``out`` as a Path.
+
+    Raises:
+        TransferError: unknown format, a file name that does not suit it, or a missing optional package.
+    """
+    import importlib.util
+
+    if fmt not in FORMATS:
+        raise TransferError(f"format={fmt!r} is not valid. Expected one of: {', '.join(FORMATS)}.")
+    out = Path(out)
+    suffix = FORMATS[fmt]
+    if suffix and out.suffix != suffix:
+        raise TransferError(f"--out {out} does not end in {suffix}, which the {fmt} format needs: e.g. "
+                            f"--out {out.with_suffix(suffix)}.")
+    missing = [m for m in NEEDS[fmt] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise TransferError(f"the {fmt} format needs {', '.join(missing)}: pip install -e '.[onnx]'.")
+    return out
+
+
+def export_model(run_dir, out, *, model: str | None = None, fmt: str = "keras", log=print) -> dict:
+    """Export the chosen model of a run (see :func:`choose`) as one file (a folder for ``savedmodel``).
+
+    The file is written beside ``out`` and moved into place when complete: a
+    failure leaves any earlier ``out`` as it was.
+
+    Args:
+        run_dir: a compare, finetune, classify or scratch run folder.
+        out: the file to write (``.keras``, ``.onnx``, ``.tflite``; a folder for ``savedmodel``).
+        model: which model (default: the run's recommended or best one).
+        fmt: ``keras``, ``savedmodel``, ``onnx`` or ``tflite``.
+
+    Returns:
+        The metadata written into the file.
+
+    Raises:
+        TransferError: bad arguments, a model that cannot be exported (saying why), or a run without its model.
+    """
+    out = check_format(fmt, out)
+    chosen = choose(run_dir, model)
+    keras_model, meta = build_export_model(chosen)
+    meta = {**meta, "format": fmt}
+    tmp = out.with_name(f".{out.name}.partial")
+    _remove(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        WRITERS[fmt](keras_model, meta, tmp)
+        _remove(out)
+        tmp.rename(out)
+    finally:
+        _remove(tmp)
+    log(f"exported {chosen.name} from {chosen.run_dir} as {fmt}: {out}")
+    return meta
+
+
+def _remove(path: Path):
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+# ---------------------------------------------------------------------------
+# Reading an exported file back.
+# ---------------------------------------------------------------------------
+
+
+def format_of(path) -> str:
+    """The export format of ``path``, from its name (a folder is a SavedModel)."""
+    path = Path(path)
+    if path.is_dir():
+        return "savedmodel"
+    for fmt, suffix in FORMATS.items():
+        if suffix and path.suffix == suffix:
+            return fmt
+    raise TransferError(f"{path} is not an exported model: expected a .keras, .onnx or .tflite file or a SavedModel "
+                        "folder, as `transfer export` writes.")
+
+
+def read_metadata(path) -> dict:
+    """The ``transfer.json`` that :func:`export_model` wrote into ``path``.
+
+    Raises:
+        TransferError: the file is missing, unreadable, or was not written by ``transfer export``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TransferError(f"{path} does not exist: give a file that `transfer export` wrote.")
+    fmt = format_of(path)
+    try:
+        text = _metadata_text(path, fmt)
+    except Exception as e:  # noqa: BLE001 - zip, protobuf and flatbuffer errors all mean "not our file"
+        raise TransferError(f"{path} cannot be read as a {fmt} model ({type(e).__name__}): export it again.") from None
+    if text is None:
+        raise TransferError(f"{path} has no {METADATA} (classes, input size...): it was not written by "
+                            "`transfer export`; export the run's model with it.")
+    return json.loads(text)
+
+
+def _metadata_text(path: Path, fmt: str) -> str | None:
+    if fmt == "keras":
+        with zipfile.ZipFile(path) as z:
+            return z.read(METADATA).decode() if METADATA in z.namelist() else None
+    if fmt == "savedmodel":
+        file = path / "assets.extra" / METADATA
+        return file.read_text() if file.exists() else None
+    if fmt == "onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return props.get(METADATA)
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    tree = flatbuffer_utils.read_model(str(path))
+    for entry in tree.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == METADATA:
+            return bytes(tree.buffers[entry.buffer].data).decode()
+    return None
+
+
+def load_exported(path):
+    """A function ``uint8 images (n, h, w, 3) -> scores (n, classes)`` running the exported model at ``path``,
+    and its metadata: ``(function, metadata)``."""
+    path = Path(path)
+    meta = read_metadata(path)
+    fmt = format_of(path)
+    if fmt == "keras":
+        import keras
+
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        return (lambda x: np.asarray(model.predict_on_batch(x), np.float32)), meta
+    if fmt == "savedmodel":
+        import tensorflow as tf
+
+        serve = tf.saved_model.load(str(path)).serve
+        return (lambda x: np.asarray(serve(tf.constant(x)), np.float32)), meta
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return (lambda x: np.asarray(session.run(None, {name: x})[0], np.float32)), meta
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+
+    def run(x):
+        entry = interpreter.get_input_details()[0]
+        if tuple(entry["shape"]) != x.shape:
+            interpreter.resize_tensor_input(entry["index"], x.shape)
+            interpreter.allocate_tensors()
+        interpreter.set_tensor(entry["index"], x)
+        interpreter.invoke()
+        return np.asarray(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]), np.float32)
+
+    interpreter.allocate_tensors()
+    return run, meta
