@@ -31,6 +31,7 @@ from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS, SEARCH_SIZE  
 from transfer.comparison import DEMO_DATA, CompareConfig  # noqa: E402
 from transfer.engines import ENGINES  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
+from transfer.export import FORMATS as EXPORT_FORMATS  # noqa: E402
 from transfer.features import ExtractConfig  # noqa: E402
 from transfer.finetuning import HEADS, SCHEDULES, FinetuneConfig  # noqa: E402
 from transfer.images import RESIZE_MODES, ImageOptions  # noqa: E402
@@ -309,19 +310,32 @@ def _echo_predictions(preds, run_dir):
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Classify with this run's model (classify: backbone + fitted classifier; finetune).")
 @click.option("--classifier", help="With --run: which fitted classifier (default: the run's best).")
+@click.option("--model", "model_file", type=click.Path(path_type=Path),
+              help="Classify with a file that `transfer export` wrote (.keras, .onnx, .tflite or a SavedModel "
+                   "folder): it carries its classes and preprocessing, no run folder needed.")
 @ENGINE
 @click.option("--executor", default=ExtractConfig.executor, show_default=True,
               help="With --run of a classify run: where the CNN pass runs (local, ray, ray:ADDRESS), as for classify.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, engine, executor, paths):
+def predict(backbone, weights, top, resize, batch_size, output, run_dir, classifier, model_file, engine, executor,
+            paths):
     """ImageNet top-K classes for image files or folders (no PATHS: two photos that ship with scikit-learn).
 
-    With --run RUN_DIR, predicts the classes of a `transfer classify` or `transfer finetune` run.
+    With --run RUN_DIR, predicts the classes of a `transfer classify` or `transfer finetune` run; with
+    --model FILE, those of an exported model.
     """
     from transfer.images import sample_images
 
     row = get_backbone(backbone)  # fail fast, before TensorFlow is imported
     _check_writable(output)
+    if model_file is not None:
+        if run_dir is not None:
+            raise TransferError("--run and --model both given: give one (a run folder, or a file it exported).")
+        from transfer.predict import predict_exported
+
+        run_dir = model_file  # printed as a run's predictions are
+        preds, skipped = predict_exported(model_file, list(paths), batch_size=batch_size, log=click.echo)
+        return _finish_predict(preds, skipped, output, f"classified with {model_file}", run_dir)
     if run_dir is None and not paths:
         paths = sample_images()
         click.echo(f"No PATHS given: predicting the sample photos of scikit-learn ({len(paths)} images).")
@@ -331,12 +345,35 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
                                   executor=executor, log=click.echo) if run_dir
                       else predict_imagenet(list(paths), row.name, top=top, weights=weights, resize=resize,
                                             batch_size=batch_size, engine=engine, log=click.echo))
+    n = len(preds) if run_dir else preds["path"].nunique()
+    how = f"classified with {run_dir} ({preds['classifier'].iloc[0] if n else '-'})" if run_dir else \
+        f"predicted with {row.name}"
+    _finish_predict(preds, skipped, output, how, run_dir)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model", help="Which model of the run (a compare.csv model name, a sub-run folder such as "
+              "scratch, or a classifier name; default: the one the verdict says to use, or the run's best).")
+@click.option("--format", "fmt", type=click.Choice(list(EXPORT_FORMATS)), default="keras", show_default=True,
+              help="keras (.keras), savedmodel (a folder), onnx (.onnx, needs .[onnx]) or tflite (.tflite).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="The file (a folder for savedmodel) to write.")
+def export(run_dir, model, fmt, out):
+    """One self-contained model of a run: uint8 images of any size in, class scores out (no scikit-learn)."""
+    from transfer.export import export_model
+
+    meta = export_model(run_dir, out, model=model, fmt=fmt, log=click.echo)
+    click.echo(f"Input: {meta['input']}; output: {meta['outputs']} of {len(meta['classes'])} classes "
+               f"({', '.join(meta['classes'][:10])}{', ...' if len(meta['classes']) > 10 else ''}).")
+    click.echo(f"Try it: transfer predict --model {out} IMAGES")
+
+
+def _finish_predict(preds, skipped, output, how, run_dir):
     _echo_predictions(preds, run_dir)
     for r in skipped.itertuples():
         click.echo(f"skipped {r.path}: {r.reason}", err=True)
     n = len(preds) if run_dir else preds["path"].nunique()
-    how = f"classified with {run_dir} ({preds['classifier'].iloc[0] if n else '-'})" if run_dir else \
-        f"predicted with {row.name}"
     click.echo(f"{_count(n, 'image')} {how}, {len(skipped)} skipped.")
     if n == 0:  # before writing, so an earlier CSV is not replaced by an empty one
         raise TransferError(f"none of the {len(skipped)} inputs could be read as an image (reasons above).")

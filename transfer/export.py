@@ -136,13 +136,20 @@ def _affine(preprocess) -> tuple[np.ndarray, np.ndarray]:
     return w.astype(np.float32), b.astype(np.float32)
 
 
-def _image_input(size: int, resize: str, preprocess):
-    """uint8 images of any size -> the network's input at ``size``: ``(input tensor, output tensor)``."""
+def _image_input(size: int, resize: str, preprocess, antialias: bool):
+    """uint8 images of any size -> the network's input at ``size``: ``(input tensor, output tensor)``.
+
+    ``antialias``: Pillow's bilinear resize, which the runs use, filters when it shrinks; TensorFlow's antialiased
+    resize is its closest match (mean difference 1.5 grey levels on hymenoptera's photos, 7 without), but its
+    op (ScaleAndTranslate) exists in neither ONNX nor TFLite.
+    """
     import keras
 
     images = keras.Input((None, None, 3), dtype="uint8", name="images")
+    # Resizing passes an image already at the size through unchanged, uint8 and all: cast first.
+    x = keras.layers.Rescaling(1.0, name="to_float", dtype="float32")(images)
     x = keras.layers.Resizing(size, size, interpolation="bilinear", crop_to_aspect_ratio=resize == "crop",
-                              antialias=True, name="resize", dtype="float32")(images)
+                              antialias=antialias, name="resize", dtype="float32")(x)
     if preprocess is not None:
         w, b = _affine(preprocess)
         conv = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
@@ -160,7 +167,7 @@ def _dense(x, w, b, activation, name):
     return y
 
 
-def _classifier_layers(x, estimator, name: str):
+def classifier_layers(x, estimator, name: str):
     """The fitted pipeline ``estimator`` (scaler + linear model or MLP) as Dense layers on features ``x``.
 
     Returns:
@@ -195,7 +202,18 @@ def _classifier_layers(x, estimator, name: str):
     return _dense(x, *fold(coef, intercept), None, "classifier"), "decision values (LinearSVC has no probabilities)"
 
 
-def _features_model(chosen: Chosen):
+def _without_dropout(model):
+    """``model`` with every dropout layer's rate at 0: an exported model only infers, and an exporter that
+    traces the training branch as well (tf2onnx) would otherwise meet random ops it cannot convert."""
+    import keras
+
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    return model
+
+
+def _features_model(chosen: Chosen, antialias: bool):
     import keras
 
     from transfer.backbones import get_backbone
@@ -211,15 +229,15 @@ def _features_model(chosen: Chosen):
         raise TransferError(f"{chosen.run_dir} used random backbone weights (weights='none'), which are not saved: "
                             "classify again with imagenet or a weights file to export it.")
     estimator = load_classifier(chosen.run_dir / "classifiers" / f"{name}.skops")
-    images, x = _image_input(cfg.image_size, cfg.resize, get_backbone(cfg.backbone).preprocess_input)
-    features = build_extractor(cfg)(x)
-    scores, what = _classifier_layers(features, estimator, name)
+    images, x = _image_input(cfg.image_size, cfg.resize, get_backbone(cfg.backbone).preprocess_input, antialias)
+    features = _without_dropout(build_extractor(cfg))(x)
+    scores, what = classifier_layers(features, estimator, name)
     classes = [str(c) for c in estimator.classes_]
     return keras.Model(images, scores, name="transfer_export"), classes, what, cfg.backbone, cfg.weights, \
         cfg.image_size, cfg.resize
 
 
-def _trained_model(chosen: Chosen):
+def _trained_model(chosen: Chosen, antialias: bool):
     import keras
 
     from transfer.backbones import get_backbone
@@ -230,8 +248,8 @@ def _trained_model(chosen: Chosen):
     cfg = chosen.config[chosen.kind]
     backbone = cfg.get("backbone", "none")
     preprocess = get_backbone(backbone).preprocess_input if chosen.kind == "finetune" else None
-    images, x = _image_input(cfg["image_size"], cfg["resize"], preprocess)
-    network = load_saved_model(chosen.run_dir / "model.keras")
+    images, x = _image_input(cfg["image_size"], cfg["resize"], preprocess, antialias)
+    network = _without_dropout(load_saved_model(chosen.run_dir / "model.keras"))
     model = keras.Model(images, network(x), name="transfer_export")
     return model, list(chosen.config["classes"]), "probabilities", backbone, cfg.get("weights", "none"), \
         cfg["image_size"], cfg["resize"]
@@ -244,16 +262,22 @@ def _training_hash(run_dir: Path) -> str:
     return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()
 
 
-def build_export_model(chosen: Chosen):
-    """The self-contained Keras model of ``chosen`` and its metadata: ``(model, metadata)``."""
+def build_export_model(chosen: Chosen, antialias: bool = True):
+    """The self-contained Keras model of ``chosen`` and its metadata: ``(model, metadata)``.
+
+    ``antialias``: resize as Pillow does when shrinking (see :func:`_image_input`); off for ONNX and TFLite.
+    """
     build = _features_model if chosen.kind == "features" else _trained_model
-    model, classes, outputs, backbone, weights, size, resize = build(chosen)
+    model, classes, outputs, backbone, weights, size, resize = build(chosen, antialias)
+    # Frozen: BatchNorm then always normalises with its moving statistics, whatever mode an exporter traces
+    # (measured: SavedModel's trace of a fresh backbone used batch statistics without this).
+    model.trainable = False
     from transfer import __version__
 
     meta = {"transfer_export": METADATA_VERSION, "model": chosen.name, "kind": chosen.kind,
             "classifier": chosen.classifier, "classes": classes, "outputs": outputs,
             "input": "uint8 RGB images (n, height, width, 3), any size", "image_size": size, "resize": resize,
-            "preprocessing": "inside the model: resize (bilinear, antialiased"
+            "preprocessing": "inside the model: resize (bilinear" + (", antialiased" if antialias else "")
                              + (", centre crop" if resize == "crop" else "") + "), then the backbone's own",
             "backbone": backbone, "weights": str(weights), "training_data_sha256": _training_hash(chosen.run_dir),
             "run": str(chosen.run_dir.resolve()), "transfer_version": __version__}
@@ -280,6 +304,7 @@ def _write_savedmodel(model, meta, path: Path):
 def _write_onnx(model, meta, path: Path):
     import onnx
 
+    model(np.zeros((1, meta["image_size"], meta["image_size"], 3), np.uint8))  # Keras exports only a called model
     model.export(str(path), format="onnx", verbose=False)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
@@ -354,9 +379,9 @@ def export_model(run_dir, out, *, model: str | None = None, fmt: str = "keras", 
     """
     out = check_format(fmt, out)
     chosen = choose(run_dir, model)
-    keras_model, meta = build_export_model(chosen)
+    keras_model, meta = build_export_model(chosen, antialias=fmt in ("keras", "savedmodel"))
     meta = {**meta, "format": fmt}
-    tmp = out.with_name(f".{out.name}.partial")
+    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")  # Keras and ONNX go by the suffix
     _remove(tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -449,8 +474,8 @@ def load_exported(path):
     if fmt == "savedmodel":
         import tensorflow as tf
 
-        serve = tf.saved_model.load(str(path)).serve
-        return (lambda x: np.asarray(serve(tf.constant(x)), np.float32)), meta
+        loaded = tf.saved_model.load(str(path))  # held by the closure: its variables die with it
+        return (lambda x: np.asarray(loaded.serve(tf.constant(x)), np.float32)), meta
     if fmt == "onnx":
         import onnxruntime as ort
 

@@ -107,7 +107,8 @@ def decode_image(path, size: int, resize: str = "plain") -> np.ndarray:
 
     Args:
         path: the image file.
-        size: output height = width.
+        size: output height = width; None: the image's own size (what an exported model, which resizes inside,
+            takes).
         resize: ``"plain"`` (stretch to size) or ``"crop"`` (keep the aspect
             ratio, resize the shorter side, centre-crop).
 
@@ -193,14 +194,17 @@ def _to_rgb_array(img, size: int, resize: str) -> np.ndarray:
     # JPEGs decode straight to a smaller scale (1/2, 1/4, 1/8) when that still
     # covers the target size: nearly the same pixels after resizing, at a
     # fraction of the decode cost for large photos.
-    img.draft("RGB", (size, size))
+    if size is not None:
+        img.draft("RGB", (size, size))
     img.load()
     img = ImageOps.exif_transpose(img) if img.getexif().get(0x0112, 1) != 1 else img
     if img.mode.startswith(("I", "F")):
         img = _as_8_bit(img)
     if img.mode != "RGB":
         img = img.convert("RGBA").convert("RGB") if "transparency" in img.info else img.convert("RGB")
-    if resize == "crop":
+    if size is None:
+        pass
+    elif resize == "crop":
         img = ImageOps.fit(img, (size, size), method=Image.Resampling.BILINEAR)
     else:
         img = img.resize((size, size), Image.Resampling.BILINEAR)

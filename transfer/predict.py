@@ -162,3 +162,50 @@ def _predict_finetuned(run, config, paths, batch_size=None, engine="auto", log=p
     rows = [(str(files[i]), classes[p.argmax()], float(p.max()), "finetune") for i, p in zip(kept, probs, strict=True)]
     skipped += list(bad.items())
     return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
+
+
+def predict_exported(model_file, paths, batch_size=32, log=print):
+    """Classify images with a file that ``transfer export`` wrote, and nothing else of the run.
+
+    The file says its classes, and resizes and preprocesses inside: each image
+    goes in as decoded, at its own size (images of one size share a batch).
+
+    Args:
+        model_file: a ``.keras``, ``.onnx`` or ``.tflite`` file, or a SavedModel folder.
+        paths: image files and/or folders.
+
+    Returns:
+        ``(predictions, skipped)`` with columns ``path, pred_label, score, classifier``
+        (``classifier``: the exported model's name) and ``path, reason``.
+    """
+    from transfer.export import load_exported
+    from transfer.images import ImageError, decode_image
+
+    if not paths:
+        raise TransferError("No images given: pass image files or folders.")
+    run, meta = load_exported(model_file)
+    log(f"{model_file}: {meta['model']} ({len(meta['classes'])} classes, {meta['outputs']})")
+    classes = np.array(meta["classes"])
+    files, skipped = list_images(paths)
+    found, pending = {}, {}  # pending: shape -> [(index, image)], run when batch_size of one shape are in
+
+    def flush(shape):
+        items = pending.pop(shape)
+        scores = run(np.stack([img for _, img in items]))
+        found.update({i: s for (i, _), s in zip(items, scores, strict=True)})
+
+    for i, f in enumerate(files):
+        try:
+            img = decode_image(f, None)
+        except ImageError as e:
+            skipped.append((str(f), str(e)))
+            continue
+        pending.setdefault(img.shape, []).append((i, img))
+        if len(pending[img.shape]) >= batch_size:
+            flush(img.shape)
+        elif sum(map(len, pending.values())) >= 4 * batch_size:  # photos of many sizes: bounded memory
+            flush(max(pending, key=lambda shape: len(pending[shape])))
+    for shape in list(pending):
+        flush(shape)
+    rows = [(str(files[i]), classes[s.argmax()], float(s.max()), meta["model"]) for i, s in sorted(found.items())]
+    return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))

@@ -1,0 +1,165 @@
+"""`transfer export`: one file per model that takes images, agrees with the run, and says what it is."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tests.conftest import colour_folder
+from transfer.comparison import CompareConfig, compare
+from transfer.errors import TransferError
+from transfer.export import FORMATS, export_model, load_exported, read_metadata
+from transfer.images import decode_image
+
+TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False, freeze="none",
+            scratch_size=16, scratch_epochs=2, classifiers="logreg,linear_svm,mlp,knn", search_size=None)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    data = colour_folder(root / "data", n=8, splits=("train", "val", "test"))
+    compare(data, root / "run", CompareConfig(**TINY), progress=False, log=lambda *_: None)
+    return root / "run"
+
+
+def out_path(tmp_path, fmt):
+    return tmp_path / f"model{FORMATS[fmt]}" if FORMATS[fmt] else tmp_path / "model-savedmodel"
+
+
+def run_predictions(meta) -> pd.DataFrame:
+    preds = pd.read_csv(f"{meta['run']}/predictions.csv", keep_default_na=False)
+    return preds[preds["classifier"] == meta["classifier"]] if meta["classifier"] else preds
+
+
+def check_round_trip(path, meta):
+    """The exported file's scores on the run's test images equal the run's own."""
+    model, read = load_exported(path)
+    assert read == meta
+    preds = run_predictions(meta)
+    # At the model's input size (as the run's pipeline decodes them), so both see the same pixels.
+    images = np.stack([decode_image(p, meta["image_size"], meta["resize"]) for p in preds["path"]])
+    scores = model(images)
+    assert scores.shape == (len(preds), len(meta["classes"]))
+    labels = np.array(meta["classes"])[scores.argmax(1)]
+    assert (labels == preds["pred_label"].astype(str).to_numpy()).all(), "class agreement 100 %"
+    top = scores.max(1)
+    assert top == pytest.approx(preds["score"].to_numpy(), rel=1e-4, abs=1e-4)
+    # At their own size (24 px): the model resizes inside.
+    native = np.stack([decode_image(p, None) for p in preds["path"]])
+    assert native.shape[1] != meta["image_size"]
+    # Pillow's resize (the run's) and Keras's (the model's) differ by up to a grey level (see the test below),
+    # which moves an unsure prediction: the same class wherever the run's own top two scores are far apart.
+    resized = model(native)
+    assert resized.shape == scores.shape and np.isfinite(resized).all()
+    ranked = np.sort(scores, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > 0.5
+    assert (np.array(meta["classes"])[resized.argmax(1)] == labels)[clear].all()
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("model", ["efficientnet_lite0 fine-tuned (freeze none)", "logreg"])
+def test_every_format_predicts_as_the_run(run, tmp_path, fmt, model):
+    path = out_path(tmp_path, fmt)
+    meta = export_model(run, path, model=model, fmt=fmt, log=lambda *_: None)
+    assert meta["classes"] == ["blue", "red"] and meta["format"] == fmt
+    check_round_trip(path, meta)
+
+
+@pytest.mark.parametrize("model", ["linear_svm", "mlp", "scratch"])
+def test_other_models_export_exactly(run, tmp_path, model):
+    path = tmp_path / "model.keras"
+    meta = export_model(run, path, model=model, log=lambda *_: None)
+    check_round_trip(path, meta)
+    if model == "linear_svm":
+        assert meta["outputs"].startswith("decision values")
+
+
+def test_the_model_resizes_as_the_run_does(run, tmp_path):
+    """Inside the exported model, images of another size come out as the run's decoding makes them."""
+    import keras
+
+    meta = export_model(run, tmp_path / "m.keras", model="logreg", log=lambda *_: None)
+    model = keras.saving.load_model(tmp_path / "m.keras")
+    resize = keras.Model(model.inputs, model.get_layer("resize").output)
+    for p in run_predictions(meta)["path"]:
+        ours = np.asarray(resize(decode_image(p, None)[None]))[0]
+        assert np.abs(ours - decode_image(p, meta["image_size"], meta["resize"])).max() <= 1.0  # Pillow rounds
+
+
+def test_the_default_is_the_model_the_verdict_recommends(run, tmp_path):
+    meta = export_model(run, tmp_path / "m.keras", log=lambda *_: None)
+    assert meta["model"] == json.loads((run / "config.json").read_text())["recommended_model"]
+    split = pd.read_csv(run / "split.csv")
+    assert len(meta["training_data_sha256"]) == 64 and meta["backbone"] in ("efficientnet_lite0", "none")
+    assert meta["image_size"] in (32, 16) and (split["split"] == "test").sum() == 16
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("name", ["logreg", "linear_svm", "mlp"])
+def test_classifiers_fold_into_dense_layers(name, n_classes):
+    """Scaler + classifier as Keras layers give scikit-learn's own scores, binary and multi-class."""
+    import keras
+
+    from transfer.classifiers import CLASSIFIERS, class_scores
+    from transfer.export import classifier_layers
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (90, 12)).astype(np.float32)
+    y = np.arange(90) % n_classes
+    x[:, 0] += 4 * y
+    estimator = CLASSIFIERS[name].make(90).fit(x, y)
+    inputs = keras.Input((12,))
+    scores, _ = classifier_layers(inputs, estimator, name)
+    folded = keras.Model(inputs, scores).predict_on_batch(x)
+    assert folded == pytest.approx(class_scores(estimator, x), rel=1e-4, abs=1e-4)
+
+
+def test_cli_export_then_predict_with_the_file_alone(run, tmp_path):
+    path = tmp_path / "moved" / "model.onnx"
+    result = CliRunner().invoke(cli.main, ["export", str(run), "--model", "logreg", "--format", "onnx",
+                                           "--out", str(path)])
+    assert result.exit_code == 0, result.output
+    assert f"Try it: transfer predict --model {path}" in result.output
+    test = pd.read_csv(run / "split.csv").query("split == 'test'")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for p in test["path"]:  # copies elsewhere: nothing of the run is needed
+        (folder / f"{test.loc[test['path'] == p, 'label'].iloc[0]}-{p.split('/')[-1]}").write_bytes(
+            open(p, "rb").read())
+    out = tmp_path / "preds.csv"
+    result = CliRunner().invoke(cli.main, ["predict", "--model", str(path), str(folder), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    preds = pd.read_csv(out)
+    assert len(preds) == 16 and "16 images classified with" in result.output
+    truth = preds["path"].map(lambda p: p.split("/")[-1].split("-")[0])
+    assert (preds["pred_label"] == truth).mean() >= 0.9  # red vs blue
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "knn"], "k-nearest neighbours looks up the training features"),
+    (["--model", "nope"], "--model 'nope' is not one of its models"),
+    (["--format", "onnx"], "does not end in .onnx"),
+])
+def test_export_errors_are_one_line_and_keep_the_old_file(run, tmp_path, args, message):
+    out = tmp_path / "model.keras"
+    out.write_bytes(b"the user's earlier export")
+    result = CliRunner().invoke(cli.main, ["export", str(run), "--out", str(out), *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert out.read_bytes() == b"the user's earlier export"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"], "no partial file left"
+
+
+def test_predict_model_refuses_a_file_export_did_not_write(tmp_path):
+    import keras
+
+    plain = tmp_path / "plain.keras"
+    keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]).save(plain)
+    with pytest.raises(TransferError, match="was not written by `transfer export`"):
+        read_metadata(plain)
+    result = CliRunner().invoke(cli.main, ["predict", "--model", str(tmp_path / "missing.onnx"), str(tmp_path)])
+    assert result.exit_code == 2 and "does not exist" in result.output
