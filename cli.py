@@ -38,6 +38,7 @@ from transfer.images import RESIZE_MODES, ImageOptions  # noqa: E402
 from transfer.precision import PRECISIONS  # noqa: E402
 from transfer.predict import predict_imagenet  # noqa: E402
 from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION  # noqa: E402
+from transfer.tracking import DEFAULT_URI as TRACKING_DEFAULT  # noqa: E402
 
 
 def as_flags(message: str, command: click.Command | None) -> str:
@@ -570,8 +571,11 @@ def _echo_learning_curve(curve, line, out: Path):
 @WEIGHTS
 @ENGINE
 @SPLIT
-def compare(data, out, val_fraction, test_fraction, **options):
-    """Run both strategies and a from-scratch CNN on one split; write compare.csv and plots."""
+@click.option("--mlflow", "mlflow", is_flag=False, flag_value=TRACKING_DEFAULT, default=None, metavar="[URI]",
+              help="Also log the comparison and every model (parameters, metrics, reports) to MLflow: at URI, or "
+                   "alone for MLflow's default (./mlflow.db, artefacts in ./mlruns/). Needs .[mlflow].")
+def compare(data, out, val_fraction, test_fraction, mlflow, **options):
+    """Run both strategies and a from-scratch CNN on one split; write report.html, compare.csv and plots."""
     from transfer.comparison import compare as run_compare
 
     given = _given(click.get_current_context(), options)  # the rest: the dataclass's defaults (or the demo's)
@@ -581,7 +585,8 @@ def compare(data, out, val_fraction, test_fraction, **options):
         click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size "
                    f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment`.")
     out = _run_folder(out, "compare", data)
-    table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, log=click.echo)
+    table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, mlflow=mlflow,
+                              log=click.echo)
     echo = _echo_learning_curve if cfg.train_sizes else _echo_repeats if cfg.repeats > 1 else _echo_compare
     echo(table, line, out)
 

@@ -296,11 +296,13 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, sec
     return table, line, preds
 
 
-def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, predictions: list | None = None):
+def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, predictions: list | None = None,
+                  mlflow=None):
     """Every strategy on the opened run's one split; the report written; returns ``(table, verdict)``.
 
     ``predictions``, when given, receives each model's predictions on the evaluation images (for the paired
-    statistics over repeats).
+    statistics over repeats).  ``mlflow``: a tracking URI the finished comparison is logged to (see
+    :mod:`transfer.tracking`).
     """
     results, seconds = [], {}
 
@@ -320,10 +322,15 @@ def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, pr
     table, line, preds = _write_report(run, cfg, results, features_dir, log, seconds)
     if predictions is not None:
         predictions.append(preds)
+    if mlflow is not None:
+        from transfer.tracking import log_compare
+        from transfer.verdict import recommended_model
+
+        log_compare(mlflow, run.out, table, results, line, recommended_model(table, preds), log=log)
     return table, line
 
 
-def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progress, log):
+def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progress, log, mlflow=None):
     """``cfg.repeats`` comparisons, repeat k on the split seeded ``cfg.seed + k - 1``; the summary of all."""
     import time
 
@@ -339,7 +346,7 @@ def _repeated(source, out: Path, cfg: CompareConfig, split_options: dict, progre
         log(f"repeat {k} of {cfg.repeats} (seed {once.seed}) -> {out / f'repeat-{k}'}")
         start = time.perf_counter()
         run = open_run(source, out / f"repeat-{k}", "compare", seed=once.seed, **split_options)
-        table, _ = _compare_once(run, once, None, progress, _prefixed(log, f"repeat {k}"), predictions)
+        table, _ = _compare_once(run, once, None, progress, _prefixed(log, f"repeat {k}"), predictions, mlflow)
         tables.append(table.assign(repeat=k))
         seconds.append(time.perf_counter() - start)
     summary, line = summarise_repeats(tables, predictions)
@@ -382,7 +389,7 @@ def _subsets(run, cfg: CompareConfig, log) -> dict:
     return dict(reversed(subsets.items()))
 
 
-def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, progress, log):
+def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, progress, log, mlflow=None):
     """One comparison per training size, on nested subsets of one split's training images; the curve of all."""
     import time
 
@@ -401,7 +408,7 @@ def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, 
             f"{out / f'size-{size}'}")
         start = time.perf_counter()
         sub = open_run(subset, out / f"size-{size}", "compare", seed=cfg.seed)
-        table, _ = _compare_once(sub, once, None, progress, _prefixed(log, f"size {size}"))
+        table, _ = _compare_once(sub, once, None, progress, _prefixed(log, f"size {size}"), mlflow=mlflow)
         tables.append(table.assign(train_size=size, mean_images_per_class=round(float(counts.mean()), 1),
                                    min_images_per_class=int(counts.min()), n_train=int(counts.sum())))
         seconds[size] = round(time.perf_counter() - start, 1)
@@ -416,7 +423,7 @@ def _learning_curve(source, out: Path, cfg: CompareConfig, split_options: dict, 
 
 
 def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_fraction=VAL_FRACTION,
-            test_fraction=TEST_FRACTION, progress=True, log=print) -> tuple[pd.DataFrame, str]:
+            test_fraction=TEST_FRACTION, progress=True, mlflow=None, log=print) -> tuple[pd.DataFrame, str]:
     """Run strategy 2, strategy 1 and the scratch baseline on one split; write the combined report.
 
     With ``cfg.repeats`` above 1, the whole comparison runs once per seed
@@ -437,6 +444,8 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
         data: as for every command: a folder, a CSV manifest, ``digits`` or ``fashion-mnist``.
         out: the run folder (see the module docstring for its layout).
         cfg: the options; :class:`CompareConfig` defaults when omitted.
+        mlflow: log each finished comparison and its models to MLflow at this tracking URI
+            (``transfer.tracking.DEFAULT_URI``: MLflow's own default, ./mlflow.db and ./mlruns/); None: not.
 
     Returns:
         ``(table, verdict)``: the compare table (``compare.csv``), best first,
@@ -448,18 +457,20 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
     """
     from transfer.runfolder import claim
     from transfer.runs import check_run_folder
+    from transfer.tracking import check_mlflow
 
     cfg = (cfg or CompareConfig()).validated()
+    check_mlflow(mlflow)
     if out is None:
         raise TransferError("out is required: the folder the compare run writes to.")
     out = Path(out)
     check_run_folder(out, "compare")
     with claim(out, "compare", log=log):
         return _compare_in(data, out, cfg, {"val_fraction": val_fraction, "test_fraction": test_fraction},
-                           progress, log)
+                           progress, log, mlflow)
 
 
-def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progress, log):
+def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progress, log, mlflow=None):
     """:func:`compare` in its claimed run folder."""
     from transfer.finetune_model import check_freeze
     from transfer.runs import open_run
@@ -470,8 +481,8 @@ def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progre
         # every freeze value, before hours of training run into a typo
         check_freeze(backbone, cfg.finetune_config(backbone, "none").validated().image_size, cfg.freeze)
     if cfg.repeats > 1:
-        return _repeated(source, out, cfg, split_options, progress, log)
+        return _repeated(source, out, cfg, split_options, progress, log, mlflow)
     if cfg.train_sizes:
-        return _learning_curve(source, out, cfg, split_options, progress, log)
+        return _learning_curve(source, out, cfg, split_options, progress, log, mlflow)
     run = open_run(source, out, "compare", seed=cfg.seed, **split_options)
-    return _compare_once(run, cfg, None, progress, log)
+    return _compare_once(run, cfg, None, progress, log, mlflow=mlflow)
