@@ -163,3 +163,19 @@ def test_predict_model_refuses_a_file_export_did_not_write(tmp_path):
         read_metadata(plain)
     result = CliRunner().invoke(cli.main, ["predict", "--model", str(tmp_path / "missing.onnx"), str(tmp_path)])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_a_mixed_precision_run_exports_in_float32(tmp_path):
+    """A fine-tuning trained in bfloat16 (where a CPU measures it faster) exports, to ONNX too, in float32."""
+    from transfer.finetuning import FinetuneConfig, finetune
+
+    data = colour_folder(tmp_path / "data", n=6, splits=("train", "val", "test"))
+    finetune(data, tmp_path / "run", FinetuneConfig(image_size=32, batch_size=8, precision="mixed_bfloat16",
+                                                    head_epochs=1, epochs=1, augment=False, freeze="0.5"),
+             log=lambda *_: None)
+    meta = export_model(tmp_path / "run", tmp_path / "m.onnx", fmt="onnx", log=lambda *_: None)
+    model, _ = load_exported(tmp_path / "m.onnx")
+    preds = run_predictions(meta)
+    scores = model(np.stack([decode_image(p, 32, "crop") for p in preds["path"]]))
+    assert (np.array(meta["classes"])[scores.argmax(1)] == preds["pred_label"].astype(str)).all()
+    assert scores.max(1) == pytest.approx(preds["score"].to_numpy(), abs=0.05)  # the run's own bfloat16 rounding

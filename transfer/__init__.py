@@ -57,9 +57,15 @@ _API = {
     "tsne_png": "transfer.plots",
     "conv_kernels_png": "transfer.plots",
     "learning_curve_png": "transfer.plots",
-    # new images
+    "render_report": "transfer.html_report",
+    "log_compare": "transfer.tracking",
+    # shipping a model, and new images
+    "export_model": "transfer.export",
+    "load_exported": "transfer.export",
+    "read_metadata": "transfer.export",
     "predict_imagenet": "transfer.predict",
     "predict_run": "transfer.predict",
+    "predict_exported": "transfer.predict",
     "TransferError": "transfer.errors",
 }
 

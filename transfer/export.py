@@ -213,6 +213,21 @@ def _without_dropout(model):
     return model
 
 
+def _in_float32(model):
+    """``model`` with every layer computing in float32: a run trained in mixed precision (bfloat16 where the CPU
+    measured faster with it) exports in full precision, which ONNX export requires; the weights are float32
+    variables either way."""
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    if all(layer.dtype_policy.name == "float32" for layer in layers):
+        return model
+    text = json.dumps(model.get_config())
+    for mixed in ("mixed_bfloat16", "mixed_float16"):
+        text = text.replace(f'"{mixed}"', '"float32"')
+    clone = model.__class__.from_config(json.loads(text))
+    clone.set_weights(model.get_weights())
+    return clone
+
+
 def _features_model(chosen: Chosen, antialias: bool):
     import keras
 
@@ -232,9 +247,9 @@ def _features_model(chosen: Chosen, antialias: bool):
     images, x = _image_input(cfg.image_size, cfg.resize, get_backbone(cfg.backbone).preprocess_input, antialias)
     features = _without_dropout(build_extractor(cfg))(x)
     scores, what = classifier_layers(features, estimator, name)
-    classes = [str(c) for c in estimator.classes_]
-    return keras.Model(images, scores, name="transfer_export"), classes, what, cfg.backbone, cfg.weights, \
-        cfg.image_size, cfg.resize
+    return keras.Model(images, scores, name="transfer_export"), {
+        "classes": [str(c) for c in estimator.classes_], "outputs": what, "image_size": cfg.image_size,
+        "resize": cfg.resize, "backbone": cfg.backbone, "weights": str(cfg.weights)}
 
 
 def _trained_model(chosen: Chosen, antialias: bool):
@@ -249,10 +264,10 @@ def _trained_model(chosen: Chosen, antialias: bool):
     backbone = cfg.get("backbone", "none")
     preprocess = get_backbone(backbone).preprocess_input if chosen.kind == "finetune" else None
     images, x = _image_input(cfg["image_size"], cfg["resize"], preprocess, antialias)
-    network = _without_dropout(load_saved_model(chosen.run_dir / "model.keras"))
-    model = keras.Model(images, network(x), name="transfer_export")
-    return model, list(chosen.config["classes"]), "probabilities", backbone, cfg.get("weights", "none"), \
-        cfg["image_size"], cfg["resize"]
+    network = _without_dropout(_in_float32(load_saved_model(chosen.run_dir / "model.keras")))
+    return keras.Model(images, network(x), name="transfer_export"), {
+        "classes": list(chosen.config["classes"]), "outputs": "probabilities", "image_size": cfg["image_size"],
+        "resize": cfg["resize"], "backbone": backbone, "weights": str(cfg.get("weights", "none"))}
 
 
 def _training_hash(run_dir: Path) -> str:
@@ -268,19 +283,18 @@ def build_export_model(chosen: Chosen, antialias: bool = True):
     ``antialias``: resize as Pillow does when shrinking (see :func:`_image_input`); off for ONNX and TFLite.
     """
     build = _features_model if chosen.kind == "features" else _trained_model
-    model, classes, outputs, backbone, weights, size, resize = build(chosen, antialias)
+    model, facts = build(chosen, antialias)
     # Frozen: BatchNorm then always normalises with its moving statistics, whatever mode an exporter traces
     # (measured: SavedModel's trace of a fresh backbone used batch statistics without this).
     model.trainable = False
     from transfer import __version__
 
     meta = {"transfer_export": METADATA_VERSION, "model": chosen.name, "kind": chosen.kind,
-            "classifier": chosen.classifier, "classes": classes, "outputs": outputs,
-            "input": "uint8 RGB images (n, height, width, 3), any size", "image_size": size, "resize": resize,
+            "classifier": chosen.classifier, **facts, "input": "uint8 RGB images (n, height, width, 3), any size",
             "preprocessing": "inside the model: resize (bilinear" + (", antialiased" if antialias else "")
-                             + (", centre crop" if resize == "crop" else "") + "), then the backbone's own",
-            "backbone": backbone, "weights": str(weights), "training_data_sha256": _training_hash(chosen.run_dir),
-            "run": str(chosen.run_dir.resolve()), "transfer_version": __version__}
+                             + (", centre crop" if facts["resize"] == "crop" else "") + "), then the backbone's own",
+            "training_data_sha256": _training_hash(chosen.run_dir), "run": str(chosen.run_dir.resolve()),
+            "transfer_version": __version__}
     return model, meta
 
 
