@@ -154,6 +154,15 @@ def test_export_errors_are_one_line_and_keep_the_old_file(run, tmp_path, args, m
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"], "no partial file left"
 
 
+def test_a_folder_of_several_comparisons_names_them(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run, tmp_path / "repeats" / "repeat-1")
+    (tmp_path / "repeats" / "config.json").write_text(json.dumps({"command": "compare", "repeats": 2}))
+    with pytest.raises(TransferError, match=r"holds several comparisons \(repeat-1\): export from one of them"):
+        export_model(tmp_path / "repeats", tmp_path / "m.keras", log=lambda *_: None)
+
+
 def test_predict_model_refuses_a_file_export_did_not_write(tmp_path):
     import keras
 

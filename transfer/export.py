@@ -97,12 +97,18 @@ def choose(run_dir, model: str | None = None) -> Chosen:
     if command in ("finetune", "scratch"):
         if model:
             raise TransferError(f"{run} is a {command} run with one model: drop --model {model}.")
-        return Chosen(run, command, command, config)
+        tuned = config.get("finetune", {})
+        name = f"{tuned.get('backbone')} fine-tuned (freeze {tuned.get('freeze')})" if tuned else "scratch CNN"
+        return Chosen(run, command, name, config)
     raise TransferError(f"{run} holds a {command!r} run, which has no model to export: give the --out folder of "
                         "compare, finetune, classify or scratch.")
 
 
 def _from_compare(run: Path, config: dict, model: str | None) -> Chosen:
+    if not (run / "compare.csv").exists():  # --repeats or --train-sizes: one comparison per sub-folder
+        inner = sorted(p.parent.name for p in run.glob("*/compare.csv"))
+        raise TransferError(f"{run} holds several comparisons ({', '.join(inner) or 'none finished'}): export from "
+                            f"one of them, e.g. {run / (inner[0] if inner else 'repeat-1')}.")
     table = pd.read_csv(run / "compare.csv", keep_default_na=False)
     wanted = model or config.get("recommended_model") or table["model"].iloc[0]
     rows = table[(table["model"] == wanted) | (table["run_dir"] == wanted) | (table["classifier"] == wanted)]
