@@ -307,7 +307,8 @@ def _echo_predictions(preds, run_dir):
               help="plain: stretch to the input size (as ImageNet models are evaluated); crop: keep aspect.")
 @BATCH_SIZE
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the predictions to this CSV (path,rank,class_index,class_name,score).")
+              help="Write the predictions to this CSV (path,rank,class_index,class_name,score; with --run or --model: "
+                   "path,pred_label,score,classifier).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Classify with this run's model (classify: backbone + fitted classifier; finetune).")
 @click.option("--classifier", help="With --run: which fitted classifier (default: the run's best).")

@@ -141,17 +141,55 @@ def test_cli_export_then_predict_with_the_file_alone(run, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--model", "knn"], "k-nearest neighbours looks up the training features"),
-    (["--model", "nope"], "--model 'nope' is not one of its models"),
+    (["--model", "lgreg"], "--model 'lgreg' is not one of its models in"),
     (["--format", "onnx"], "does not end in .onnx"),
 ])
 def test_export_errors_are_one_line_and_keep_the_old_file(run, tmp_path, args, message):
     out = tmp_path / "model.keras"
-    out.write_bytes(b"the user's earlier export")
+    export_model(run, out, model="logreg", log=lambda *_: None)
+    earlier = out.read_bytes()
     result = CliRunner().invoke(cli.main, ["export", str(run), "--out", str(out), *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
-    assert out.read_bytes() == b"the user's earlier export"
+    assert out.read_bytes() == earlier
     assert [p.name for p in tmp_path.iterdir()] == ["model.keras"], "no partial file left"
+
+
+def test_typos_get_the_close_names(run):
+    with pytest.raises(TransferError, match="did you mean 'logreg'"):
+        export_model(run, "/tmp/never-written.keras", model="lgreg")
+
+
+def test_what_export_did_not_write_is_never_replaced(run, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    for out, fmt in ((mine, "savedmodel"), (tmp_path / "notes.keras", "keras"), (tmp_path / ".", "savedmodel")):
+        if fmt == "keras":
+            out.write_text("not a model")
+        with pytest.raises(TransferError, match="that `transfer export` did not write"):
+            export_model(run, out, model="scratch", fmt=fmt, log=lambda *_: None)
+    assert (mine / "thesis.txt").read_text() == "years of work" and (tmp_path / "notes.keras").read_text() == \
+        "not a model"
+    with pytest.raises(TransferError, match="a savedmodel is a folder"):
+        export_model(run, tmp_path / "model.onnx", model="scratch", fmt="savedmodel")
+    export_model(run, tmp_path / "sm", model="scratch", fmt="savedmodel", log=lambda *_: None)
+    export_model(run, tmp_path / "sm", model="logreg", fmt="savedmodel", log=lambda *_: None)  # an export: replaced
+    assert read_metadata(tmp_path / "sm")["classifier"] == "logreg"
+
+
+def test_a_recommended_knn_falls_back_to_the_best_model_that_exports(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "recommended_model": "efficientnet_lite0 features + knn"}))
+    said = []
+    meta = export_model(copy, tmp_path / "m.keras", log=said.append)
+    table = pd.read_csv(copy / "compare.csv", keep_default_na=False)
+    assert meta["model"] == table.loc[table["classifier"] != "knn", "model"].iloc[0]
+    assert "which cannot be exported" in said[0] and meta["model"] in said[0]
 
 
 def test_a_folder_of_several_comparisons_names_them(run, tmp_path):

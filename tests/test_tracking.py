@@ -92,16 +92,33 @@ def test_cli_mlflow_alone_logs_to_mlflows_default_store(logged, tmp_path, monkey
     assert len(runs) == 1 + len(table)
 
 
-def test_an_unreachable_server_is_one_line_and_keeps_the_reports(logged, monkeypatch):
+def test_an_unreachable_server_is_one_line_before_any_work(logged, monkeypatch):
     root, data, _, _, _ = logged
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    before = pd.read_csv(root / "run" / "compare.csv")
-    with pytest.raises(TransferError, match="MLflow did not take the results") as e:
+    before = (root / "run" / "config.json").read_text()
+    with pytest.raises(TransferError, match=r"--mlflow http://127.0.0.1:9: MLflow cannot log there .*nothing was run"):
         compare(data, root / "run", CompareConfig(**TINY), progress=False, mlflow="http://127.0.0.1:9",
                 log=lambda *_: None)
+    assert (root / "run" / "config.json").read_text() == before
+    with pytest.raises(TransferError, match=r"cannot log there \(MlflowException: .* \.\.\.\)|cannot log there"):
+        compare(data, root / "run", CompareConfig(**TINY), progress=False, mlflow="foo://bar", log=lambda *_: None)
+
+
+def test_a_failure_while_logging_is_one_line_and_keeps_the_reports(logged, monkeypatch):
+    import transfer.tracking
+
+    root, data, uri, _, _ = logged
+
+    def server_gone(*args):
+        raise ConnectionError("the server went away\nin the middle")
+
+    monkeypatch.setattr(transfer.tracking, "_log_compare", server_gone)
+    monkeypatch.chdir(root / "store")
+    with pytest.raises(TransferError, match="MLflow did not take the results") as e:
+        compare(data, root / "run", CompareConfig(**TINY), progress=False, mlflow=uri, log=lambda *_: None)
     assert "\n" not in str(e.value) and "the reports in" in str(e.value)
-    pd.testing.assert_frame_equal(pd.read_csv(root / "run" / "compare.csv"), before)
+    assert len(pd.read_csv(root / "run" / "compare.csv")) == 4 and (root / "run" / "report.html").exists()
 
 
 def test_without_mlflow_installed_compare_stops_before_any_work(tmp_path, monkeypatch):

@@ -23,9 +23,9 @@ CAPTIONS = {
                   "off-diagonal cells are its mistakes.",
     "accuracy-vs-time": "each model's accuracy against its training time (log scale), coloured by strategy: up and "
                         "to the left is better; the table's p-values say which gaps are more than noise.",
-    "curves-": "training and validation loss and accuracy per epoch; the dotted line is where the head stage ends "
-               "and fine-tuning starts: a validation curve that turns up while training keeps falling is "
-               "over-fitting.",
+    "curves-": "training and validation loss and accuracy per epoch of the stages trained by gradient descent (a "
+               "dotted line where the head stage ends and fine-tuning starts; a head fitted as the linear probe "
+               "has no epochs): a validation curve that turns up while training keeps falling is over-fitting.",
     "tsne-": "t-SNE maps of the raw pixels (left) and of the frozen features (right), coloured by class: "
              "clusters that separate better on the right are what pretraining gives a classifier on the features.",
     "conv-kernels-": "the first convolution's kernels before and after fine-tuning: little change means the early "

@@ -23,6 +23,7 @@ training images), read back by :func:`read_metadata` and
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import shutil
@@ -72,10 +73,11 @@ def _config(folder: Path) -> dict:
                             "of compare, finetune, classify or scratch.") from None
 
 
-def choose(run_dir, model: str | None = None) -> Chosen:
+def choose(run_dir, model: str | None = None, log=print) -> Chosen:
     """The model of ``run_dir`` to export: ``model`` if given, else the one the run recommends.
 
-    A compare run's default is the model its verdict says to use; ``model`` may
+    A compare run's default is the model its verdict says to use (the most
+    accurate exportable one when that is kNN or the RBF SVM); ``model`` may
     be a ``compare.csv`` model name, a sub-run folder (``scratch``,
     ``efficientnet_lite0/finetune-0.5``) or a classifier name.  A classify run
     takes a classifier name (default: its best); finetune and scratch runs have one model.
@@ -87,7 +89,7 @@ def choose(run_dir, model: str | None = None) -> Chosen:
     config = _config(run)
     command = config.get("command")
     if command == "compare":
-        return _from_compare(run, config, model)
+        return _from_compare(run, config, model, log)
     if command == "classify":
         name = model or config["best_classifier"]
         if name not in config["classifiers"]:
@@ -104,21 +106,42 @@ def choose(run_dir, model: str | None = None) -> Chosen:
                         "compare, finetune, classify or scratch.")
 
 
-def _from_compare(run: Path, config: dict, model: str | None) -> Chosen:
+def _from_compare(run: Path, config: dict, model: str | None, log=print) -> Chosen:
     if not (run / "compare.csv").exists():  # --repeats or --train-sizes: one comparison per sub-folder
         inner = sorted(p.parent.name for p in run.glob("*/compare.csv"))
         raise TransferError(f"{run} holds several comparisons ({', '.join(inner) or 'none finished'}): export from "
                             f"one of them, e.g. {run / (inner[0] if inner else 'repeat-1')}.")
     table = pd.read_csv(run / "compare.csv", keep_default_na=False)
-    wanted = model or config.get("recommended_model") or table["model"].iloc[0]
-    rows = table[(table["model"] == wanted) | (table["run_dir"] == wanted) | (table["classifier"] == wanted)]
-    if len(rows) != 1:
-        why = "matches several" if len(rows) else "is not one of its models"
-        raise TransferError(f"--model {wanted!r} {why} in {run / 'compare.csv'}. Expected a model name, e.g. "
-                            + ", ".join(repr(m) for m in table["model"]) + ".")
-    row = rows.iloc[0]
+    if model is None:
+        row = _default_row(table, config.get("recommended_model") or table["model"].iloc[0], log)
+    else:
+        rows = table[(table["model"] == model) | (table["run_dir"] == model) | (table["classifier"] == model)
+                     | (table["run_dir"].map(lambda d: Path(d).name) == model)]
+        if len(rows) != 1:
+            names = list(table["model"]) + [c for c in table["classifier"] if c] + sorted(set(table["run_dir"]))
+            close = difflib.get_close_matches(model, names, n=3, cutoff=0.5)
+            why = "matches several models" if len(rows) else "is not one of its models"
+            raise TransferError(f"--model {model!r} {why} in {run / 'compare.csv'}"
+                                + (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ".")
+                                + " Give a model name, a classifier or a sub-run folder: "
+                                + ", ".join(repr(m) for m in table["model"]) + ".")
+        row = rows.iloc[0]
     folder = run / row["run_dir"]
     return Chosen(folder, row["strategy"], row["model"], _config(folder), row["classifier"] or None)
+
+
+def _default_row(table: pd.DataFrame, recommended: str, log):
+    """The verdict's model, or, when it has no Keras equivalent (kNN, RBF SVM), the most accurate one that has."""
+    row = table[table["model"] == recommended].iloc[0]
+    if row["classifier"] not in NOT_FOLDABLE:
+        return row
+    usable = table[~table["classifier"].isin(list(NOT_FOLDABLE))]
+    if not len(usable):
+        raise TransferError(f"the run recommends {recommended}, and none of its models can be exported: "
+                            f"{NOT_FOLDABLE[row['classifier']]}. Run compare with another classifier or fine-tuning.")
+    log(f"the run recommends {recommended}, which cannot be exported ({NOT_FOLDABLE[row['classifier']]}): "
+        f"exporting the most accurate model that can, {usable['model'].iloc[0]} (--model chooses another)")
+    return usable.iloc[0]
 
 
 # ---------------------------------------------------------------------------
@@ -156,6 +179,9 @@ def _image_input(size: int, resize: str, preprocess, antialias: bool):
     x = keras.layers.Rescaling(1.0, name="to_float", dtype="float32")(images)
     x = keras.layers.Resizing(size, size, interpolation="bilinear", crop_to_aspect_ratio=resize == "crop",
                               antialias=antialias, name="resize", dtype="float32")(x)
+    # The runs' pixels are Pillow's, rounded to uint8 after resizing: on the fashion sample's 28 px images
+    # upscaled to 224, rounding here took the largest probability difference to the run's from 0.25 to 0.064.
+    x = keras.ops.clip(keras.ops.round(x), 0, 255)
     if preprocess is not None:
         w, b = _affine(preprocess)
         conv = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False)
@@ -322,10 +348,14 @@ def _write_savedmodel(model, meta, path: Path):
 
 
 def _write_onnx(model, meta, path: Path):
+    import warnings
+
     import onnx
 
     model(np.zeros((1, meta["image_size"], meta["image_size"], 3), np.uint8))  # Keras exports only a called model
-    model.export(str(path), format="onnx", verbose=False)
+    with warnings.catch_warnings():  # Keras's tf2onnx shim asks numpy for np.object
+        warnings.simplefilter("ignore", FutureWarning)
+        model.export(str(path), format="onnx", verbose=False)
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA, json.dumps(meta)
@@ -368,15 +398,33 @@ def check_format(fmt: str, out) -> Path:
 
     if fmt not in FORMATS:
         raise TransferError(f"format={fmt!r} is not valid. Expected one of: {', '.join(FORMATS)}.")
-    out = Path(out)
+    out = Path(out).absolute()
     suffix = FORMATS[fmt]
     if suffix and out.suffix != suffix:
         raise TransferError(f"--out {out} does not end in {suffix}, which the {fmt} format needs: e.g. "
-                            f"--out {out.with_suffix(suffix)}.")
+                            f"--out {out.parent / (out.stem + suffix)}.")
+    if not suffix and out.suffix and out.suffix in FORMATS.values():
+        raise TransferError(f"--out {out} ends in {out.suffix}, but a savedmodel is a folder: give a folder name "
+                            f"such as {out.with_suffix('')}-savedmodel.")
+    _check_replaceable(out, fmt)
     missing = [m for m in NEEDS[fmt] if importlib.util.find_spec(m) is None]
     if missing:
         raise TransferError(f"the {fmt} format needs {', '.join(missing)}: pip install -e '.[onnx]'.")
     return out
+
+
+def _check_replaceable(out: Path, fmt: str):
+    """Only an earlier export of the same format may be replaced: never a folder or file of the user's."""
+    if not out.exists() and not out.is_symlink():
+        return
+    try:
+        earlier = format_of(out) == fmt and read_metadata(out).get("transfer_export") is not None
+    except (TransferError, ValueError):
+        earlier = False
+    if not earlier:
+        what = "a folder" if out.is_dir() else "a file"
+        raise TransferError(f"--out {out} is {what} that `transfer export` did not write as {fmt}: it is kept; "
+                            "give a new path (an earlier export of the same format is replaced).")
 
 
 def export_model(run_dir, out, *, model: str | None = None, fmt: str = "keras", log=print) -> dict:
@@ -398,7 +446,7 @@ def export_model(run_dir, out, *, model: str | None = None, fmt: str = "keras", 
         TransferError: bad arguments, a model that cannot be exported (saying why), or a run without its model.
     """
     out = check_format(fmt, out)
-    chosen = choose(run_dir, model)
+    chosen = choose(run_dir, model, log)
     keras_model, meta = build_export_model(chosen, antialias=fmt in ("keras", "savedmodel"))
     meta = {**meta, "format": fmt}
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")  # Keras and ONNX go by the suffix
@@ -502,9 +550,13 @@ def load_exported(path):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return (lambda x: np.asarray(session.run(None, {name: x})[0], np.float32)), meta
+    import warnings
+
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    with warnings.catch_warnings():  # its deprecation note points at a package (ai-edge-litert) not installed here
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = tf.lite.Interpreter(model_path=str(path))
 
     def run(x):
         entry = interpreter.get_input_details()[0]

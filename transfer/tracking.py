@@ -33,14 +33,28 @@ MAX_PARAM = 6000  # MLflow's limit on a parameter's value
 
 
 def check_mlflow(uri):
-    """Fail before any training when ``uri`` is given and MLflow is not installed.
+    """Fail before any training when ``uri`` is given and MLflow is not installed or does not take the URI
+    (the store is opened and the experiment made or found: a server is asked once).
 
     Raises:
-        TransferError: naming the extra that installs it.
+        TransferError: naming the extra that installs it, or MLflow's reason.
     """
-    if uri is not None and importlib.util.find_spec("mlflow") is None:
+    if uri is None:
+        return
+    if importlib.util.find_spec("mlflow") is None:
         raise TransferError("--mlflow needs MLflow, which is not installed: pip install -e '.[mlflow]' "
                             "(or pip install mlflow).")
+    try:
+        _client(uri)
+    except Exception as e:  # noqa: BLE001 - URI, network and store errors all mean "cannot log there"
+        raise TransferError(f"--mlflow {uri}: MLflow cannot log there ({_reason(e)}); nothing was run: fix the "
+                            "URI or start the server, or leave --mlflow out.") from None
+
+
+def _reason(e: Exception) -> str:
+    """MLflow's message on one line, cut at a word (its lists of URI schemes run long)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: " + (text if len(text) <= 400 else text[:400].rsplit(" ", 1)[0] + " ...")
 
 
 def _flat(prefix: str, value) -> dict:
@@ -95,8 +109,7 @@ def log_compare(uri, out: Path, table: pd.DataFrame, results, verdict: str, reco
     except TransferError:
         raise
     except Exception as e:  # noqa: BLE001 - network, store and URI errors all mean "not logged"
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise TransferError(f"MLflow did not take the results ({type(e).__name__}: {reason}); the reports in {out} "
+        raise TransferError(f"MLflow did not take the results ({_reason(e)}); the reports in {out} "
                             "are written: fix --mlflow's URI or the server and run compare again (it reuses every "
                             "sub-run).") from None
 
