@@ -30,8 +30,7 @@ def _cell(value) -> dict:
         return {"text": "" if pd.isna(value) else f"{value:.4g}", "num": True}
     if isinstance(value, int):
         return {"text": str(value), "num": True}
-    return {"text": "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value),
-            "num": False}
+    return {"text": "" if value is None else str(value), "num": False}
 
 
 def _table(table: pd.DataFrame, recommended: str | None) -> dict:
