@@ -12,6 +12,10 @@ float32 are timed only where the CPU has bfloat16 instructions (AMX / AVX512-BF1
 
 Prints one row per backbone, size, precision and depth: trainable parameters, images/s, and the ratio to
 ``--freeze none`` in the same run (how much cheaper an epoch of that depth is).
+
+``--stage2`` times instead stage 2 with augmentation as the product runs it, against the whole model's training
+step, in turns, with ImageNet weights: the frozen layers run by the engine ``--engine auto`` picks here
+(``transfer.frozen_layers.engine_for``) and the layers after them trained in TensorFlow, per depth.
 """
 
 from __future__ import annotations
@@ -55,6 +59,44 @@ def rate(step, images, seconds):
     return n * images / (time.perf_counter() - start)
 
 
+def stage2_steps(backbone, size, freeze, batch):
+    """Two training steps of one depth on ``batch``: the whole model's, and the product's split (the frozen
+    layers by the engine chosen here, the rest in TensorFlow); and the engine's name."""
+    import keras
+
+    from transfer.finetune_model import build_model, frozen_count, set_trainable, split_frozen
+    from transfer.finetuning import FinetuneConfig
+    from transfer.frozen_layers import engine_for
+
+    cfg = FinetuneConfig(backbone=backbone, image_size=size, freeze=freeze, precision="float32").validated()
+    model, body = build_model(cfg, n_classes=10)
+    set_trainable(body, frozen_count(freeze, body.layers), train_bn=False)
+    prefix, rest, trained = split_frozen(model, body, frozen_count(freeze, body.layers))
+    runner = engine_for(prefix, cfg, log=lambda line: print(f"# {line}", flush=True))
+    for m in (trained, rest):
+        m.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", jit_compile=False)
+    x, y = batch
+    split = (lambda: rest.train_on_batch(runner.predict_on_batch(x), y)) if runner else None
+    return {"whole model": lambda: trained.train_on_batch(x, y), "split": split}, getattr(runner, "engine", None)
+
+
+def stage2(args, rng):
+    print("backbone,size,freeze,engine,whole_model_images_per_s,split_images_per_s,split_vs_whole")
+    for backbone in args.backbones.split(","):
+        for size in (int(s) for s in args.sizes.split(",")):
+            batch = (rng.uniform(0, 255, (args.batch, size, size, 3)).astype("float32"),
+                     rng.integers(0, 10, args.batch))
+            for d in (d for d in args.freeze.split(",") if d not in ("none", "all")):
+                steps, engine = stage2_steps(backbone, size, d, batch)
+                best = {name: 0.0 for name, step in steps.items() if step}
+                for _ in range(args.rounds):
+                    for name in best:
+                        best[name] = max(best[name], rate(steps[name], args.batch, args.seconds))
+                split = best.get("split", float("nan"))
+                print(f"{backbone},{size},{d},{engine or 'tensorflow (no faster engine)'},"
+                      f"{best['whole model']:.1f},{split:.1f},{split / best['whole model']:.2f}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", default="efficientnet_lite0")
@@ -63,13 +105,16 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--stage2", action="store_true", help="stage 2 split (engine + TensorFlow) against whole")
     args = parser.parse_args(argv)
+    rng = np.random.default_rng(0)
+    if args.stage2:
+        return stage2(args, rng)
 
     from transfer.precision import has_bf16
 
     precisions = ["float32"] + (["mixed_bfloat16"] if has_bf16() else [])
     depths = args.freeze.split(",")
-    rng = np.random.default_rng(0)
     print("backbone,size,precision,freeze,trainable_params,images_per_s,vs_none")
     for backbone in args.backbones.split(","):
         for size in (int(s) for s in args.sizes.split(",")):

@@ -10,6 +10,12 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# TensorFlow starts with this machine's oneDNN setting (measured here at its first use on a machine), as it does for
+# a user, and every process a test starts inherits it.
+from transfer import onednn  # noqa: E402
+
+onednn.apply(log=lambda line: print(line, file=sys.stderr))
+
 # TensorFlow loaded before any test imports the CLI: the CLI's one line about TensorFlow, said at its first import
 # (tests/test_cli.py checks it in a process of its own), never lands in one CliRunner's output and not another's.
 import tensorflow  # noqa: E402, F401

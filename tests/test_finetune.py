@@ -362,25 +362,46 @@ def test_checking_all_none_or_a_fraction_builds_no_model(monkeypatch):
         check_freeze("efficientnet_lite0", 224, ["0.5", "block6a"])
 
 
-@pytest.mark.parametrize("freeze", ["0.5", "0.3"])  # 0.3 cuts across a residual branch: two frozen outputs
-def test_stage2_on_the_frozen_layers_outputs_trains_as_on_the_images(tmp_path, monkeypatch, freeze):
-    """Without augmentation stage 2 runs the frozen layers once; the training is the one the images give."""
-    from transfer import finetuning
+@pytest.mark.parametrize(("freeze", "engine", "runs_them"), [
+    ("0.5", "tensorflow", "tensorflow"), ("0.5", "onnxruntime", "onnxruntime"),
+    ("41", "onnxruntime", "tensorflow"),  # 41 layers cut across block3b's residual branch: two outputs, not exported
+])
+def test_stage2_on_the_frozen_layers_outputs_trains_as_on_the_images(tmp_path, monkeypatch, freeze, engine,
+                                                                     runs_them):
+    """Without augmentation stage 2 runs the frozen layers once; the training is the one the images give, whether
+    TensorFlow runs them inside the model or an engine runs them on each batch."""
+    from transfer import frozen_layers
 
     data = colour_folder(tmp_path / "d", n=12)
-    cfg = FinetuneConfig(freeze=freeze, epochs=2, augment=False, patience=0, dropout=0.0, **TINY)
+    cfg = FinetuneConfig(freeze=freeze, epochs=2, augment=False, patience=0, dropout=0.0, engine=engine, **TINY)
     kept = finetune(data, tmp_path / "kept", cfg, log=lambda *_: None)
-    monkeypatch.setattr(finetuning, "PREFIX_CACHE_BYTES", 0)  # too little memory: through the frozen layers
+    monkeypatch.setattr(frozen_layers, "PREFIX_CACHE_BYTES", 0)  # too little memory: through the frozen layers
     lines = []
     redone = finetune(data, tmp_path / "redone", cfg, log=lines.append)
     assert any("runs the frozen layers every epoch" in line for line in lines)
+    assert any(f"frozen layers run by {engine} on each training batch" in line for line in lines) == (
+        runs_them != "tensorflow")
     configs = [json.loads((tmp_path / run / "config.json").read_text()) for run in ("kept", "redone")]
     assert [c["stage2_on_frozen_outputs"] for c in configs] == [True, False]
+    assert [c["stage2_frozen_layers_engine"] for c in configs] == [runs_them, runs_them]
     histories = [pd.read_csv(tmp_path / run / "history.csv") for run in ("kept", "redone")]
     assert len(histories[0]) == 2
     np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-3)
     np.testing.assert_allclose(histories[0]["val_loss"], histories[1]["val_loss"], rtol=1e-3)
     assert kept["accuracy"].iloc[0] == redone["accuracy"].iloc[0]
+
+
+def test_stage2_with_augmentation_runs_the_frozen_layers_by_the_engine_on_each_batch(tmp_path):
+    data = colour_folder(tmp_path / "d", n=12)
+    cfg = FinetuneConfig(epochs=2, patience=0, engine="onnxruntime", **TINY)
+    lines = []
+    result = finetune(data, tmp_path / "run", cfg, log=lines.append)
+    assert any("stage 2: the frozen layers run by onnxruntime on each training batch (validation: computed once)"
+               in line for line in lines)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["stage2_frozen_layers_engine"] == "onnxruntime" and not config["stage2_on_frozen_outputs"]
+    assert len(pd.read_csv(tmp_path / "run" / "history.csv")) == 2
+    assert result["accuracy"].iloc[0] >= 0.9  # red against blue, through the engine's outputs as through TensorFlow's
 
 
 def test_frozen_layers_stay_in_inference_mode_while_stage_2_trains():

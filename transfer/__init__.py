@@ -15,6 +15,11 @@ import pandas as _pd
 # strings in Arrow, which holds UTF-8 only, whenever pyarrow is installed (Ray Data installs it): Python storage.
 _pd.set_option("mode.string_storage", "python")
 
+# TensorFlow, imported later by whichever stage needs it, starts with this machine's measured oneDNN setting.
+from transfer.startup import prepare_tensorflow_import as _prepare  # noqa: E402
+
+_prepare()
+
 __version__ = "0.1.0"
 
 _API = {

@@ -24,11 +24,6 @@ from transfer.errors import TransferError
 from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
 
 SCHEDULES = ("cosine", "plateau", "constant")
-# Stage 2 without augmentation runs the frozen layers once, not every epoch, when their outputs for the training and
-# validation images fit in this much memory (README, "How long compare takes"): at freeze 0.5 those layers were
-# 63 % (96 px) and 75 % (224 px) of Lite0's forward pass here, and an epoch on their kept outputs ran 1.45x
-# (digits, 96 px) and 1.57x (hymenoptera, 224 px) faster than on the images, same run.
-PREFIX_CACHE_BYTES = 1024 * 2**20
 HEADS = ("probe", "train")
 
 
@@ -327,6 +322,7 @@ def _train_head(job: _Training, model, backbone) -> dict:
 def _train_backbone(job: _Training, model, backbone):
     """Stage 2: unfreeze down to ``freeze``, recompile at ``lr / lr_mult``; keep the best model of both stages."""
     from transfer.finetune_model import frozen_count, layer_table, param_counts, set_trainable
+    from transfer.frozen_layers import stage2_inputs
     from transfer.training import load_best_or_last
 
     cfg, state = job.cfg, job.state
@@ -342,9 +338,9 @@ def _train_backbone(job: _Training, model, backbone):
     if cfg.train_bn and cfg.batch_size < 32:
         job.log(f"warning: BatchNorm trains on batches of {cfg.batch_size}: small batches make its statistics "
                 "noisy; consider leaving train_bn off")
-    epochs, on_outputs = 0, False
+    epochs, once, engine = 0, False, "tensorflow"
     if cfg.epochs and n_frozen < len(backbone.layers):
-        fitted, train, val, on_outputs = _stage2_inputs(job, model, backbone, n_frozen)
+        fitted, train, val, once, engine = stage2_inputs(job, model, backbone, n_frozen)
         epochs = job.fit(fitted, "finetune", train, val, cfg.epochs, cfg.lr / cfg.lr_mult, keep=model)
     if state.meta.get("best_stage") == "finetune" or state.meta.get("best") is None:
         load_best_or_last(model, state, "finetune")
@@ -354,73 +350,7 @@ def _train_backbone(job: _Training, model, backbone):
             job.log("no fine-tuning epoch beat the head alone on validation accuracy and loss alike: keeping the "
                     "stage 1 model")
     return {"epochs": epochs, "n_frozen": n_frozen, "layers": layers, "trainable": trainable, "frozen": frozen,
-            "on_frozen_outputs": on_outputs}
-
-
-def _stage2_inputs(job: _Training, model, backbone, n_frozen: int):
-    """What stage 2 trains and on what: the layers after the frozen ones, on the frozen layers' outputs computed
-    once (no augmentation: every epoch would compute the same), or on images through the frozen layers.
-
-    Returns ``(model to fit, train batches, val batches, whether they are the frozen layers' outputs)``.
-    """
-    import time
-
-    from transfer.finetune_model import split_frozen
-
-    cfg, state = job.cfg, job.state
-    with job.strategy.scope():
-        parts = None if state.stage("finetune")["done"] else split_frozen(model, backbone, n_frozen)
-    if parts is None:
-        return model, job.train, job.val, False
-    prefix, rest, trained = parts
-    frames = [job.run.rows(name) for name in ("train", "val")]
-    per_image = sum(int(np.prod(t.shape[1:])) * (2 if str(t.dtype).endswith("16") else 4) for t in prefix.outputs)
-    need = per_image * sum(len(f) for f in frames)
-    if cfg.augment or need > PREFIX_CACHE_BYTES:
-        if not cfg.augment:
-            job.say(f"stage 2 runs the frozen layers every epoch: their outputs for the training and validation "
-                    f"images would take {need / 2**30:.1f} GiB, more than {PREFIX_CACHE_BYTES / 2**30:g}")
-        return trained, job.train, job.val, False
-    start = time.perf_counter()
-    train, val = (_prefix_batches(job, prefix, f, shuffle=i == 0) for i, f in enumerate(frames))
-    s = state.stage("finetune")
-    s["prefix_seconds"] = round(s.get("prefix_seconds", 0.0) + time.perf_counter() - start, 3)
-    state.commit("finetune", s, None, None)
-    job.say(f"stage 2 on the frozen layers' outputs, computed once ({need / 2**20:.0f} MiB, "
-            f"{time.perf_counter() - start:.0f} s): no augmentation, so every epoch would compute the same")
-    return rest, train, val, True
-
-
-def _prefix_batches(job: _Training, prefix, frame, shuffle: bool):
-    """``prefix`` run once over the images of ``frame``; batches of its outputs as the images' batches would come
-    (the same seeded shuffle of the same rows, unreadable ones left out). None for no rows."""
-    import tensorflow as tf
-
-    parts, labels = [], []
-    for x, y in job.batches(frame) if len(frame) else []:
-        n, x = len(y), np.asarray(x)
-        if n < job.cfg.batch_size:  # one input shape: a short last batch would cost a retrace
-            x = np.concatenate([x, np.zeros((job.cfg.batch_size - n, *x.shape[1:]), x.dtype)])
-        out = prefix.predict_on_batch(x)
-        parts.append([np.asarray(o)[:n] for o in (out if isinstance(out, list | tuple) else [out])])
-        labels.append(np.asarray(y))
-    if not parts:
-        return None
-    outputs = [tf.constant(np.concatenate([p[i] for p in parts])) for i in range(len(parts[0]))]
-    y = tf.constant(np.concatenate(labels))
-    readable = ~frame["path"].isin(job.state.skipped).to_numpy()
-    ok, row = tf.constant(readable), tf.constant(np.cumsum(readable) - 1)
-    ds = tf.data.Dataset.range(len(frame))
-    if shuffle:  # as images.training_batches shuffles the files
-        ds = ds.shuffle(len(frame), seed=job.cfg.seed, reshuffle_each_iteration=True)
-    ds = ds.filter(lambda i: tf.gather(ok, i))
-
-    def pick(i):
-        r = tf.gather(row, i)
-        x = tuple(tf.gather(o, r) for o in outputs)
-        return (x if len(x) > 1 else x[0]), tf.gather(y, r)
-
-    return ds.map(pick).batch(job.cfg.batch_size).prefetch(tf.data.AUTOTUNE)
+            "on_frozen_outputs": once, "frozen_engine": engine}
 
 
 def _scored(job: _Training, model, head: dict, body: dict):
@@ -479,6 +409,7 @@ def _write_reports(job: _Training, result, precision: str, head: dict, body: dic
         "kept": {"finetune": "the best fine-tuning epoch", "head": "the stage 1 model (no fine-tuning epoch beat "
                  "it on validation)"}.get(job.state.meta.get("best_stage"), "the last epoch"),
         "frozen_layers": body["n_frozen"], "stage2_on_frozen_outputs": body["on_frozen_outputs"],
+        "stage2_frozen_layers_engine": body["frozen_engine"],
         "head_epochs_run": head["epochs"], "finetune_epochs_run": body["epochs"],
         "features_dir": str(job.features_dir) if head["on_features"] else None,
         "feature_cache_key": head["feature_key"],

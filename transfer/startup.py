@@ -9,6 +9,10 @@ import then runs with its stderr (the file descriptor) through a filter that
 drops lines of that kind and passes on any other line as it comes, and
 ``announce`` gets one line saying what the user needs: the TensorFlow
 version and whether a GPU was found.
+
+Whoever imports TensorFlow through this package (the CLI, the API) also gets
+this machine's oneDNN setting (:mod:`transfer.onednn`), set just before the
+import: ``import transfer`` installs :func:`prepare_tensorflow_import`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import os
 import re
 import subprocess
 import sys
+
+from transfer import onednn
 
 # absl's notice, and log lines in absl's format ("I0000 00:00:1795.98 2578 cudart_stub.cc:31] ..."): info,
 # warnings and errors of the start-up (CUDA, cuDNN and cuBLAS factories, oneDNN, TF-TRT); fatal ones are kept.
@@ -73,16 +79,20 @@ def device_line() -> str:
     return f"TensorFlow {tf.__version__}: {len(gpus)} GPU{'s' if len(gpus) > 1 else ''} found ({names})."
 
 
-class _QuietTensorFlow(importlib.abc.MetaPathFinder):
-    def __init__(self, announce):
-        self.announce = announce
+class _TensorFlowStart(importlib.abc.MetaPathFinder):
+    """At TensorFlow's first import: this machine's oneDNN setting first; then, when ``quiet``, the import with
+    its start-up lines filtered and ``announce`` told what TensorFlow runs on."""
+
+    def __init__(self):
+        self.quiet, self.announce = False, None
 
     def find_spec(self, name, path=None, target=None):
         if name != "tensorflow":
             return None
         sys.meta_path.remove(self)  # once: the real finders locate it
+        onednn.apply(log=self.announce or _to_stderr)
         spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
+        if not self.quiet or spec is None or spec.loader is None:
             return spec
         original, announce = spec.loader.exec_module, self.announce
 
@@ -96,11 +106,35 @@ class _QuietTensorFlow(importlib.abc.MetaPathFinder):
         return spec
 
 
+def _to_stderr(line: str):
+    print(line, file=sys.stderr, flush=True)
+
+
+def _finder() -> _TensorFlowStart | None:
+    """The finder waiting for TensorFlow's first import (installed here if not yet); None once it is imported."""
+    if "tensorflow" in sys.modules:
+        return None
+    for finder in sys.meta_path:
+        if isinstance(finder, _TensorFlowStart):
+            return finder
+    finder = _TensorFlowStart()
+    sys.meta_path.insert(0, finder)
+    return finder
+
+
+def prepare_tensorflow_import():
+    """Set this machine's oneDNN setting (:mod:`transfer.onednn`) at TensorFlow's first import in this process,
+    measuring it first if this machine has no answer yet."""
+    _finder()
+
+
 def quiet_tensorflow_import(announce=None):
-    """Make the first import of TensorFlow in this process quiet; ``announce`` receives :func:`device_line`.
+    """Make the first import of TensorFlow in this process quiet; ``announce`` receives :func:`device_line`
+    (and the lines of a oneDNN measurement, if one runs first).
 
     Does nothing when TensorFlow is already imported.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # the log lines TensorFlow itself filters
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietTensorFlow) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlow(announce))
+    finder = _finder()
+    if finder is not None:
+        finder.quiet, finder.announce = True, announce
