@@ -18,6 +18,7 @@ Every version runs with the same Python (this one) and the same caches (ported w
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -78,6 +79,10 @@ def measured(label, code, args, out) -> dict:
     accuracy = (pd.read_csv(report).set_index("model")["accuracy"].round(4).to_dict()
                 if rc == 0 and report.exists() else {})
     print(f"  {label:28} {wall:7.1f} s  reference {ref:5.1f} s  ratio {wall / ref:6.2f}  rc={rc}", flush=True)
+    config = out / "config.json"
+    if rc == 0 and config.exists():  # where the time went, as the run recorded it (versions that record it)
+        seconds = json.loads(config.read_text()).get("seconds") or {}
+        print("    " + ", ".join(f"{phase} {s:.0f} s" for phase, s in seconds.items()), flush=True)
     return {"run": label, "wall_s": round(wall, 1), "reference_s": round(ref, 2), "ratio": wall / ref,
             "rc": rc, "accuracy": accuracy}
 

@@ -1,7 +1,8 @@
 """Forward-pass speed of every inference engine, and how closely each agrees with TensorFlow, in one run.
 
 For each backbone (headless, global average pooling, random weights: speed does not depend on their values),
-on one batch of pre-decoded, preprocessed 224 px noise images: TensorFlow (Keras ``predict_on_batch``), each
+on one batch of pre-decoded, preprocessed 224 px noise images: TensorFlow (Keras ``predict_on_batch``, with this
+machine's measured oneDNN setting, :mod:`transfer.onednn`, as the product runs it), each
 installed runtime of :data:`transfer.engines.RUNTIMES` in fp32 on Keras's own ONNX export (ONNX Runtime,
 OpenVINO), OpenVINO with its bf16 hint, and the product's default engine (``engine="auto"`` of
 :func:`transfer.engines.frozen_model`, with its one-off export and timing made in a fresh cache folder).
