@@ -240,12 +240,12 @@ def test_augment_plateau_class_weight_and_hidden_head(tmp_path):
 def test_precision_auto(monkeypatch):
     import tensorflow as tf
 
-    from transfer import precision
+    from transfer import machine, precision
 
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: set())
+    monkeypatch.setattr(machine, "cpu_flags", lambda: set())
     assert precision.choose_precision("auto") == "float32"
-    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16"})
     monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone, log: False)
     assert precision.choose_precision("auto") == "float32"
     monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone, log: True)

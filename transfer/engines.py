@@ -111,12 +111,11 @@ def available_runtimes() -> dict:
 def machine() -> str:
     """This machine as far as speed goes: CPU model, the cores this process may use, and whether TensorFlow
     runs its oneDNN kernels (which changes TensorFlow's rate, so its timing is kept per setting)."""
+    from transfer.machine import cores, cpu_name
     from transfer.onednn import VARIABLE
-    from transfer.precision import cpu_name
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     onednn = {"1": " oneDNN on", "0": " oneDNN off"}.get(os.environ.get(VARIABLE, ""), "")
-    return f"{cpu_name()} x{cores}{onednn}"
+    return f"{cpu_name()} x{cores()}{onednn}"
 
 
 def model_key(identity: dict) -> str:

@@ -58,14 +58,13 @@ def machine_key() -> str:
     """This CPU, the cores this process may use and the TensorFlow version: what the answer depends on."""
     import importlib.metadata as md
 
-    from transfer.precision import cpu_name
+    from transfer.machine import cores, cpu_name
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         version = md.version("tensorflow")
     except md.PackageNotFoundError:
         version = "none"
-    return f"{cpu_name()} x{cores} | tensorflow {version}"
+    return f"{cpu_name()} x{cores()} | tensorflow {version}"
 
 
 def _known() -> dict:

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import platform
 import time
 
+from transfer import machine
 from transfer.errors import TransferError
 from transfer.fileio import keras_home, write_text_atomic
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
@@ -28,19 +17,7 @@ BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
 
 def has_bf16() -> bool:
     """Whether this CPU has bfloat16 instructions (AMX or AVX512-BF16)."""
-    return bool(_cpu_flags() & BF16_FLAGS)
-
-
-def cpu_name() -> str:
-    """The CPU's model name."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    return bool(machine.cpu_flags() & BF16_FLAGS)
 
 
 def _train_step_seconds(policy: str, backbone: str) -> float:
@@ -72,7 +49,7 @@ def _bf16_is_faster_here(backbone: str, log=print) -> bool:
     import tensorflow as tf
 
     path = keras_home() / "transfer" / "precision.json"
-    key = f"{cpu_name()} | tensorflow {tf.__version__} | {backbone}"
+    key = f"{machine.cpu_name()} | tensorflow {tf.__version__} | {backbone}"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
