@@ -37,7 +37,7 @@ class Builds:
 
 def _rates(monkeypatch, **rates):
     """Make the timing say ``rates`` (images/s by engine), so that the choice does not depend on the host."""
-    def rate(predict, batch, repeats=3):
+    def rate(predict, batch, seconds=0.5):
         owner = getattr(predict, "__self__", None)
         name = owner.engine if isinstance(owner, ExportedModel) else "tensorflow"
         return rates[name]
