@@ -8,8 +8,8 @@ EfficientNet-Lite0 1.4x and its forward pass 1.3-2x faster (README, "How long
 compare takes").  Rather than assume either way, :func:`measure` times Lite0's
 forward pass in two fresh processes, one with the kernels on and one with
 them off, in turns (this host's speed drifts over minutes, not between two
-passes a second apart); the faster is kept per CPU,
-core count and TensorFlow version in ``~/.keras/transfer/onednn.json``.
+passes a second apart); the faster is kept per CPU, core count and
+TensorFlow version in ``~/.keras/transfer/onednn.json``.
 :func:`apply` sets the kept answer before TensorFlow's first import; a
 ``TF_ENABLE_ONEDNN_OPTS`` the user set is left as it is.
 """
