@@ -29,6 +29,7 @@ from transfer import __version__  # noqa: E402
 from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone  # noqa: E402
 from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS, SEARCH_SIZE  # noqa: E402
 from transfer.comparison import DEMO_DATA, CompareConfig  # noqa: E402
+from transfer.cross_validation import MIN_SCORED, PROTOCOLS  # noqa: E402
 from transfer.engines import ENGINES  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
 from transfer.export import FORMATS as EXPORT_FORMATS  # noqa: E402
@@ -493,12 +494,15 @@ def _echo_compare(table, line, out: Path):
 
     shown = table.assign(ci95=[f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table["accuracy_ci_low"],
                                                                       table["accuracy_ci_high"], strict=True)])
-    cols = ["model", "accuracy", "ci95", "train_seconds", "inference_images_per_second", "trainable_params",
-            "mcnemar_p_vs_best", "differs_from_best"]
-    click.echo(f"\n{table['eval_split'].iloc[0]} split, {table['n_test'].iloc[0]} images, best first:")
-    with pd.option_context("display.width", 200, "display.max_columns", 20):
+    cols = ["role", "model", "accuracy", "ci95", "train_seconds", "inference_images_per_second", "selection_score",
+            "p_vs_recommended", "differs_from_recommended"]
+    click.echo(f"\n{table['eval_split'].iloc[0]} images scored: {table['n_test'].iloc[0]}; the recommended model "
+               "first, then each strategy's representative (chosen before the test images, by selection_score), then the "
+               "rest for information:")
+    with pd.option_context("display.width", 220, "display.max_columns", 20):
         click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
-                                               "mcnemar_p_vs_best": "p_vs_best"}).to_string(index=False))
+                                               "selection_score": "chosen_by", "p_vs_recommended": "p_vs_rec",
+                                               "differs_from_recommended": "differs"}).to_string(index=False))
     config = json.loads((out / "config.json").read_text())
     click.echo(f"Verdict: {line}")
     click.echo(f"Images: {config['roles']}.")
@@ -527,7 +531,7 @@ def _echo_learning_curve(curve, line, out: Path):
     import pandas as pd
 
     cols = ["train_size", "mean_images_per_class", "n_train", "model", "accuracy", "accuracy_ci_low",
-            "accuracy_ci_high", "train_seconds", "differs_from_best"]
+            "accuracy_ci_high", "train_seconds", "role", "differs_from_recommended"]
     click.echo(f"\nlearning curve, every size scored on the same {curve['n_test'].iloc[0]} test images:")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         click.echo(curve[cols].rename(columns={"mean_images_per_class": "per_class"}).to_string(index=False))
@@ -566,6 +570,11 @@ def _echo_learning_curve(curve, line, out: Path):
               help="Learning curve: the comparison on nested, seeded subsets of the training split with at most this "
                    "many images per class, comma-separated (e.g. 5,10,25,all), all scored on the same test images: "
                    "learning-curve.csv, plots/learning-curve.png and the crossover. Not with --repeats.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=CompareConfig.protocol, show_default=True,
+              help="How images are scored: auto (k-fold cross-validation when one split would score fewer than "
+                   f"{MIN_SCORED} images, else one split), kfold or split. A source's own test split is honoured.")
+@click.option("--folds", type=click.IntRange(2), default=CompareConfig.folds, show_default=True,
+              help="k of the k-fold protocol (at most the smallest class's image count).")
 @IMAGE_SIZE
 @RESIZE
 @BATCH_SIZE

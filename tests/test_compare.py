@@ -15,7 +15,7 @@ import cli
 from tests.conftest import ROOT, cached_images, colour_folder
 from transfer.comparison import CompareConfig, compare
 from transfer.errors import TransferError
-from transfer.verdict import COMPARE_COLUMNS, verdict
+from transfer.verdict import COMPARE_COLUMNS, recommended_model, scored_table, verdict
 
 TINY_BACKBONE = "efficientnet_lite0"
 TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
@@ -45,10 +45,15 @@ def test_compare_report_rows_and_statistics(tiny_run):
     assert set(table.loc[table["strategy"] == "features", "classifier"]) == {"logreg", "knn"}
     assert (table["eval_split"] == "test").all() and (table["n_test"] == 16).all()
     acc = table["accuracy"].to_numpy()
-    assert (np.diff(acc) <= 0).all(), "best first"
+    # The recommended model first, then the other strategies' representatives, then the rest; each group best first.
+    assert list(table["role"]) == ["recommended", "representative", "representative", "information", "information"]
+    for _, group in table.iloc[1:].groupby("role"):
+        assert (np.diff(group["accuracy"].to_numpy()) <= 0).all()
+    assert set(table.loc[table["role"] != "information", "strategy"]) == {"features", "finetune", "scratch"}
     assert (table["accuracy_ci_low"] <= acc + 1e-9).all() and (acc <= table["accuracy_ci_high"] + 1e-9).all()
-    assert np.isnan(table["mcnemar_p_vs_best"].iloc[0]) and table["differs_from_best"].iloc[0] == "best"
-    p = table["mcnemar_p_vs_best"].iloc[1:]
+    assert np.isnan(table["p_vs_recommended"].iloc[0])
+    assert table["differs_from_recommended"].iloc[0] == "recommended"
+    p = table["p_vs_recommended"].iloc[1:]
     assert ((p >= 0) & (p <= 1)).all()
     assert (table["inference_images_per_second"] > 0).all()
     assert (table["trainable_params"] > 0).all()
@@ -176,10 +181,16 @@ def _preds(y, correct):
 
 
 def _table(rows):
-    return pd.DataFrame(rows, columns=["strategy", "model", "accuracy", "train_seconds"])
+    """Rows of (strategy, model, accuracy, train_seconds[, classifier, selection_score])."""
+    rows = [list(r) + [None] * (6 - len(r)) for r in rows]
+    table = pd.DataFrame(rows, columns=["strategy", "model", "accuracy", "train_seconds", "classifier",
+                                        "selection_score"])
+    return table.assign(classifier=table["classifier"].fillna(""), trainable_params=1000,
+                        selection_score=table["selection_score"].astype(float).fillna(0.9),
+                        selected_on="validation accuracy of the kept epoch")
 
 
-def test_verdict_within_noise_names_the_cheaper_and_the_cost_ratio():
+def test_verdict_within_noise_recommends_the_cheapest_and_says_what_these_images_can_tell():
     y = np.array(["a", "b"] * 50)
     rng = np.random.default_rng(0)
     feat_ok = rng.random(100) < 0.95
@@ -188,22 +199,29 @@ def test_verdict_within_noise_names_the_cheaper_and_the_cost_ratio():
     preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "s": _preds(y, rng.random(100) < 0.6), "_y_true": y}
     table = _table([["finetune", "t", ft_ok.mean(), 800.0], ["features", "f", feat_ok.mean(), 100.0],
                     ["scratch", "s", 0.6, 50.0]])
-    line = verdict(table, preds)
-    assert line.startswith("f (") and "within noise of t" in line and "1/8 of its training time" in line
-    assert "use f" in line and "pretraining bought" in line
+    line = verdict(table, preds, protocol="On one split (100 test images)")
+    assert line.startswith("On one split (100 test images): t (") and ") and f (" in line and "are within noise" in line
+    assert "with 100 scored images, differences below 0." in line and "cannot be told from noise" in line
+    assert "pretraining bought" in line
+    assert "use f (" in line and "the cheapest to train of the models within noise of the most accurate (t" in line
+    assert "1/8 the training time of the most accurate" in line
 
 
-def test_verdict_scratch_names_the_pretrained_model_it_is_tested_against():
+def test_one_story_the_first_row_is_the_recommended_model_and_the_sentence_names_it():
     y = np.array(["a", "b"] * 50)
     ft_ok = np.ones(100, bool)
     feat_ok = ft_ok.copy()
-    feat_ok[:3] = False  # features: within noise of fine-tuning, and much cheaper
+    feat_ok[:3] = False  # features: within noise of fine-tuning
     scratch_ok = ft_ok.copy()
-    scratch_ok[-4:] = False  # scratch: within noise of the fine-tuned model too
+    scratch_ok[-4:] = False  # scratch: within noise of the fine-tuned model too, and the cheapest
     preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "s": _preds(y, scratch_ok), "_y_true": y}
-    table = _table([["finetune", "t", 1.0, 800.0], ["features", "f", 0.97, 100.0], ["scratch", "s", 0.96, 50.0]])
+    table, _ = scored_table(_table([["finetune", "t", 0, 800.0], ["features", "f", 0, 100.0],
+                                    ["scratch", "s", 0, 50.0]]), preds)
     line = verdict(table, preds)
-    assert "use f" in line and "the scratch CNN (0.960) is within noise of t (1.000, p=" in line
+    assert table["model"].iloc[0] == "s" and table["role"].iloc[0] == "recommended"
+    assert "use scratch CNN" not in line and "use s (0.960): the cheapest to train" in line
+    assert "the scratch CNN (0.960) is within noise of t (1.000, p=" in line
+    assert "pretraining bought" not in line
 
 
 def test_verdict_when_the_scratch_cnn_wins():
@@ -214,8 +232,8 @@ def test_verdict_when_the_scratch_cnn_wins():
     preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "s": _preds(y, scratch_ok), "_y_true": y}
     table = _table([["scratch", "s", 1.0, 50.0], ["finetune", "t", 0.7, 800.0], ["features", "f", 0.68, 100.0]])
     line = verdict(table, preds)
-    assert "; but the scratch CNN (1.000) beats t (0.700, p=" in line
-    assert "pretraining did not help here, use the scratch CNN." in line
+    assert "the scratch CNN (1.000) beats t (0.700, p=" in line and "pretraining did not help here" in line
+    assert line.endswith("use s (1.000): the most accurate, beyond noise.")
 
 
 def test_verdict_significant_difference():
@@ -225,7 +243,34 @@ def test_verdict_significant_difference():
     preds = {"f": _preds(y, feat_ok), "t": _preds(y, ft_ok), "_y_true": y}
     table = _table([["finetune", "t", 1.0, 300.0], ["features", "f", 0.7, 100.0]])
     line = verdict(table, preds)
-    assert line.startswith("t (1.000) beats f (0.700") and "3x its training time" in line and "use t" in line
+    assert line.startswith("t (1.000) beats f (0.700; difference +0.300, 95 % interval +0.2")
+    assert line.endswith("use t (1.000): the most accurate, beyond noise.")
+
+
+def test_strategy_2_is_represented_by_its_cross_validated_choice_not_its_test_score():
+    """The planted case: the RBF SVM scores best on the test images, logistic regression best by cross-validation
+    on the training images; the verdict, the recommendation and export's default take logistic regression."""
+    from transfer.export import _default_row
+
+    y = np.array(["a", "b"] * 50)
+    rbf_ok, logreg_ok, ft_ok = np.arange(100) >= 2, np.arange(100) >= 12, np.arange(100) >= 10
+    preds = {"rbf": _preds(y, rbf_ok), "logreg": _preds(y, logreg_ok), "t": _preds(y, ft_ok), "_y_true": y}
+    frame = _table([["features", "rbf", 0, 10.0, "rbf_svm", 0.90], ["features", "logreg", 0, 5.0, "logreg", 0.95],
+                    ["finetune", "t", 0, 100.0, "", 0.92]])
+    table, _ = scored_table(frame, preds)
+    roles = dict(zip(table["model"], table["role"], strict=True))
+    assert roles == {"logreg": "recommended", "t": "representative", "rbf": "information"}
+    assert table.loc[table["model"] == "rbf", "accuracy"].iloc[0] > table["accuracy"].iloc[0], "rbf tests best"
+    line = verdict(table, preds)
+    assert "logreg (0.880)" in line and "rbf" not in line and "use logreg" in line
+    assert recommended_model(table, preds) == "logreg"
+    # A recommended model that cannot be exported falls back to its strategy's cross-validated choice, not the
+    # test-best row.
+    table.loc[table["model"] == "logreg", "classifier"] = "knn"
+    frame2 = table.assign(classifier=table["classifier"].replace({"rbf_svm": "mlp"}))
+    frame2 = pd.concat([frame2, frame2.iloc[[2]].assign(model="lin", classifier="linear_svm", selection_score=0.91,
+                                                        accuracy=0.5)], ignore_index=True)
+    assert _default_row(frame2, "logreg", log=quiet)["model"] == "lin"
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -281,7 +326,8 @@ def test_cli_compare_prints_table_verdict_and_paths(tmp_path):
             "--no-augment", "--precision", "float32", "--scratch-size", "16", "--scratch-epochs", "1"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
-    assert "test split, 12 images, best first:" in result.output
+    assert "test images scored: 12; the recommended model first" in result.output
+    assert "protocol: one split (the source's own test split is honoured)" in result.output
     assert "Verdict: " in result.output
     assert f"Report: {out / 'report.html'} (open it in a browser); the table: {out / 'compare.csv'}" in result.output
     assert f"Plots:  {out / 'plots'}/" in result.output and "tsne-efficientnet_lite0.png" in result.output
@@ -335,8 +381,10 @@ def test_report_html_shows_the_verdict_table_plots_and_split(tiny_run):
     saved = pd.read_csv(run / "compare.csv", keep_default_na=False)
     assert [r[results[0].index("model")] for r in results[1:]] == list(saved["model"]), "same rows, same order"
     assert [float(r[results[0].index("accuracy")]) for r in results[1:]] == pytest.approx(saved["accuracy"], abs=1e-4)
-    assert [r[results[0].index("differs from best")] for r in results[1:]] == list(saved["differs_from_best"])
+    assert [r[results[0].index("differs from recommended")] for r in results[1:]] == \
+        list(saved["differs_from_recommended"])
     use = json.loads((run / "config.json").read_text())["recommended_model"]
+    assert saved["model"].iloc[0] == use and results[1][results[0].index("role")] == "recommended", "one story"
     marked = re.findall(r'<tr class="[^"]*recommended">(.*?)</tr>', text, re.S)
     assert len(marked) == 1 and f"<td>{html.escape(use)}</td>" in marked[0], "the verdict's model is marked"
     plots = sorted(p.name for p in (run / "plots").glob("*.png"))
@@ -386,14 +434,15 @@ def test_repeats_report_mean_spread_and_paired_differences_over_seeded_splits(tm
     data = colour_folder(tmp_path / "data", n=12, splits=("all",)) / "all"  # no splits of its own
     run = tmp_path / "run"
     cfg = CompareConfig(**dict(TINY, strategies="features,finetune", freeze="all", epochs=0, classifiers="logreg",
-                               repeats=3))
+                               repeats=3, protocol="split"))
     summary, line = compare(data, run, cfg, progress=False, log=quiet)
     every = pd.read_csv(run / "repeats-all.csv")
     assert sorted(every["repeat"].unique()) == [1, 2, 3] and len(every) == 3 * 2
+    assert set(summary["model"]) >= {"features (each repeat's choice)", "fine-tuned (each repeat's choice)"}
     tests = [frozenset(pd.read_csv(run / f"repeat-{k}" / "split.csv").query("split == 'test'")["path"])
              for k in (1, 2, 3)]
     assert len(set(tests)) == 3  # three different seeded splits
-    for r in summary.itertuples():
+    for r in summary[summary["role"] == "information"].itertuples():
         acc = every.loc[every["model"] == r.model, "accuracy"]
         assert r.mean_accuracy == pytest.approx(acc.mean(), abs=1e-4) and r.repeats == 3
         assert r.min_accuracy == pytest.approx(acc.min(), abs=1e-4)

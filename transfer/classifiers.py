@@ -140,6 +140,7 @@ class FitResult:
     at_edge: list = dataclasses.field(default_factory=list)
     search_seconds: float = float("nan")
     searched_on: int = 0
+    cv_score: float = float("nan")  # mean cross-validated accuracy of the chosen parameters (the same folds for all)
 
 
 CONTINUOUS = ("__C", "__alpha", "__gamma")  # log-spaced parameters whose best value may lie beyond the grid
@@ -227,7 +228,7 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     table.insert(0, "classifier", name)
     table.insert(1, "searched_on", len(y_search))
     return FitResult(name, estimator, table, search.best_params_, time.perf_counter() - start,
-                     grid_edges(grid, search.best_params_), searched, len(y_search))
+                     grid_edges(grid, search.best_params_), searched, len(y_search), float(search.best_score_))
 
 
 def class_scores(estimator, x) -> np.ndarray:
@@ -434,7 +435,8 @@ def _scored(fit, data: _FeatureSplits, cfg, feats, run):
         n_train=len(data.y_train if data.y_refit is None else data.y_refit), fit_seconds=fit.fit_seconds,
         extract_seconds=feats.seconds, feature_dim=int(feats.features.shape[1]),
         inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
-        trainable_params=fitted_parameter_count(fit.estimator), run_dir=run.out, skipped=dict(feats.skipped))
+        trainable_params=fitted_parameter_count(fit.estimator), run_dir=run.out, skipped=dict(feats.skipped),
+        selection_score=fit.cv_score, selected_on=f"cross-validation on {fit.searched_on} training images")
 
 
 def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fraction=VAL_FRACTION,

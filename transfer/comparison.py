@@ -31,6 +31,7 @@ import pandas as pd
 
 from transfer.backbones import DEFAULT_BACKBONE
 from transfer.classifiers import DEFAULT_CLASSIFIERS, SEARCH_SIZE
+from transfer.cross_validation import FOLDS, PROTOCOLS
 from transfer.errors import TransferError
 from transfer.features import ExtractConfig
 from transfer.finetuning import FinetuneConfig
@@ -81,6 +82,10 @@ class CompareConfig:
             ``all``; sizes of at least 2 with the ``features`` strategy (its
             cross-validation needs 2 images per class).  Not with ``repeats``
             above 1: a learning curve runs on one split.
+        protocol: ``auto`` (default): stratified k-fold cross-validation when one split would score fewer
+            than :data:`~transfer.cross_validation.MIN_SCORED` images, else one split; ``kfold`` or ``split``
+            to force either (a source's own test split is always honoured; a learning curve runs on one split).
+        folds: k of k-fold (at most the smallest class's image count).
     """
 
     backbones: tuple[str, ...] = (DEFAULT_BACKBONE,)
@@ -113,6 +118,8 @@ class CompareConfig:
     seed: int = _feeds("seed", "finetune", "scratch")
     repeats: int = 1
     train_sizes: tuple[str, ...] = ()
+    protocol: str = "auto"
+    folds: int = FOLDS
 
     @classmethod
     def demo(cls, **options) -> CompareConfig:
@@ -154,6 +161,10 @@ class CompareConfig:
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise TransferError(f"repeats={self.repeats!r} is not valid: give a positive integer.")
         check_search_size(self.search_size)
+        if self.protocol not in PROTOCOLS:
+            raise TransferError(f"protocol={self.protocol!r} is not valid. Expected one of: {', '.join(PROTOCOLS)}.")
+        if not isinstance(self.folds, int) or isinstance(self.folds, bool) or self.folds < 2:
+            raise TransferError(f"folds={self.folds!r} is not valid: give a whole number of at least 2.")
         train_sizes = _train_sizes(self.train_sizes, minimum=2 if "features" in strategies else 1)
         if train_sizes and self.repeats > 1:
             raise TransferError(f"repeats={self.repeats} and train_sizes={','.join(train_sizes)} cannot be combined: "
@@ -258,7 +269,7 @@ def _previous_report(out: Path) -> dict:
         return {}
 
 
-def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, seconds: dict):
+def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, seconds: dict, protocol: str = ""):
     """compare.csv, report.html, skipped.csv, the plots and config.json; returns ``(table, verdict, predictions)``.
 
     ``seconds``: the time each sub-run took here, recorded with the report's own in ``config.json``.
@@ -272,7 +283,8 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, sec
 
     start = time.perf_counter()
     table, preds = combine(results, run.out, seed=cfg.seed)
-    line = verdict(table, preds)
+    line = verdict(table, preds, protocol=protocol or f"On one split ({len(preds['_y_true'])} "
+                                                      f"{table['eval_split'].iloc[0]} images)")
     skipped = {}
     for r in results:  # the first sub-run's reason for a file it could not read
         for path, reason in r.skipped.items():
@@ -297,7 +309,7 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, sec
 
 
 def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, predictions: list | None = None,
-                  mlflow=None):
+                  mlflow=None, protocol: str = ""):
     """Every strategy on the opened run's one split; the report written; returns ``(table, verdict)``.
 
     ``predictions``, when given, receives each model's predictions on the evaluation images (for the paired
@@ -319,7 +331,7 @@ def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, pr
             results.append(timed(f"{backbone} finetune-{f}", _finetuned, backbone, f, features_dir, log))
     if "scratch" in cfg.strategies:
         results.append(timed("scratch", _scratch, log))
-    table, line, preds = _write_report(run, cfg, results, features_dir, log, seconds)
+    table, line, preds = _write_report(run, cfg, results, features_dir, log, seconds, protocol)
     if predictions is not None:
         predictions.append(preds)
     if mlflow is not None:
@@ -472,6 +484,7 @@ def compare(data=DEMO_DATA, out=None, cfg: CompareConfig | None = None, *, val_f
 
 def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progress, log, mlflow=None):
     """:func:`compare` in its claimed run folder."""
+    from transfer.cross_validation import choose
     from transfer.finetune_model import check_freeze
     from transfer.runs import open_run
     from transfer.sources import resolve_source
@@ -480,9 +493,16 @@ def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progre
     for backbone in cfg.backbones if "finetune" in cfg.strategies else ():
         # every freeze value, before hours of training run into a typo
         check_freeze(backbone, cfg.finetune_config(backbone, "none").validated().image_size, cfg.freeze)
-    if cfg.repeats > 1:
-        return _repeated(source, out, cfg, split_options, progress, log, mlflow)
     if cfg.train_sizes:
         return _learning_curve(source, out, cfg, split_options, progress, log, mlflow)
+    protocol = choose(source.table, cfg.protocol, cfg.folds, split_options["test_fraction"])
+    log(f"protocol: {'one split' if protocol.name == 'split' else f'{protocol.folds}-fold cross-validation'} "
+        f"({protocol.reason})")
+    if protocol.name == "kfold":
+        from transfer.cross_validation_run import cross_validated
+
+        return cross_validated(source, out, cfg, protocol, split_options, progress, log)
+    if cfg.repeats > 1:
+        return _repeated(source, out, cfg, split_options, progress, log, mlflow)
     run = open_run(source, out, "compare", seed=cfg.seed, **split_options)
     return _compare_once(run, cfg, None, progress, log, mlflow=mlflow)

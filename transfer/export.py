@@ -107,6 +107,12 @@ def choose(run_dir, model: str | None = None, log=print) -> Chosen:
 
 
 def _from_compare(run: Path, config: dict, model: str | None, log=print) -> Chosen:
+    folds = (config.get("protocol") or {}).get("folds") if (config.get("protocol") or {}).get("name") == "kfold" \
+        else None
+    if folds:  # the pooled report's models are one per fold, none trained on every image
+        raise TransferError(f"{run} was scored by {folds}-fold cross-validation: each fold trained its own models on "
+                            f"{folds - 1}/{folds} of the images and the report pools them; export one fold's model, "
+                            f"e.g. transfer export {run / 'fold-1'}.")
     if not (run / "compare.csv").exists():  # --repeats or --train-sizes: one comparison per sub-folder
         inner = sorted(p.parent.name for p in run.glob("*/compare.csv"))
         raise TransferError(f"{run} holds several comparisons ({', '.join(inner) or 'none finished'}): export from "
@@ -131,7 +137,9 @@ def _from_compare(run: Path, config: dict, model: str | None, log=print) -> Chos
 
 
 def _default_row(table: pd.DataFrame, recommended: str, log):
-    """The verdict's model, or, when it has no Keras equivalent (kNN, RBF SVM), the most accurate one that has."""
+    """The verdict's model, or, when it has no Keras equivalent (kNN, RBF SVM), the one that would represent its
+    strategy among those that have: chosen, like the verdict's, by selection score before the test images (a
+    compare.csv without that column: its next row that exports)."""
     row = table[table["model"] == recommended].iloc[0]
     if row["classifier"] not in NOT_FOLDABLE:
         return row
@@ -139,9 +147,17 @@ def _default_row(table: pd.DataFrame, recommended: str, log):
     if not len(usable):
         raise TransferError(f"the run recommends {recommended}, and none of its models can be exported: "
                             f"{NOT_FOLDABLE[row['classifier']]}. Run compare with another classifier or fine-tuning.")
+    same = usable[usable["strategy"] == row["strategy"]]
+    if len(same) and "selection_score" in same:
+        from transfer.representatives import representative
+
+        pick = representative(same.assign(selection_score=pd.to_numeric(same["selection_score"], errors="coerce")))
+    else:
+        pick = usable.iloc[0]
     log(f"the run recommends {recommended}, which cannot be exported ({NOT_FOLDABLE[row['classifier']]}): "
-        f"exporting the most accurate model that can, {usable['model'].iloc[0]} (--model chooses another)")
-    return usable.iloc[0]
+        f"exporting {pick['model']}, chosen as its strategy's models are, before the test images "
+        "(--model chooses another)")
+    return pick
 
 
 # ---------------------------------------------------------------------------

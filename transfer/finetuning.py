@@ -380,7 +380,15 @@ def _scored(job: _Training, model, head: dict, body: dict):
         extract_seconds=head["extract_seconds"],
         feature_dim=int(model.get_layer("head_pool").output.shape[-1]), inference_images_per_second=rate,
         trainable_params=body["trainable"], frozen_params=body["frozen"], freeze=cfg.freeze,
-        epochs_run=len(history), run_dir=run.out, skipped=job.state.skipped)
+        epochs_run=len(history), run_dir=run.out, skipped=job.state.skipped, **_selection(job.state.meta.get("best")))
+
+
+def _selection(best) -> dict:
+    """The kept model's validation accuracy (its :func:`~transfer.training.selection_key`), NaN without a
+    validation split."""
+    if isinstance(best, list) and len(best) == 2:
+        return {"selection_score": -float(best[0]), "selected_on": "validation accuracy of the kept epoch"}
+    return {"selection_score": math.nan, "selected_on": "no validation split"}
 
 
 def _write(job: _Training, model, result, precision: str, head: dict, body: dict):

@@ -19,8 +19,9 @@ from transfer.compare_plots import caption
 from transfer.fileio import write_text_atomic
 
 # The table's columns on the page (compare.csv has them all): headings as a reader names them.
-COLUMNS = {"model": "model", "accuracy": "accuracy", "ci95": "95 % interval", "macro_f1": "macro F1",
-           "mcnemar_p_vs_best": "p vs best", "differs_from_best": "differs from best",
+COLUMNS = {"role": "role", "model": "model", "accuracy": "accuracy", "ci95": "95 % interval", "macro_f1": "macro F1",
+           "chosen_by": "chosen by (before the test images)",
+           "p_vs_recommended": "p vs recommended", "differs_from_recommended": "differs from recommended",
            "train_seconds": "training s", "inference_images_per_second": "images/s",
            "trainable_params": "trained parameters"}
 

@@ -27,6 +27,9 @@ STRATEGIES = ("features", "finetune", "scratch")
 PREDICTION_COLUMNS = ["classifier", "path", "true_label", "pred_label", "score"]
 PER_CLASS_COLUMNS = ["classifier", "label", "precision", "recall", "f1", "support"]
 SKIPPED_COLUMNS = ["path", "reason"]
+# The version of what a finished run's reports hold; a run written by another is trained again, not reused
+# (2: each model's selection score, by which compare chooses a strategy's representative).
+RESULT_SCHEMA = 2
 
 
 @dataclasses.dataclass
@@ -176,6 +179,10 @@ class Result:
             descent (None leaves the columns out of a features run's report).
         run_dir: the run folder the model and its reports are in.
         skipped: ``{path: reason}`` of the files that run could not read.
+        selection_score: the score this model was chosen by among its strategy's models, measured without the
+            scored images (strategy 2: mean cross-validated accuracy on the training images, the same folds for
+            every classifier; the networks: accuracy on the validation split of the epoch kept); NaN: none.
+        selected_on: that score in words.
     """
 
     strategy: str
@@ -201,6 +208,8 @@ class Result:
     epochs_run: int | None = None
     run_dir: Path | None = None
     skipped: dict = dataclasses.field(default_factory=dict)
+    selection_score: float = math.nan
+    selected_on: str = ""
 
     def __post_init__(self):
         self.y_true, self.y_pred = np.asarray(self.y_true, dtype=object), np.asarray(self.y_pred, dtype=object)
@@ -230,6 +239,7 @@ class Result:
             "feature_dim": self.feature_dim,
             "inference_images_per_second": round(self.inference_images_per_second, 2),
             "trainable_params": self.trainable_params,
+            "selection_score": round(self.selection_score, 6), "selected_on": self.selected_on,
         }
         optional = {"frozen_params": self.frozen_params, "freeze": self.freeze, "epochs_run": self.epochs_run}
         return {**row, **{k: v for k, v in optional.items() if v is not None}}
@@ -294,7 +304,8 @@ def write_reports(run: Run, results: list[Result], config: dict, folder=None) ->
     write_csv(pd.concat([r.per_class() for r in results]), folder / "per_class.csv")
     skipped = {path: reason for r in results for path, reason in r.skipped.items()}
     write_skipped(skipped, folder / "skipped.csv")
-    write_config(folder / "config.json", {**run.settings(), **config, "n_skipped": len(skipped)})
+    write_config(folder / "config.json", {**run.settings(), **config, "n_skipped": len(skipped),
+                                          "result_schema": RESULT_SCHEMA})
     return table
 
 
@@ -307,6 +318,7 @@ def finished_with(folder, settings: dict) -> bool:
         saved = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
         return False
+    settings = {**settings, "result_schema": RESULT_SCHEMA}
     return all(saved.get(key) == value for key, value in settings.items())
 
 
@@ -327,7 +339,8 @@ def read_results(folder) -> list[Result]:
     # Names stay text ("0.50" must not become 0.5, a label "NA" must not become missing); an empty number
     # (an unmeasured rate) is NaN.
     metrics = read_csv(folder / "metrics.csv", dtype={"classifier": str, "freeze": str, "layer": str},
-                          keep_default_na=False, na_values={"inference_images_per_second": [""]})
+                          keep_default_na=False, na_values={"inference_images_per_second": [""],
+                                                            "selection_score": [""]})
     preds = read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
     preds["score"] = pd.to_numeric(preds["score"], errors="coerce")
     results = []
@@ -342,5 +355,6 @@ def read_results(folder) -> list[Result]:
             inference_images_per_second=float(m["inference_images_per_second"]),
             trainable_params=int(m["trainable_params"]), freeze=m.get("freeze") or None,
             frozen_params=_count_or_none(m.get("frozen_params")), epochs_run=_count_or_none(m.get("epochs_run")),
-            run_dir=folder, skipped=dict(zip(skipped["path"], skipped["reason"], strict=True))))
+            run_dir=folder, skipped=dict(zip(skipped["path"], skipped["reason"], strict=True)),
+            selection_score=float(m.get("selection_score", math.nan)), selected_on=str(m.get("selected_on", ""))))
     return results

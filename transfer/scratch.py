@@ -134,6 +134,14 @@ def _fit(run, cfg: ScratchConfig, skipped: dict):
     return model, history
 
 
+def _selection(history: pd.DataFrame) -> dict:
+    """The validation accuracy of the epoch early stopping restored (the lowest validation loss)."""
+    if "val_loss" not in history or history["val_loss"].isna().all():
+        return {"selection_score": float("nan"), "selected_on": "no validation split"}
+    best = history.loc[history["val_loss"].idxmin()]
+    return {"selection_score": float(best["val_accuracy"]), "selected_on": "validation accuracy of the kept epoch"}
+
+
 def scratch_run(run, cfg: ScratchConfig, log=print):
     """The scratch CNN in an opened run folder: trained, scored, reports written.
 
@@ -162,7 +170,7 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
         n_train=int((~run.rows("train")["path"].isin(skipped)).sum()), fit_seconds=float(history["seconds"].sum()),
         feature_dim=int(model.get_layer("fc").units), inference_images_per_second=rate,
         trainable_params=int(sum(np.prod(w.shape) for w in model.trainable_weights)), frozen_params=0,
-        freeze="none", epochs_run=len(history), run_dir=run.out, skipped=skipped)
+        freeze="none", epochs_run=len(history), run_dir=run.out, skipped=skipped, **_selection(history))
     with publishing(run.out) as stage:  # the model and its reports replace the old ones together
         model.save(stage / "model.keras")
         write_csv(history, stage / "history.csv")

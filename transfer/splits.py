@@ -54,7 +54,7 @@ def make_split(table: pd.DataFrame, val_fraction=VAL_FRACTION, test_fraction=TES
         if "train" not in set(table["split"]):
             raise TransferError("The source's splits have no 'train' images: add a train/ folder or split column rows.")
         table["source_split"] = table["split"]
-        return _with_roles(table, val_fraction, seed)
+        return with_roles(table, val_fraction, seed)
     if table["split"].notna().any():
         raise TransferError("Only some images have a split: give every row of the manifest a split, or none.")
     labels = table["label"].to_numpy()
@@ -69,10 +69,10 @@ def make_split(table: pd.DataFrame, val_fraction=VAL_FRACTION, test_fraction=TES
         split[val] = "val"
     table["split"] = split
     table["source_split"] = ""
-    return _with_roles(table, val_fraction, seed)  # with test_fraction=0, the val split is scored: carve another
+    return with_roles(table, val_fraction, seed)  # with test_fraction=0, the val split is scored: carve another
 
 
-def _with_roles(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+def with_roles(table: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
     """A source's own splits as roles: its val is scored when it has no test, and val is carved from train."""
     from sklearn.model_selection import train_test_split
 

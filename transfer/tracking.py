@@ -26,8 +26,9 @@ EXPERIMENT = "transfer"
 # under ./mlruns/).
 DEFAULT_URI = "default"
 METRICS = ("accuracy", "macro_f1", "accuracy_ci_low", "accuracy_ci_high", "train_seconds",
-           "inference_images_per_second", "trainable_params", "mcnemar_p_vs_best")
-TAGS = ("strategy", "backbone", "classifier", "freeze", "eval_split", "differs_from_best", "run_dir")
+           "inference_images_per_second", "trainable_params", "p_vs_recommended", "selection_score")
+TAGS = ("role", "strategy", "backbone", "classifier", "freeze", "eval_split", "differs_from_recommended", "chosen_by",
+        "run_dir")
 SUBRUN_ARTIFACTS = ("config.json", "metrics.csv", "per_class.csv", "history.csv", "search.csv", "layers.csv")
 MAX_PARAM = 6000  # MLflow's limit on a parameter's value
 

@@ -17,11 +17,13 @@ from transfer.errors import TransferError
 from transfer.runs import STRATEGIES
 
 COMPARE_COLUMNS = [
-    "strategy", "backbone", "classifier", "freeze", "model", "eval_split", "n_test", "accuracy",
+    "role", "strategy", "backbone", "classifier", "freeze", "model", "eval_split", "n_test", "accuracy",
     "macro_f1", "accuracy_ci_low", "accuracy_ci_high", "train_seconds", "inference_images_per_second",
-    "trainable_params", "mcnemar_p_vs_best", "differs_from_best", "run_dir",
+    "trainable_params", "selection_score", "chosen_by", "p_vs_recommended", "differs_from_recommended",
+    "run_dir",
 ]
 SIGNIFICANCE = 0.05
+RECOMMENDED, REPRESENTATIVE, INFORMATION = "recommended", "representative", "information"
 
 
 def _model_name(r) -> str:
@@ -35,33 +37,39 @@ def _model_name(r) -> str:
     return f"{short} fine-tuned (freeze {r['freeze']})"
 
 
+def _row(res, run: Path) -> dict:
+    m = res.metrics()  # the numbers as the sub-run's metrics.csv holds them, whether trained now or reused
+    r = {
+        "strategy": res.strategy, "backbone": res.backbone if res.strategy != "scratch" else "none",
+        "classifier": res.classifier if res.strategy == "features" else "",
+        "freeze": str(res.freeze) if res.strategy == "finetune" else "",
+        "eval_split": res.eval_split,
+        "train_seconds": round(m["fit_seconds"] + m["extract_seconds"], 2),
+        "inference_images_per_second": m["inference_images_per_second"],
+        "trainable_params": int(res.trainable_params),
+        "selection_score": res.selection_score, "selected_on": res.selected_on,
+        "run_dir": str(Path(res.run_dir).relative_to(run)),
+    }
+    r["model"] = _model_name(r)
+    return r
+
+
 def combine(results, run: Path, *, n_boot=2000, seed=0):
-    """One row per trained model, with the paired statistics against the best.
+    """One row per trained model: the scores on the shared images, each strategy's representative, the
+    recommended model first and the paired statistics against it.
 
     Args:
         results: the :class:`~transfer.runs.Result` records of every sub-run.
         run: the compare run folder (``run_dir`` is relative to it).
 
     Returns:
-        ``(table, predictions)``: the compare table, best first, and for each
-        row (by ``model``) the predictions on the shared evaluation images.
+        ``(table, predictions)``: the compare table, the recommended model first, then the other
+        representatives, then every other model (shown for information); and for each row (by ``model``) the
+        predictions on the shared evaluation images (``_y_true``: the true labels).
     """
-    from transfer.evaluate import bootstrap_accuracy, mcnemar_pvalue
-
     rows, preds = [], {}
     for res in results:
-        m = res.metrics()  # the numbers as the sub-run's metrics.csv holds them, whether trained now or reused
-        r = {
-            "strategy": res.strategy, "backbone": res.backbone if res.strategy != "scratch" else "none",
-            "classifier": res.classifier if res.strategy == "features" else "",
-            "freeze": str(res.freeze) if res.strategy == "finetune" else "",
-            "eval_split": res.eval_split,
-            "train_seconds": round(m["fit_seconds"] + m["extract_seconds"], 2),
-            "inference_images_per_second": m["inference_images_per_second"],
-            "trainable_params": int(res.trainable_params),
-            "run_dir": str(Path(res.run_dir).relative_to(run)),
-        }
-        r["model"] = _model_name(r)
+        r = _row(res, run)
         preds[r["model"]] = pd.DataFrame({"true_label": res.y_true, "pred_label": res.y_pred}, index=res.paths)
         rows.append(r)
     if not rows:
@@ -72,26 +80,52 @@ def combine(results, run: Path, *, n_boot=2000, seed=0):
         raise TransferError("The runs share no evaluation image: nothing to compare on.")
     aligned = {k: p.loc[common] for k, p in preds.items()}
     y_true = next(iter(aligned.values()))["true_label"].to_numpy()
-    for r in rows:
-        p = aligned[r["model"]]["pred_label"].to_numpy()
-        r["n_test"] = len(common)
-        r["accuracy"] = float(np.mean(p == y_true))
-        from sklearn.metrics import f1_score
+    return scored_table(pd.DataFrame(rows), {**aligned, "_y_true": y_true}, n_boot=n_boot, seed=seed)
 
-        r["macro_f1"] = float(f1_score(y_true, p, average="macro"))
-        r["accuracy_ci_low"], r["accuracy_ci_high"] = bootstrap_accuracy(y_true, p, n_boot=n_boot, seed=seed)
-    table = pd.DataFrame(rows).sort_values(["accuracy", "macro_f1", "train_seconds"],
-                                           ascending=[False, False, True], kind="stable").reset_index(drop=True)
-    best = aligned[table["model"].iloc[0]]["pred_label"].to_numpy()
-    pvalues = [np.nan] + [mcnemar_pvalue(y_true, best, aligned[m]["pred_label"].to_numpy())
-                          for m in table["model"].iloc[1:]]
-    table["mcnemar_p_vs_best"] = pvalues
-    table["differs_from_best"] = ["best"] + ["yes" if p < SIGNIFICANCE else "no (within noise)"
-                                             for p in pvalues[1:]]
-    for col in ("accuracy", "macro_f1", "accuracy_ci_low", "accuracy_ci_high"):
-        table[col] = table[col].round(4)
-    table["mcnemar_p_vs_best"] = table["mcnemar_p_vs_best"].round(4)
-    return table[COMPARE_COLUMNS], {**aligned, "_y_true": y_true}
+
+def scored_table(frame: pd.DataFrame, preds: dict, *, n_boot=2000, seed=0, paired=None):
+    """:func:`combine`'s table from one row per model (with ``model``, ``strategy``, ``selection_score``,
+    ``selected_on``, ``train_seconds``...) and each model's predictions on the same images."""
+    from sklearn.metrics import f1_score
+
+    from transfer.evaluate import bootstrap_accuracy
+
+    y_true = preds["_y_true"]
+    scores = []
+    for model in frame["model"]:
+        p = preds[model]["pred_label"].to_numpy()
+        low, high = bootstrap_accuracy(y_true, p, n_boot=n_boot, seed=seed)
+        scores.append({"n_test": len(y_true), "accuracy": float(np.mean(p == y_true)),
+                       "macro_f1": float(f1_score(y_true, p, average="macro")), "accuracy_ci_low": low,
+                       "accuracy_ci_high": high})
+    frame = frame.drop(columns=[c for c in scores[0] if c in frame]).reset_index(drop=True)
+    frame = pd.concat([frame, pd.DataFrame(scores)], axis=1)
+    return _ordered(frame, preds, paired), preds
+
+
+def _ordered(frame: pd.DataFrame, preds: dict, paired=None) -> pd.DataFrame:
+    """The table in its one order (recommended, other representatives, the rest), with its p-values."""
+    from transfer.representatives import chosen_by, decide
+
+    decision = decide(frame, preds, paired)
+    frame = frame.assign(chosen_by=[chosen_by(frame, i) for i in frame.index])
+    reps = {decision.recommended["model"]} | {r["model"] for r in decision.representatives.values()}
+    frame["role"] = [RECOMMENDED if m == decision.recommended["model"] else REPRESENTATIVE if m in reps
+                     else INFORMATION for m in frame["model"]]
+    rank = frame["role"].map({RECOMMENDED: 0, REPRESENTATIVE: 1, INFORMATION: 2})
+    table = frame.assign(_rank=rank).sort_values(["_rank", "accuracy", "macro_f1", "train_seconds"],
+                                                 ascending=[True, False, False, True], kind="stable")
+    table = table.drop(columns="_rank").reset_index(drop=True)
+    best = decision.recommended["model"]
+    pvalues = [np.nan] + [decision.paired.p(best, m) for m in table["model"].iloc[1:]]
+    table["p_vs_recommended"] = pvalues
+    table["differs_from_recommended"] = [RECOMMENDED] + [
+        "no (within noise)" if p >= SIGNIFICANCE else "yes: more accurate" if acc > table["accuracy"].iloc[0]
+        else "yes: less accurate" for p, acc in zip(pvalues[1:], table["accuracy"].iloc[1:], strict=True)]
+    for col in ("accuracy", "macro_f1", "accuracy_ci_low", "accuracy_ci_high", "p_vs_recommended",
+                "selection_score"):
+        table[col] = table[col].astype(float).round(4)
+    return table.reindex(columns=COMPARE_COLUMNS)
 
 
 def _ratio(a: float, b: float) -> str:
@@ -103,75 +137,26 @@ def _ratio(a: float, b: float) -> str:
     return f"at {a / b:.0f}x its training time" if a / b >= 1.5 else "at about the same training time"
 
 
-def _best_of(table: pd.DataFrame) -> dict:
-    return {s: table[table["strategy"] == s].iloc[0] for s in STRATEGIES if (table["strategy"] == s).any()}
+def recommended_model(table: pd.DataFrame, preds: dict | None = None) -> str:
+    """The model the verdict says to use (its ``model`` name): the table's first row, what ``transfer export``
+    exports by default."""
+    return str(table["model"].iloc[0])
 
 
-def _p_between(preds: dict, a, b) -> float:
-    from transfer.evaluate import mcnemar_pvalue
+def verdict(table: pd.DataFrame, preds: dict, protocol: str = "", paired=None) -> str:
+    """One line: the protocol, the two strategies' representatives against each other (their difference, its
+    95 % interval, whether it is real and the smallest difference these images could show), the scratch CNN,
+    and the model to use with the rule that chose it.
 
-    return mcnemar_pvalue(preds["_y_true"], preds[a["model"]]["pred_label"].to_numpy(),
-                          preds[b["model"]]["pred_label"].to_numpy())
+    Args:
+        table: from :func:`combine` (the recommended model first).
+        preds: its predictions.
+        protocol: how the images were scored, in words (e.g. "On one split (270 test images)").
+        paired: the paired statistics (default: McNemar's test on ``preds``; cross-validation gives its own).
+    """
+    from transfer.representatives import decide, verdict_parts
 
-
-def _strategy_choice(table: pd.DataFrame, preds: dict):
-    """``(more accurate, less accurate, p, chosen)`` of the two strategies' best rows: the cheaper one when the
-    difference is within noise; None when the table lacks a strategy."""
-    best_of = _best_of(table)
-    if "features" not in best_of or "finetune" not in best_of:
-        return None
-    a, b = sorted((best_of["features"], best_of["finetune"]), key=lambda r: -r["accuracy"])
-    p = _p_between(preds, a, b)
-    chosen = min((a, b), key=lambda r: r["train_seconds"]) if p >= SIGNIFICANCE else a
-    return a, b, p, chosen
-
-
-def recommended_model(table: pd.DataFrame, preds: dict) -> str:
-    """The model the verdict says to use (its ``model`` name in the table): what ``transfer export`` exports."""
-    choice = _strategy_choice(table, preds)
-    pick = choice[3] if choice else table.iloc[0]
-    best_of = _best_of(table)
-    if "scratch" in best_of and len(best_of) > 1:
-        s = best_of["scratch"]
-        pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["accuracy"])
-        if _p_between(preds, pre, s) < SIGNIFICANCE and s["accuracy"] > pre["accuracy"]:
-            pick = s
-    return str(pick["model"])
-
-
-def verdict(table: pd.DataFrame, preds: dict) -> str:
-    """One line: which strategy to use, whether the difference is real, and what it costs."""
-    best_of = _best_of(table)
-    parts = []
-    choice = _strategy_choice(table, preds)
-    if choice:
-        a, b, p, chosen = choice
-        if p >= SIGNIFICANCE:
-            cheap, dear = (a, b) if chosen is a else (b, a)
-            parts.append(f"{cheap['model']} ({cheap['accuracy']:.3f}) is within noise of {dear['model']} "
-                         f"({dear['accuracy']:.3f}, McNemar p={p:.2f}) "
-                         f"{_ratio(cheap['train_seconds'], dear['train_seconds'])}: use {cheap['model']}")
-        else:
-            parts.append(f"{a['model']} ({a['accuracy']:.3f}) beats {b['model']} ({b['accuracy']:.3f}, "
-                         f"McNemar p={p:.3g}) {_ratio(a['train_seconds'], b['train_seconds'])}: use {a['model']}")
-    else:
-        top = table.iloc[0]
-        parts.append(f"best: {top['model']} ({top['accuracy']:.3f})")
-    if "scratch" in best_of and len(best_of) > 1:
-        s = best_of["scratch"]
-        pre = max((best_of[k] for k in best_of if k != "scratch"), key=lambda r: r["accuracy"])
-        p = _p_between(preds, pre, s)
-        gain = pre["accuracy"] - s["accuracy"]
-        # Against the most accurate pretrained model, named, since it need not be the one recommended above.
-        if p < SIGNIFICANCE and gain > 0:
-            parts.append(f"pretraining bought {gain:+.3f} over the scratch CNN ({s['accuracy']:.3f}, p={p:.3g})")
-        elif p < SIGNIFICANCE:
-            parts.append(f"but the scratch CNN ({s['accuracy']:.3f}) beats {pre['model']} "
-                         f"({pre['accuracy']:.3f}, p={p:.3g}): pretraining did not help here, use the scratch CNN")
-        else:
-            parts.append(f"the scratch CNN ({s['accuracy']:.3f}) is within noise of {pre['model']} "
-                         f"({pre['accuracy']:.3f}, p={p:.2f}): pretraining bought nothing significant here")
-    return "; ".join(parts) + "."
+    return ("; ".join(verdict_parts(decide(table, preds, paired), preds, protocol)) + ".").replace("..", ".")
 
 
 def _paired(acc: pd.DataFrame, a: str, b: str, level: float = 0.95):
@@ -206,16 +191,49 @@ def _same_test_images(predictions) -> bool:
     return all(s == sets[0] for s in sets)
 
 
+def representative_name(strategy: str, unit: str = "repeat") -> str:
+    """The name of a strategy's representative over repeats or folds (``unit``), each of which chose its own."""
+    return {"features": f"features (each {unit}'s choice)", "finetune": f"fine-tuned (each {unit}'s choice)",
+            "scratch": "scratch CNN"}[strategy]
+
+
+def _with_representatives(tables: list, predictions: list | None):
+    """Every repeat's rows, plus per repeat a row for each strategy's representative (under
+    :func:`representative_name`, with its predictions): the repeats compare the strategies through these."""
+    rows = []
+    for k, t in enumerate(tables):
+        if "role" not in t:  # a table without roles: each strategy's first row represents it
+            t["role"] = np.where(t.duplicated("strategy"), INFORMATION, REPRESENTATIVE)
+        reps = t[t["role"] != INFORMATION]
+        for _, r in reps.iterrows():
+            name = representative_name(r["strategy"])
+            if name == r["model"]:
+                continue
+            rows.append(r.to_frame().T.assign(model=name, chosen=r["model"], role=REPRESENTATIVE))
+            if predictions and predictions[k] is not None:
+                predictions[k][name] = predictions[k][r["model"]]
+        t.loc[t["role"] != INFORMATION, "role"] = REPRESENTATIVE
+    every = pd.concat(tables + rows, ignore_index=True)
+    every.loc[every["model"] == "scratch CNN", "role"] = REPRESENTATIVE
+    return every
+
+
 def _summary_rows(every: pd.DataFrame, acc: pd.DataFrame, paired) -> pd.DataFrame:
-    order = acc.mean().sort_values(ascending=False, kind="stable").index
+    reps = set(every.loc[every["model"].str.endswith("'s choice)") | (every["model"] == "scratch CNN"), "model"])
+    means = acc.mean()
+    order = sorted(acc.columns, key=lambda m: (m not in reps, -means[m], m))
     rows = []
     for model in order:
         diff, low, high = paired(order[0], model)
+        mine = every[every["model"] == model]
+        chosen = mine["chosen"].dropna().value_counts() if "chosen" in mine else pd.Series(dtype=int)
         rows.append({
-            "strategy": every.loc[every["model"] == model, "strategy"].iloc[0], "model": model, "repeats": len(acc),
+            "strategy": mine["strategy"].iloc[0], "model": model, "repeats": len(acc),
+            "role": "representative" if model in reps else "information",
+            "chosen": ", ".join(f"{m} {c}/{len(acc)}" for m, c in chosen.items()),
             "mean_accuracy": acc[model].mean(), "std_accuracy": acc[model].std(ddof=1) if len(acc) > 1 else np.nan,
             "min_accuracy": acc[model].min(), "max_accuracy": acc[model].max(),
-            "mean_train_seconds": every.loc[every["model"] == model, "train_seconds"].mean(),
+            "mean_train_seconds": mine["train_seconds"].astype(float).mean(),
             "diff_vs_best": diff, "diff_ci_low": low, "diff_ci_high": high,
             "differs_from_best": "best" if model == order[0] else ("yes" if low > 0 else "no (within noise)"),
         })
@@ -241,7 +259,8 @@ def summarise_repeats(tables: list, predictions: list | None = None) -> tuple[pd
     Returns:
         ``(summary, verdict)``: ``repeats.csv``, best mean first, and one line.
     """
-    every = pd.concat(tables, ignore_index=True)
+    every = _with_representatives([t.copy() for t in tables], predictions)
+    every["accuracy"] = every["accuracy"].astype(float)
     acc = every.pivot_table(index="repeat", columns="model", values="accuracy")
     on_images = _same_test_images(predictions)
 
@@ -249,7 +268,8 @@ def summarise_repeats(tables: list, predictions: list | None = None) -> tuple[pd
         return _paired_images(predictions, a, b) if on_images else _paired(acc, a, b)
 
     summary = _summary_rows(every, acc, paired)
-    best_of = {s: summary[summary["strategy"] == s].iloc[0] for s in STRATEGIES if (summary["strategy"] == s).any()}
+    reps = summary[summary["role"] == "representative"]
+    best_of = {s: reps[reps["strategy"] == s].iloc[0] for s in STRATEGIES if (reps["strategy"] == s).any()}
     n = len(acc)
     if "features" in best_of and "finetune" in best_of:
         a, b = best_of["features"], best_of["finetune"]
@@ -273,7 +293,8 @@ def summarise_repeats(tables: list, predictions: list | None = None) -> tuple[pd
 
 CURVE_COLUMNS = [
     "train_size", "mean_images_per_class", "min_images_per_class", "n_train", "model", "strategy", "n_test",
-    "accuracy", "accuracy_ci_low", "accuracy_ci_high", "mcnemar_p_vs_best", "differs_from_best", "train_seconds",
+    "role", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "p_vs_recommended", "differs_from_recommended",
+    "train_seconds",
 ]
 
 
@@ -294,7 +315,10 @@ def summarise_train_sizes(tables: list) -> tuple[pd.DataFrame, str]:
 
 
 def _leaders(curve: pd.DataFrame) -> list:
-    """Per size, in the curve's order: the best row of each strategy, the most accurate first."""
+    """Per size, in the curve's order: each strategy's representative (chosen without the test images; with no
+    ``role`` column, its most accurate row), the most accurate first."""
+    if "role" in curve:
+        curve = curve[curve["role"] != INFORMATION]
     return [rows.sort_values("accuracy", ascending=False, kind="stable").drop_duplicates("strategy")
             for _, rows in curve.groupby("train_size", sort=False)]
 
@@ -311,10 +335,13 @@ def _sizes_text(sizes: list) -> str:
 
 def _noise(leaders: list) -> str:
     """Whether each size's leader is ahead of the next strategy's best model beyond noise ('' without p-values)."""
-    if "mcnemar_p_vs_best" not in leaders[0] or any(len(best) < 2 for best in leaders):
+    if "p_vs_recommended" not in leaders[0] or any(len(best) < 2 for best in leaders):
         return ""
-    # The leader is that size's best model, so the next strategy's best row holds its p-value against it.
-    significant = [best["mcnemar_p_vs_best"].iloc[1] < SIGNIFICANCE for best in leaders]
+    # A lead is significant where the leader is the recommended model (its p-value empty) and the next
+    # strategy's representative differs from it; where it is not recommended, it is within noise of the one that
+    # is (the recommendation takes the most accurate when it is ahead beyond noise).
+    significant = [bool(np.isnan(best["p_vs_recommended"].iloc[0]))
+                   and best["p_vs_recommended"].iloc[1] < SIGNIFICANCE for best in leaders]
     lead = "the lead over the next strategy's best model"
     if all(significant):
         return f"{lead} is significant at every size (McNemar p < {SIGNIFICANCE})"
@@ -331,7 +358,7 @@ def learning_curve_verdict(curve: pd.DataFrame) -> str:
 
     The leader of a size is the strategy of its most accurate model; where it changes, the line says
     "below ~N images per class, X; from N on, Y" (N: the first size where Y leads), else "X leads at
-    every size".  With ``mcnemar_p_vs_best`` it adds whether each lead is beyond noise.
+    every size".  With ``p_vs_recommended`` it adds whether each lead is beyond noise.
     """
     leaders = _leaders(curve)
     spans: list[list] = []  # consecutive sizes with the same leading strategy

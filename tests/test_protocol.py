@@ -1,0 +1,116 @@
+"""The scoring protocol: k-fold cross-validation for small data, one split otherwise; statistics over folds."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import cli
+from tests.conftest import cached_images
+from transfer.comparison import CompareConfig, compare
+from transfer.cross_validation import MIN_SCORED, choose, fold_splits
+from transfer.errors import TransferError
+from transfer.representatives import CorrectedResampledT
+
+TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
+            scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
+COLOURS = {"red": (200, 40, 40), "blue": (40, 40, 200), "green": (40, 200, 40), "grey": (120, 120, 120),
+           "yellow": (200, 200, 40)}
+
+
+def quiet(*_):
+    pass
+
+
+def five_classes(root, n=12):
+    """60 noisy solid-colour images of 5 classes, one folder per class, no split folders: a small user's set."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, colour in COLOURS.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 60, (24, 24, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    return root
+
+
+def _images(n, classes=5, split=None):
+    return pd.DataFrame({"path": [f"{i}.png" for i in range(n)], "label": [f"c{i % classes}" for i in range(n)],
+                         "split": split})
+
+
+def test_the_rule_cross_validates_when_one_split_would_score_too_few_images():
+    assert choose(_images(60), "auto", 5, 0.15).name == "kfold"
+    assert choose(_images(60), "auto", 5, 0.15).folds == 5
+    assert choose(_images(60), "auto", 10, 0.15).folds == 10
+    assert choose(_images(20), "auto", 5, 0.15).folds == 4, "k at most the smallest class's count"
+    big = round(MIN_SCORED / 0.15) + 10
+    assert choose(_images(big), "auto", 5, 0.15).name == "split"
+    assert choose(_images(big), "kfold", 5, 0.15).name == "kfold"
+    assert choose(_images(60), "split", 5, 0.15).name == "split"
+    own = choose(_images(60, split="train").assign(split=["train", "test"] * 30), "kfold", 5, 0.15)
+    assert own.name == "split" and "own test split is honoured" in own.reason
+    with pytest.raises(TransferError, match="protocol=kfold needs at least 2 images of every class"):
+        choose(_images(6, classes=6), "kfold", 5, 0.15)
+
+
+def test_folds_score_every_image_once_and_choose_inside_their_training_part():
+    table = _images(60)
+    splits = fold_splits(table, 5, seed=0, val_fraction=0.15)
+    tests = [set(s.loc[s["split"] == "test", "path"]) for s in splits]
+    assert sorted(p for t in tests for p in t) == sorted(table["path"]), "each image scored exactly once"
+    for s, test in zip(splits, tests, strict=True):
+        assert (s.loc[s["split"] == "test", "label"].value_counts() >= 2).all(), "stratified folds"
+        assert set(s.loc[s["split"] == "val", "path"]).isdisjoint(test) and (s["split"] == "val").sum() >= 5
+    assert [set(s["split"]) for s in splits] == [{"train", "val", "test"}] * 5
+
+
+def test_corrected_resampled_t_is_wider_than_the_naive_one():
+    acc = {"a": [0.9, 0.8, 0.85, 0.9, 0.95], "b": [0.85, 0.8, 0.8, 0.85, 0.9]}
+    stats = CorrectedResampledT(acc, test_over_train=1 / 4)
+    diff, low, high = stats.interval("a", "b")
+    assert diff == pytest.approx(0.04)
+    naive = CorrectedResampledT(acc, test_over_train=0.0)
+    assert high - low > (naive.interval("a", "b")[2] - naive.interval("a", "b")[1])
+    assert stats.p("a", "b") > naive.p("a", "b")
+    assert CorrectedResampledT({"a": [1, 1], "b": [1, 1]}, 1).p("a", "b") == 1.0
+
+
+@pytest.fixture(scope="module")
+def cross_validated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kfold")
+    data = five_classes(root / "data")
+    lines = []
+    table, line = compare(data, root / "run", CompareConfig(**TINY), progress=False, log=lines.append)
+    return data, root / "run", table, line, lines
+
+
+def test_sixty_images_of_five_classes_are_all_scored_by_every_model(cross_validated):
+    data, run, table, line, lines = cross_validated
+    assert any(s.startswith("protocol: 5-fold cross-validation (one split would score 9 of 60 images") for s in lines)
+    assert (table["n_test"] == 60).all(), "every image scored, for every model"
+    assert set(pd.read_csv(run / "folds.csv")["fold"]) == {1, 2, 3, 4, 5}
+    for k in range(1, 6):
+        fold = pd.read_csv(run / f"fold-{k}" / "compare.csv")
+        assert (fold["n_test"] == 12).all()
+    assert table["role"].iloc[0] == "recommended" and (table["role"] != "information").sum() == 3
+    features = table[(table["strategy"] == "features") & (table["role"] != "information")].iloc[0]
+    assert "fold" in features["chosen_by"]
+    assert line.startswith("Over 5-fold cross-validation (every one of 60 labelled images scored once): ")
+    assert "corrected resampled t-test over the folds p=" in line and f"use {table['model'].iloc[0]} (" in line
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["protocol"]["name"] == "kfold" and saved["recommended_model"] == table["model"].iloc[0]
+    assert (run / "report.html").exists() and (run / "plots" / "accuracy-vs-time.png").exists()
+    assert list(cached_images(pd.read_csv(run / "folds.csv")["path"]).values()) == [60], "one CNN pass for all folds"
+
+
+def test_a_cross_validated_run_is_reused_and_its_export_names_a_fold(cross_validated):
+    data, run, table, line, _ = cross_validated
+    again, line2 = compare(data, run, CompareConfig(**TINY), progress=False, log=quiet)
+    assert line2 == line and list(again["accuracy"]) == list(table["accuracy"])
+    result = CliRunner().invoke(cli.main, ["export", str(run), "--out", str(run.parent / "m.keras")])
+    assert result.exit_code != 0 and "5-fold cross-validation" in result.output
+    assert f"transfer export {run / 'fold-1'}" in result.output and "Traceback" not in result.output

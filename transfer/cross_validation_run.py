@@ -1,0 +1,122 @@
+"""``compare`` under k-fold cross-validation: a compare run per fold, one report over every image.
+
+::
+
+    RUN/folds.csv                       each image's fold
+    RUN/fold-K/                         a compare run: fold K scored, the rest its train and val
+    RUN/compare.csv, RUN/report.html, RUN/config.json, RUN/plots/*.png   pooled over the folds
+
+With ``--repeats N``: ``RUN/repeat-R/`` holds such a cross-validation, on
+folds seeded ``seed + R - 1``, and ``RUN/repeats.csv`` the summary, each
+image's correctness averaged over the repeats (see
+:func:`transfer.verdict.summarise_repeats`).  Every fold reads the shared
+feature cache: the CNN runs once per image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import pandas as pd
+
+
+def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progress, log):
+    """The k-fold comparison (repeated ``cfg.repeats`` times); returns ``(table, verdict)`` as ``compare`` does."""
+    if cfg.repeats == 1:
+        table, line, _ = _kfold(source, out, cfg, protocol, split_options, progress, log)
+        return table, line
+    from transfer import plots
+    from transfer.comparison import _prefixed
+    from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
+    from transfer.runs import write_config
+    from transfer.verdict import summarise_repeats
+
+    tables, predictions, seconds = [], [], []
+    for k in range(1, cfg.repeats + 1):
+        once = dataclasses.replace(cfg, seed=cfg.seed + k - 1, repeats=1)
+        log(f"repeat {k} of {cfg.repeats} (folds seeded {once.seed}) -> {out / f'repeat-{k}'}")
+        start = time.perf_counter()
+        table, _, preds = _kfold(source, out / f"repeat-{k}", once, protocol, split_options, progress,
+                                 _prefixed(log, f"repeat {k}"))
+        tables.append(table.assign(repeat=k))
+        predictions.append(preds)
+        seconds.append(time.perf_counter() - start)
+    summary, line = summarise_repeats(tables, predictions)
+    line += f" One repeat of the {protocol.folds} folds took {min(seconds):.0f}-{max(seconds):.0f} s here."
+    with publishing(out) as stage:
+        write_csv(pd.concat(tables, ignore_index=True), stage / "repeats-all.csv")
+        write_csv(summary, stage / "repeats.csv")
+        plots.repeats_png(pd.concat(tables, ignore_index=True), stage / "plots" / "repeats.png")
+        write_config(stage / "config.json", {"command": "compare", "data": source.name,
+                                             "compare": dataclasses.asdict(cfg), **split_options,
+                                             "protocol": dataclasses.asdict(protocol), "repeats": cfg.repeats,
+                                             "verdict": line, "repeat_seconds": [round(s, 1) for s in seconds]})
+    return summary, line
+
+
+def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log):
+    """One k-fold cross-validation: each fold's compare run, then the pooled report."""
+    from transfer.comparison import _compare_once, _prefixed
+    from transfer.cross_validation import fold_splits
+    from transfer.runs import open_run
+
+    out.mkdir(parents=True, exist_ok=True)
+    splits = fold_splits(source.table, protocol.folds, cfg.seed, split_options["val_fraction"])
+    tables, preds, seconds = [], [], {}
+    for i, split in enumerate(splits, 1):
+        split.attrs["source"] = source.name
+        counts = split["split"].value_counts()
+        log(f"fold {i} of {protocol.folds}: {counts.get('test', 0)} images scored, trained on {counts.get('train', 0)}"
+            f" (+{counts.get('val', 0)} val) -> {out / f'fold-{i}'}")
+        start = time.perf_counter()
+        run = open_run(split, out / f"fold-{i}", "compare", seed=cfg.seed)
+        table, _ = _compare_once(run, cfg, None, progress, _prefixed(log, f"fold {i}"), predictions=preds,
+                                 protocol=f"In fold {i} of {protocol.folds} ({counts.get('test', 0)} test images)")
+        tables.append(table)
+        seconds[f"fold-{i}"] = round(time.perf_counter() - start, 1)
+    return _pooled_report(source, out, cfg, protocol, splits, tables, preds, seconds, log)
+
+
+def _pooled_report(source, out: Path, cfg, protocol, splits, tables, preds, seconds, log):
+    from transfer import plots
+    from transfer.cross_validation import pooled_table
+    from transfer.fileio import write_csv
+    from transfer.html_report import write_report
+    from transfer.runfolder import publishing
+    from transfer.runs import write_config
+    from transfer.verdict import verdict
+
+    start = time.perf_counter()
+    table, pooled, paired = pooled_table(tables, preds, protocol.folds, cfg.seed)
+    line = verdict(table, pooled, protocol.describe(len(pooled["_y_true"])), paired)
+    folds = pd.concat([s.loc[s["split"] == "test", ["path", "label"]].assign(fold=i)
+                       for i, s in enumerate(splits, 1)], ignore_index=True)
+    classes = sorted(set(folds["label"]))
+    roles = (f"every image scored once, out of fold, over {protocol.folds} folds; every choice (classifier, "
+             "hyper-parameters, epochs) made inside each fold's own training images")
+    with publishing(out) as stage:
+        drawn = []
+        for strategy in dict.fromkeys(table["strategy"]):
+            r = table[table["strategy"] == strategy].iloc[0]
+            drawn.append(plots.confusion_matrix_png(
+                pooled["_y_true"], pooled[r["model"]]["pred_label"].to_numpy(), classes,
+                stage / "plots" / f"confusion-{strategy}.png", title=f"{r['model']}: out-of-fold accuracy "
+                                                                     f"{r['accuracy']:.3f}"))
+        drawn.append(plots.accuracy_vs_time_png(table, stage / "plots" / "accuracy-vs-time.png"))
+        write_csv(folds, stage / "folds.csv")
+        write_csv(table, stage / "compare.csv")
+        seconds["report and plots"] = round(time.perf_counter() - start, 1)
+        settings = {"command": "compare", "data": source.name, "compare": dataclasses.asdict(cfg),
+                    "protocol": dataclasses.asdict(protocol), "eval_split": "test (out of fold)", "roles": roles,
+                    "classes": classes, "seed": cfg.seed}
+        write_report(stage / "report.html", data=source.name, verdict=line, table=table, plots=drawn,
+                     split=folds.assign(split=[f"fold-{f}" for f in folds["fold"]]), classes=classes, roles=roles,
+                     seconds=seconds, settings=settings, recommended=str(table["model"].iloc[0]))
+        write_config(stage / "config.json", {**settings, "verdict": line,
+                                             "recommended_model": str(table["model"].iloc[0]),
+                                             "subruns": [f"fold-{i}" for i in range(1, len(splits) + 1)],
+                                             "plots": [f"plots/{p.name}" for p in drawn], "seconds": seconds})
+    return table, line, pooled
