@@ -497,8 +497,8 @@ def _echo_compare(table, line, out: Path):
     cols = ["role", "model", "accuracy", "ci95", "train_seconds", "inference_images_per_second", "selection_score",
             "p_vs_recommended", "differs_from_recommended"]
     click.echo(f"\n{table['eval_split'].iloc[0]} images scored: {table['n_test'].iloc[0]}; the recommended model "
-               "first, then each strategy's representative (chosen before the test images, by selection_score), then the "
-               "rest for information:")
+               "first, then each strategy's representative (chosen before the test images, by selection_score), then "
+               "the rest for information:")
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
                                                "selection_score": "chosen_by", "p_vs_recommended": "p_vs_rec",
