@@ -16,7 +16,7 @@ from transfer.features import ExtractConfig
 TINY = ExtractConfig(image_size=32, batch_size=8)
 METRIC_COLUMNS = ["strategy", "backbone", "layer", "classifier", "best_params", "eval_split", "n_train", "n_test",
                   "accuracy", "macro_f1", "fit_seconds", "extract_seconds", "feature_dim",
-                  "inference_images_per_second", "trainable_params"]
+                  "inference_images_per_second", "trainable_params", "selection_score", "selected_on"]
 
 
 @pytest.fixture(scope="module")
