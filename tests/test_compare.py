@@ -204,7 +204,7 @@ def test_verdict_within_noise_recommends_the_cheapest_and_says_what_these_images
     assert "with 100 scored images, differences below 0." in line and "cannot be told from noise" in line
     assert "pretraining bought" in line
     assert "use f (" in line and "the cheapest to train of the models within noise of the most accurate (t" in line
-    assert "1/8 the training time of the most accurate" in line
+    assert "(at 1/8 of the most accurate model's training time)" in line
 
 
 def test_one_story_the_first_row_is_the_recommended_model_and_the_sentence_names_it():

@@ -229,16 +229,17 @@ def verdict_parts(decision: Decision, preds: dict, protocol: str = "") -> list[s
         parts.append(_scratch_part(decision, preds))
     use = decision.recommended
     cost = "" if use["model"] == decision.top["model"] else \
-        f" ({_ratio(float(use['train_seconds']), float(decision.top['train_seconds']))} of the most accurate)"
+        f" ({cost_ratio(float(use['train_seconds']), float(decision.top['train_seconds']), "the most accurate model's")})"
     parts.append(f"use {use['model']} ({use['accuracy']:.3f}): {decision.rule}{cost}")
     if protocol:
         parts[0] = f"{protocol}: {parts[0]}"
     return parts
 
 
-def _ratio(a: float, b: float) -> str:
+def cost_ratio(a: float, b: float, whose: str = "its") -> str:
+    """Training time ``a`` as a fraction or multiple of ``b`` (``whose`` training time), in words."""
     if not (a > 0 and b > 0):
         return "at an unmeasured cost"
     if a <= b:
-        return f"1/{b / a:.0f} the training time" if b / a >= 1.5 else "about the training time"
-    return f"{a / b:.0f}x the training time" if a / b >= 1.5 else "about the training time"
+        return f"at 1/{b / a:.0f} of {whose} training time" if b / a >= 1.5 else "at about the same training time"
+    return f"at {a / b:.0f}x {whose} training time" if a / b >= 1.5 else "at about the same training time"

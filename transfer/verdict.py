@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from transfer.errors import TransferError
+from transfer.representatives import SIGNIFICANCE, cost_ratio
 from transfer.runs import STRATEGIES
 
 COMPARE_COLUMNS = [
@@ -22,7 +23,6 @@ COMPARE_COLUMNS = [
     "trainable_params", "selection_score", "chosen_by", "p_vs_recommended", "differs_from_recommended",
     "run_dir",
 ]
-SIGNIFICANCE = 0.05
 RECOMMENDED, REPRESENTATIVE, INFORMATION = "recommended", "representative", "information"
 
 
@@ -126,15 +126,6 @@ def _ordered(frame: pd.DataFrame, preds: dict, paired=None) -> pd.DataFrame:
                 "selection_score"):
         table[col] = table[col].astype(float).round(4)
     return table.reindex(columns=COMPARE_COLUMNS)
-
-
-def _ratio(a: float, b: float) -> str:
-    """``a`` as a fraction or multiple of ``b``, in words."""
-    if not (a > 0 and b > 0):
-        return "at an unmeasured cost"
-    if a <= b:
-        return f"at 1/{b / a:.0f} of its training time" if b / a >= 1.5 else "at about the same training time"
-    return f"at {a / b:.0f}x its training time" if a / b >= 1.5 else "at about the same training time"
 
 
 def recommended_model(table: pd.DataFrame, preds: dict | None = None) -> str:
@@ -284,7 +275,7 @@ def summarise_repeats(tables: list, predictions: list | None = None) -> tuple[pd
             cheap, dear = sorted((a, b), key=lambda r: r["mean_train_seconds"])
             line = (f"{cheap['model']} (mean {cheap['mean_accuracy']:.3f}) is within noise of {dear['model']} (mean "
                     f"{dear['mean_accuracy']:.3f}; {interval}) "
-                    f"{_ratio(cheap['mean_train_seconds'], dear['mean_train_seconds'])}: use {cheap['model']}")
+                    f"{cost_ratio(cheap['mean_train_seconds'], dear['mean_train_seconds'])}: use {cheap['model']}")
     else:
         top = summary.iloc[0]
         line = f"best over {n} splits: {top['model']} (mean {top['mean_accuracy']:.3f})"
