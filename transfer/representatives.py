@@ -228,8 +228,8 @@ def verdict_parts(decision: Decision, preds: dict, protocol: str = "") -> list[s
     if "scratch" in reps and len(reps) > 1:
         parts.append(_scratch_part(decision, preds))
     use = decision.recommended
-    cost = "" if use["model"] == decision.top["model"] else \
-        f" ({cost_ratio(float(use['train_seconds']), float(decision.top['train_seconds']), "the most accurate model's")})"
+    ratio = cost_ratio(float(use["train_seconds"]), float(decision.top["train_seconds"]), "the most accurate model's")
+    cost = "" if use["model"] == decision.top["model"] else f" ({ratio})"
     parts.append(f"use {use['model']} ({use['accuracy']:.3f}): {decision.rule}{cost}")
     if protocol:
         parts[0] = f"{protocol}: {parts[0]}"
