@@ -23,7 +23,7 @@ def test_training_curves(tmp_path):
     assert is_png(plots.training_curves_png(history, tmp_path / "curves.png", title="x"))
 
 
-def accuracy_vs_time(tmp_path):
+def test_accuracy_vs_time(tmp_path):
     table = pd.DataFrame({"strategy": ["features", "features", "finetune", "scratch"],
                           "classifier": ["logreg", "knn", "", ""], "accuracy": [0.9, 0.85, 0.93, 0.6],
                           "train_seconds": [1.0, 0.5, 120.0, 20.0]})
@@ -45,7 +45,7 @@ def test_conv_kernels_before_after(tmp_path):
     assert is_png(path) and not list(tmp_path.glob(".*"))  # written atomically, no temp left
 
 
-def accuracy_vs_time_labels_do_not_overlap_and_are_short():
+def test_accuracy_vs_time_labels_do_not_overlap_and_are_short():
     from transfer.plots import _short_label, _spread
 
     xs, ys = np.array([5.0, 5.5, 6.0, 200.0]), np.array([0.95, 0.948, 0.94, 0.95])
