@@ -68,6 +68,19 @@ def test_a_runtime_asked_for_by_name_runs(keras_cache, name):
     assert model.output.shape[-1] == 4
 
 
+@pytest.mark.parametrize("name", list(RUNTIMES))
+def test_a_runtime_takes_calls_from_several_threads_at_once(keras_cache, name):
+    """tf.data runs stage 2's frozen-layer step on parallel threads: an engine must not refuse a second call."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = frozen_model({"tiny": "threads"}, Builds(), name, _batch, log=lambda line: None)
+    batches = [np.random.default_rng(i).uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32) for i in range(16)]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(model.predict_on_batch, batches))
+    for batch, out in zip(batches, outs, strict=True):
+        assert np.allclose(out, model.predict_on_batch(batch), atol=1e-6)
+
+
 def test_without_any_runtime_auto_is_tensorflow_and_a_named_one_says_how_to_install_it(keras_cache, monkeypatch):
     monkeypatch.setattr(engines, "available_runtimes", lambda: {})
     build = Builds()

@@ -45,8 +45,19 @@ def _onnxruntime_loader(module, path: Path):
 
 
 def _openvino_loader(module, path: Path):
+    import threading
+
     compiled = module.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return lambda x: compiled(x)[0]
+    # A compiled model's call uses one implicit infer request, which refuses a second call while busy ("Infer
+    # Request is busy"); tf.data runs a stateless map step in parallel (its map_parallelization), so stage 2's
+    # frozen layers called it from two threads at once. One call at a time: OpenVINO uses every core in each.
+    lock = threading.Lock()
+
+    def predict(x):
+        with lock:
+            return compiled(x)[0]
+
+    return predict
 
 
 @dataclasses.dataclass(frozen=True)
