@@ -488,3 +488,28 @@ def test_no_conv_kernels_plot_of_a_run_that_kept_its_first_conv_layer_frozen(tin
     with pytest.raises(TransferError, match="stem_conv stayed frozen in finetune-all .--freeze all.; --freeze none"):
         conv_kernels_plot(run / TINY_BACKBONE / "finetune-all", tmp_path / "k.png")
     assert not (tmp_path / "k.png").exists()
+
+
+def test_the_same_compare_in_two_fresh_processes_gives_the_same_numbers(tmp_path):
+    """Seeds for the split, the shuffles, the initial weights and (stateless, per batch) the augmentations: the
+    same command gives the same compare.csv, augmentation on, also when the first run is a machine's first (it
+    exports and times the frozen layers' engines before training; that moved Keras's random layers' stream)."""
+    import os
+
+    data = colour_folder(tmp_path / "data", n=16, splits=("train", "val", "test"))
+    args = ["compare", "--data", str(data), "--image-size", "64", "--batch-size", "8", "--classifier", "logreg,knn",
+            "--epochs", "3", "--patience", "0", "--augment", "--precision", "float32", "--scratch-size", "16",
+            "--scratch-epochs", "2"]
+    tables = []
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras-home")}  # empty for the first run: nothing kept yet
+    for k in (1, 2):
+        out = tmp_path / f"run-{k}"
+        subprocess.run([sys.executable, "cli.py", *args, "--out", str(out)], cwd=ROOT, check=True,
+                       capture_output=True, env=env)
+        tables.append(pd.read_csv(out / "compare.csv").drop(columns=["train_seconds", "inference_images_per_second"]))
+        history = pd.read_csv(out / TINY_BACKBONE / "finetune-0.5" / "history.csv")
+        assert len(history) == 3, "fine-tuning trained on augmented images"
+    pd.testing.assert_frame_equal(tables[0], tables[1])
+    scores = [pd.read_csv(tmp_path / f"run-{k}" / TINY_BACKBONE / "finetune-0.5" / "predictions.csv")["score"]
+              for k in (1, 2)]
+    assert (scores[0] == scores[1]).all(), "fine-tuning's scores to the last digit"

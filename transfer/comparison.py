@@ -302,10 +302,25 @@ def _write_report(run, cfg: CompareConfig, results, features_dir: Path, log, sec
                      classes=run.classes, roles=run.roles, seconds=seconds, settings=settings, recommended=use)
         write_config(stage / "config.json", {
             **settings, "verdict": line, "recommended_model": use,
+            "machine_choices": _machine_choices(results, run.out),
             "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
             "plots": [f"plots/{p.name}" for p in drawn], "plot_inputs": inputs, "seconds": seconds,
         })
     return table, line, preds
+
+
+def _machine_choices(results, out: Path) -> dict:
+    """The choices made by timing on this machine (kept per machine, so a re-run makes the same): TensorFlow's
+    oneDNN kernels and, per fine-tuning, its precision and the engine of its frozen layers."""
+    import os
+
+    choices = {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+    for r in results:
+        if r.strategy == "finetune":
+            sub = json.loads((Path(r.run_dir) / "config.json").read_text())
+            choices[str(Path(r.run_dir).relative_to(out))] = {
+                k: sub.get(k) for k in ("precision", "stage2_frozen_layers_engine")}
+    return choices
 
 
 def _compare_once(run, cfg: CompareConfig, features_dir: Path, progress, log, predictions: list | None = None,
