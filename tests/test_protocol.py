@@ -107,10 +107,43 @@ def test_sixty_images_of_five_classes_are_all_scored_by_every_model(cross_valida
     assert list(cached_images(pd.read_csv(run / "folds.csv")["path"]).values()) == [60], "one CNN pass for all folds"
 
 
-def test_a_cross_validated_run_is_reused_and_its_export_names_a_fold(cross_validated):
+def test_a_cross_validated_run_is_reused(cross_validated):
     data, run, table, line, _ = cross_validated
     again, line2 = compare(data, run, CompareConfig(**TINY), progress=False, log=quiet)
     assert line2 == line and list(again["accuracy"]) == list(table["accuracy"])
-    result = CliRunner().invoke(cli.main, ["export", str(run), "--out", str(run.parent / "m.keras")])
-    assert result.exit_code != 0 and "5-fold cross-validation" in result.output
-    assert f"transfer export {run / 'fold-1'}" in result.output and "Traceback" not in result.output
+
+
+def test_strategy_2s_choice_is_refit_on_every_image_and_ships(cross_validated, tmp_path):
+    from transfer.export import choose
+
+    data, run, table, line, _ = cross_validated
+    final = json.loads((run / "config.json").read_text())["final"]
+    config = json.loads((run / "final" / "config.json").read_text())
+    assert config["refit_on"] == 60 and config["classifiers"] == [final["classifier"]]
+    chosen = [r for r in table.itertuples() if r.strategy == "features" and r.role != "information"][0]
+    assert final["model"] in chosen.chosen_by, "one of the folds' choices"
+    assert final["classifier"] not in ("knn", "rbf_svm"), "the most frequent choice that exports"
+    predicted = CliRunner().invoke(cli.main, ["predict", "--run", str(run / "final"), str(data / "red")])
+    assert predicted.exit_code == 0, predicted.output
+    assert table["strategy"].iloc[0] == "features" and "refit on all 60 images in final/" in line
+    assert choose(run, log=quiet).run_dir == run / "final"
+    exported = CliRunner().invoke(cli.main, ["export", str(run), "--out", str(tmp_path / "final.keras")])
+    assert exported.exit_code == 0, exported.output
+    result = CliRunner().invoke(cli.main, ["export", str(run), "--model", "knn", "--out", str(tmp_path / "m.keras")])
+    assert result.exit_code != 0 and f"transfer export {run / 'fold-1'} --model knn" in result.output
+
+
+def test_a_recommended_network_of_a_cross_validation_ships_from_a_fold(cross_validated, tmp_path):
+    import shutil
+
+    from transfer.export import choose
+
+    _, run, table, _, _ = cross_validated
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    tuned = table[table["strategy"] == "finetune"]
+    pd.concat([tuned, table[table["strategy"] != "finetune"]]).to_csv(copy / "compare.csv", index=False)
+    said = []
+    chosen = choose(copy, log=said.append)
+    assert chosen.run_dir.parent.parent.name == "fold-1" and chosen.kind == "finetune"
+    assert "is not refit on every image: exporting fold 1's" in said[-1]

@@ -107,12 +107,8 @@ def choose(run_dir, model: str | None = None, log=print) -> Chosen:
 
 
 def _from_compare(run: Path, config: dict, model: str | None, log=print) -> Chosen:
-    folds = (config.get("protocol") or {}).get("folds") if (config.get("protocol") or {}).get("name") == "kfold" \
-        else None
-    if folds:  # the pooled report's models are one per fold, none trained on every image
-        raise TransferError(f"{run} was scored by {folds}-fold cross-validation: each fold trained its own models on "
-                            f"{folds - 1}/{folds} of the images and the report pools them; export one fold's model, "
-                            f"e.g. transfer export {run / 'fold-1'}.")
+    if (config.get("protocol") or {}).get("name") == "kfold":
+        return _from_cross_validation(run, config, model, log)
     if not (run / "compare.csv").exists():  # --repeats or --train-sizes: one comparison per sub-folder
         inner = sorted(p.parent.name for p in run.glob("*/compare.csv"))
         raise TransferError(f"{run} holds several comparisons ({', '.join(inner) or 'none finished'}): export from "
@@ -134,6 +130,28 @@ def _from_compare(run: Path, config: dict, model: str | None, log=print) -> Chos
         row = rows.iloc[0]
     folder = run / row["run_dir"]
     return Chosen(folder, row["strategy"], row["model"], _config(folder), row["classifier"] or None)
+
+
+def _from_cross_validation(run: Path, config: dict, model: str | None, log=print) -> Chosen:
+    """A k-fold comparison's model: strategy 2's choice refit on every image (``final/``) when it is the one
+    recommended, else the recommended strategy's model in the first fold (trained on the other folds' images)."""
+    folds = config["protocol"]["folds"]
+    if model:
+        raise TransferError(f"{run} was scored by {folds}-fold cross-validation, whose rows pool one model per fold: "
+                            f"to export another model than the recommended one, name it in one fold, e.g. transfer "
+                            f"export {run / 'fold-1'} --model {model}.")
+    table = pd.read_csv(run / "compare.csv", keep_default_na=False)
+    use = table.iloc[0]
+    final = config.get("final")
+    if use["strategy"] == "features" and final:
+        folder = run / final["run_dir"]
+        return Chosen(folder, "features", final["model"], _config(folder), final["classifier"])
+    fold = run / "fold-1"
+    rows = pd.read_csv(fold / "compare.csv", keep_default_na=False)
+    rows = rows[(rows["strategy"] == use["strategy"]) & (rows["role"] != "information")]
+    log(f"{use['model']} is not refit on every image: exporting fold 1's, trained on the other folds' images "
+        f"({(folds - 1) / folds:.0%} of them)")
+    return _from_compare(fold, _config(fold), str(rows["model"].iloc[0]), log)
 
 
 def _default_row(table: pd.DataFrame, recommended: str, log):
