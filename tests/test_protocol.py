@@ -147,3 +147,18 @@ def test_a_recommended_network_of_a_cross_validation_ships_from_a_fold(cross_val
     chosen = choose(copy, log=said.append)
     assert chosen.run_dir.parent.parent.name == "fold-1" and chosen.kind == "finetune"
     assert "is not refit on every image: exporting fold 1's" in said[-1]
+
+
+def test_repeats_repeat_the_whole_cross_validation_on_other_folds(tmp_path):
+    data = five_classes(tmp_path / "data", n=6)
+    run = tmp_path / "run"
+    cfg = CompareConfig(**dict(TINY, strategies="features,scratch", repeats=2, folds=3))
+    summary, line = compare(data, run, cfg, progress=False, log=quiet)
+    folds = [pd.read_csv(run / f"repeat-{k}" / "folds.csv").sort_values("path")["fold"].tolist() for k in (1, 2)]
+    assert folds[0] != folds[1], "other folds each repeat"
+    for k in (1, 2):
+        assert (pd.read_csv(run / f"repeat-{k}" / "compare.csv")["n_test"] == 30).all()
+    reps = summary[summary["role"] == "representative"]
+    assert set(reps["model"]) == {"features (each repeat's choice)", "scratch CNN"} and (reps["repeats"] == 2).all()
+    assert line.startswith("best over 2 ") and "One repeat of the 3 folds took" in line
+    assert json.loads((run / "config.json").read_text())["protocol"]["folds"] == 3

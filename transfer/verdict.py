@@ -252,7 +252,9 @@ def summarise_repeats(tables: list, predictions: list | None = None) -> tuple[pd
     """
     every = _with_representatives([t.copy() for t in tables], predictions)
     every["accuracy"] = every["accuracy"].astype(float)
-    acc = every.pivot_table(index="repeat", columns="model", values="accuracy")
+    # Only models of every repeat are compared over the repeats (a cross-validation's pooled choice of one repeat
+    # may be a plain model in another, where every fold chose the same).
+    acc = every.pivot_table(index="repeat", columns="model", values="accuracy").dropna(axis=1)
     on_images = _same_test_images(predictions)
 
     def paired(a, b):
