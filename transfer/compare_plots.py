@@ -19,8 +19,8 @@ TSNE_VERSION = 2  # bump when the t-SNE plot is drawn otherwise (2: PCA to 50 di
 
 # How to read each plot, one line, by the start of its file name (report.html prints it under the plot).
 CAPTIONS = {
-    "confusion-": "rows are the true classes, columns the predicted ones: the best model of this strategy; "
-                  "off-diagonal cells are its mistakes.",
+    "confusion-": "rows are the true classes, columns the predicted ones: this strategy's representative "
+                  "(chosen before the test images); off-diagonal cells are its mistakes.",
     "accuracy-vs-time": "each model's accuracy against its training time (log scale), coloured by strategy: up and "
                         "to the left is better; the table's p-values say which gaps are more than noise.",
     "curves-": "training and validation loss and accuracy per epoch of the stages trained by gradient descent (a "
