@@ -501,7 +501,7 @@ def _echo_compare(table, line, out: Path):
                "the rest for information:")
     with pd.option_context("display.width", 220, "display.max_columns", 20):
         click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
-                                               "selection_score": "chosen_by", "p_vs_recommended": "p_vs_rec",
+                                               "selection_score": "selection", "p_vs_recommended": "p_vs_rec",
                                                "differs_from_recommended": "differs"}).to_string(index=False))
     config = json.loads((out / "config.json").read_text())
     click.echo(f"Verdict: {line}")

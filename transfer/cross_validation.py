@@ -70,7 +70,7 @@ def choose(table: pd.DataFrame, protocol: str, folds: int, test_fraction: float)
     if scored < MIN_SCORED:
         return Protocol("kfold", k, f"one split would score {scored} of {len(table)} images, fewer than "
                                     f"{MIN_SCORED}: every image is scored instead, once, by {k}-fold cross-validation")
-    return Protocol("split", reason=f"one split scores {scored} images (at least {MIN_SCORED})")
+    return Protocol("split", reason=f"it scores {scored} images, at least {MIN_SCORED}")
 
 
 def fold_splits(table: pd.DataFrame, k: int, seed: int, val_fraction: float) -> list[pd.DataFrame]:
