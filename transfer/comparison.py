@@ -516,7 +516,7 @@ def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progre
     if protocol.name == "kfold":
         from transfer.cross_validation_run import cross_validated
 
-        return cross_validated(source, out, cfg, protocol, split_options, progress, log)
+        return cross_validated(source, out, cfg, protocol, split_options, progress, log, mlflow)
     if cfg.repeats > 1:
         return _repeated(source, out, cfg, split_options, progress, log, mlflow)
     run = open_run(source, out, "compare", seed=cfg.seed, **split_options)

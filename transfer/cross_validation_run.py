@@ -32,10 +32,12 @@ def _shipped(table: pd.DataFrame, final: dict | None) -> str:
             "(fold-1/, trained on the others' images).")
 
 
-def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progress, log):
-    """The k-fold comparison (repeated ``cfg.repeats`` times); returns ``(table, verdict)`` as ``compare`` does."""
+def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progress, log, mlflow=None):
+    """The k-fold comparison (repeated ``cfg.repeats`` times); returns ``(table, verdict)`` as ``compare`` does.
+
+    ``mlflow``: each fold's comparison is logged there, as each repeat's is without cross-validation."""
     if cfg.repeats == 1:
-        table, line, _ = _kfold(source, out, cfg, protocol, split_options, progress, log)
+        table, line, _ = _kfold(source, out, cfg, protocol, split_options, progress, log, mlflow)
         return table, line
     from transfer import plots
     from transfer.comparison import _prefixed
@@ -50,7 +52,7 @@ def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progr
         log(f"repeat {k} of {cfg.repeats} (folds seeded {once.seed}) -> {out / f'repeat-{k}'}")
         start = time.perf_counter()
         table, _, preds = _kfold(source, out / f"repeat-{k}", once, protocol, split_options, progress,
-                                 _prefixed(log, f"repeat {k}"))
+                                 _prefixed(log, f"repeat {k}"), mlflow)
         tables.append(table.assign(repeat=k))
         predictions.append(preds)
         seconds.append(time.perf_counter() - start)
@@ -67,7 +69,7 @@ def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progr
     return summary, line
 
 
-def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log):
+def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log, mlflow=None):
     """One k-fold cross-validation: each fold's compare run, then the pooled report."""
     from transfer.comparison import _compare_once, _prefixed
     from transfer.cross_validation import fold_splits
@@ -84,6 +86,7 @@ def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log)
         start = time.perf_counter()
         run = open_run(split, out / f"fold-{i}", "compare", seed=cfg.seed)
         table, _ = _compare_once(run, cfg, None, progress, _prefixed(log, f"fold {i}"), predictions=preds,
+                                 mlflow=mlflow,
                                  protocol=f"In fold {i} of {protocol.folds} ({counts.get('test', 0)} test images)")
         tables.append(table)
         seconds[f"fold-{i}"] = round(time.perf_counter() - start, 1)
