@@ -97,8 +97,13 @@ class _TensorFlowStart(importlib.abc.MetaPathFinder):
         original, announce = spec.loader.exec_module, self.announce
 
         def exec_module(module):
+            import logging
+
             with _stderr_filtered():
                 original(module)
+            # TensorFlow's Python warnings for a CLI user are noise too: "tf.function retracing" after a few
+            # predictions on other image counts (each fold of a cross-validation predicts its own).
+            logging.getLogger("tensorflow").setLevel(logging.ERROR)
             if announce is not None:
                 announce(device_line())
 
