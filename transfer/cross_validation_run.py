@@ -130,7 +130,9 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, tables, preds, seco
                     "classes": classes, "seed": cfg.seed}
         write_report(stage / "report.html", data=source.name, verdict=line, table=table, plots=drawn,
                      split=folds.assign(split=[f"fold-{f}" for f in folds["fold"]]), classes=classes, roles=roles,
-                     seconds=seconds, settings=settings, recommended=str(table["model"].iloc[0]))
+                     seconds=seconds, settings=settings, recommended=str(table["model"].iloc[0]),
+                     paired_test="Nadeau & Bengio's corrected resampled t-test of each model's accuracy in each fold "
+                                 "against the recommended model's")
         write_config(stage / "config.json", {**settings, "verdict": line, "final": final,
                                              "recommended_model": str(table["model"].iloc[0]),
                                              "subruns": [f"fold-{i}" for i in range(1, len(splits) + 1)],

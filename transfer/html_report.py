@@ -63,7 +63,9 @@ def _settings(settings: dict) -> list[tuple[str, str]]:
 
 
 def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split: pd.DataFrame, classes,
-                  roles: str, seconds: dict, settings: dict, recommended: str | None = None) -> str:
+                  roles: str, seconds: dict, settings: dict, recommended: str | None = None,
+                  paired_test: str = "McNemar's paired test of each model's errors against the recommended model's on "
+                                     "the same images") -> str:
     """The HTML text of a compare report.
 
     Args:
@@ -75,6 +77,7 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
         classes: class names by label index.
         roles: which split scored and which chose.
         recommended: the model the verdict says to use (its row is marked).
+        paired_test: what the table's p-values are, in words.
         seconds: phase -> seconds.
         settings: the options of the run, as ``config.json`` records them.
     """
@@ -91,7 +94,7 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
                 "data": base64.b64encode(Path(p).read_bytes()).decode("ascii")} for p in plots],
         split=_split(split, list(classes)), classes=list(classes), roles=roles,
         seconds=[(k, float(v), round(12 * float(v) / longest, 2)) for k, v in seconds.items()],
-        settings=_settings(settings), version=__version__,
+        settings=_settings(settings), version=__version__, paired_test=paired_test,
         written=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
 
 

@@ -39,13 +39,18 @@ def confusion_matrix_png(y_true, y_pred, labels, path, title="") -> Path:
 
     labels = list(labels)
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    plt, (fig, ax) = _figure(figsize=(1.2 + 0.45 * len(labels), 1.0 + 0.45 * len(labels)))
+    import textwrap
+
+    width = 1.2 + 0.45 * len(labels)
+    plt, (fig, ax) = _figure(figsize=(width, 1.0 + 0.45 * len(labels)))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 6 else 0)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title or f"accuracy {np.trace(cm) / max(cm.sum(), 1):.3f}", fontsize=9)
+    # Wrapped to the figure's width (about 13 characters an inch at 9 pt): with 2 classes a model's name is wider.
+    title = title or f"accuracy {np.trace(cm) / max(cm.sum(), 1):.3f}"
+    ax.set_title(textwrap.fill(title, max(24, int(13 * width))), fontsize=9)
     for (i, j), n in np.ndenumerate(cm):
         if n:
             ax.text(j, i, str(n), ha="center", va="center", fontsize=7,
