@@ -513,3 +513,16 @@ def test_the_same_compare_in_two_fresh_processes_gives_the_same_numbers(tmp_path
     scores = [pd.read_csv(tmp_path / f"run-{k}" / TINY_BACKBONE / "finetune-0.5" / "predictions.csv")["score"]
               for k in (1, 2)]
     assert (scores[0] == scores[1]).all(), "fine-tuning's scores to the last digit"
+
+
+def test_the_recommendation_does_not_flip_with_the_hosts_speed():
+    """Two representatives within noise whose training times are within 1.5x: the one with fewer trained
+    parameters, whichever happened to train faster this time."""
+    y = np.array(["a", "b"] * 50)
+    ok = np.ones(100, bool)
+    preds = {"f": _preds(y, ok), "t": _preds(y, ok), "_y_true": y}
+    for f_seconds, t_seconds in ((10.0, 12.0), (12.0, 10.0)):
+        frame = _table([["features", "f", 0, f_seconds, "logreg", 0.9], ["finetune", "t", 0, t_seconds]])
+        frame.loc[frame["model"] == "t", "trainable_params"] = 10**6
+        table, _ = scored_table(frame, preds)
+        assert table["model"].iloc[0] == "f"

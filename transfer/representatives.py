@@ -13,7 +13,8 @@ for information.
 The model to use: the most accurate representative when it is ahead of every
 other beyond noise (McNemar's test at 5 %); otherwise, among the
 representatives within noise of the most accurate, the cheapest to train of
-those that ``transfer export`` can ship (any of them when none can).
+those that ``transfer export`` can ship (any of them when none can), training
+times within 1.5x of each other counting as equal (:func:`cheapest`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ SIGNIFICANCE = 0.05
 # keeps every training image and cannot be exported, last.
 SIMPLER_FIRST = ("logreg", "linear_svm", "rbf_svm", "mlp", "knn")
 NOT_EXPORTABLE = ("knn", "rbf_svm")  # transfer export refuses these (see transfer.export.NOT_FOLDABLE)
+SAME_TIME = 1.5  # training times within this ratio are "about the same" (the verdict's words say so too)
 
 
 @dataclasses.dataclass
@@ -145,11 +147,11 @@ def decide(frame: pd.DataFrame, preds: dict, paired=None) -> Decision:
     ``paired``: the paired statistics (default: :class:`McNemar` on ``preds``)."""
     paired = paired or McNemar(preds)
     reps = representatives(frame)
-    top = min(reps.values(), key=lambda r: (-float(r["accuracy"]), float(r["train_seconds"])))
+    top = min(reps.values(), key=lambda r: (-float(r["accuracy"]), int(r["trainable_params"]), str(r["model"])))
     within = [r for r in reps.values() if r["model"] == top["model"] or paired.p(top["model"], r["model"])
               >= SIGNIFICANCE]
     shippable = [r for r in within if exports(r)]
-    pick = min(shippable or within, key=lambda r: (float(r["train_seconds"]), -float(r["accuracy"])))
+    pick = cheapest(shippable or within)
     if len(within) == 1:
         rule = "the most accurate, beyond noise" if len(reps) > 1 else "the only strategy run"
     elif pick["model"] == top["model"]:
@@ -160,6 +162,15 @@ def decide(frame: pd.DataFrame, preds: dict, paired=None) -> Decision:
     if shippable and len(shippable) < len(within):
         rule += ", among those that export"
     return Decision(reps, top, within, pick, rule, paired)
+
+
+def cheapest(rows: list):
+    """The cheapest to train of ``rows``: training times within :data:`SAME_TIME` of the shortest count as equal
+    (this host's speed drifts 2-4x over minutes, and a recommendation must not flip with it), then the fewest
+    trained parameters, then the name."""
+    shortest = min(float(r["train_seconds"]) for r in rows)
+    close = [r for r in rows if float(r["train_seconds"]) <= SAME_TIME * shortest]
+    return min(close, key=lambda r: (int(r["trainable_params"]), str(r["model"])))
 
 
 def chosen_by(frame: pd.DataFrame, i) -> str:

@@ -113,8 +113,9 @@ def _ordered(frame: pd.DataFrame, preds: dict, paired=None) -> pd.DataFrame:
     frame["role"] = [RECOMMENDED if m == decision.recommended["model"] else REPRESENTATIVE if m in reps
                      else INFORMATION for m in frame["model"]]
     rank = frame["role"].map({RECOMMENDED: 0, REPRESENTATIVE: 1, INFORMATION: 2})
-    table = frame.assign(_rank=rank).sort_values(["_rank", "accuracy", "macro_f1", "train_seconds"],
-                                                 ascending=[True, False, False, True], kind="stable")
+    # Ties by measured time would reorder the table from run to run: by selection score and name instead.
+    table = frame.assign(_rank=rank).sort_values(["_rank", "accuracy", "macro_f1", "selection_score", "model"],
+                                                 ascending=[True, False, False, False, True], kind="stable")
     table = table.drop(columns="_rank").reset_index(drop=True)
     best = decision.recommended["model"]
     pvalues = [np.nan] + [decision.paired.p(best, m) for m in table["model"].iloc[1:]]
