@@ -149,6 +149,41 @@ def test_a_recommended_network_of_a_cross_validation_ships_from_a_fold(cross_val
     assert "is not refit on every image: exporting fold 1's" in said[-1]
 
 
+@pytest.mark.parametrize("strategy", ["finetune", "scratch"])
+def test_a_recommended_network_is_refit_on_every_image_for_the_folds_median_epochs(cross_validated, strategy,
+                                                                                   tmp_path):
+    import shutil
+    import statistics
+
+    from transfer.export import choose, export_model
+    from transfer.refit import _kept_epochs, refit
+    from transfer.sources import resolve_source
+
+    data, run, table, _, _ = cross_validated
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    tables = [pd.read_csv(copy / f"fold-{k}" / "compare.csv", keep_default_na=False) for k in range(1, 6)]
+    cfg = CompareConfig(**TINY).validated()
+    said = []
+    final = refit(resolve_source(data), copy, cfg, tables, strategy, said.append)
+    rows = [t[t["strategy"] == strategy].iloc[0] for t in tables]
+    expected = int(statistics.median(_kept_epochs(copy / f"fold-{k}", r) for k, r in enumerate(rows, 1)))
+    assert final["epochs"] == expected and final["images"] == 60 and final["strategy"] == strategy
+    folder = copy / final["run_dir"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["eval_split"] == "none" and "nothing scored here" in config["roles"]
+    assert set(pd.read_csv(folder / "split.csv")["split"]) == {"train"} and (folder / "model.keras").exists()
+    assert not (folder / "metrics.csv").exists(), "no score from images it trained on"
+    # The pooled report ships it: transfer export RUN takes the refit model.
+    pooled = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**pooled, "final": final}))
+    reps = table[(table["strategy"] == strategy) & (table["role"] != "information")]
+    pd.concat([reps, table.drop(reps.index)]).to_csv(copy / "compare.csv", index=False)
+    assert choose(copy, log=quiet).run_dir == folder
+    export_model(copy, tmp_path / "m.keras", log=quiet)
+    assert (tmp_path / "m.keras").exists()
+
+
 def test_repeats_repeat_the_whole_cross_validation_on_other_folds(tmp_path):
     data = five_classes(tmp_path / "data", n=6)
     run = tmp_path / "run"

@@ -24,12 +24,13 @@ import pandas as pd
 
 def _shipped(table: pd.DataFrame, final: dict | None) -> str:
     """What ``transfer export RUN`` ships, in words (appended to the verdict)."""
-    use = table.iloc[0]
-    if use["strategy"] == "features" and final:
-        return (f" Shipped (transfer export): {final['model']}, the folds' most frequent exportable choice, refit "
-                f"on all {final['images']} images in final/.")
-    return (f" {use['model']} is not refit on every image: transfer export ships one fold's model "
-            "(fold-1/, trained on the others' images).")
+    if not final or final["strategy"] != table["strategy"].iloc[0]:
+        return ""
+    how = ("the folds' most frequent exportable choice, its hyper-parameters cross-validated on all the images"
+           if final["strategy"] == "features" else
+           f"the folds' most frequent choice, trained for the {final['epochs']} epochs the folds kept (median)")
+    return f" Shipped (transfer export): {final['model']}, {how}, refit on all {final['images']} images in " \
+           f"{final['run_dir']}/."
 
 
 def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progress, log, mlflow=None):
@@ -90,15 +91,18 @@ def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log,
                                  protocol=f"In fold {i} of {protocol.folds} ({counts.get('test', 0)} test images)")
         tables.append(table)
         seconds[f"fold-{i}"] = round(time.perf_counter() - start, 1)
-    start = time.perf_counter()
-    final = refit_features(source, out, cfg, tables, log)
-    seconds["refit on every image"] = round(time.perf_counter() - start, 1)
-    return _pooled_report(source, out, cfg, protocol, splits, tables, preds, seconds, log, final)
-
-
-def _pooled_report(source, out: Path, cfg, protocol, splits, tables, preds, seconds, log, final=None):
-    from transfer import plots
     from transfer.cross_validation import pooled_table
+    from transfer.refit import refit
+
+    table, pooled, paired = pooled_table(tables, preds, protocol.folds, cfg.seed)
+    start = time.perf_counter()
+    final = refit(source, out, cfg, tables, str(table["strategy"].iloc[0]), log)
+    seconds["refit on every image"] = round(time.perf_counter() - start, 1)
+    return _pooled_report(source, out, cfg, protocol, splits, (table, pooled, paired), seconds, final)
+
+
+def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, seconds, final):
+    from transfer import plots
     from transfer.fileio import write_csv
     from transfer.html_report import write_report
     from transfer.runfolder import publishing
@@ -106,7 +110,7 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, tables, preds, seco
     from transfer.verdict import verdict
 
     start = time.perf_counter()
-    table, pooled, paired = pooled_table(tables, preds, protocol.folds, cfg.seed)
+    table, pooled, paired = pooled_table
     line = verdict(table, pooled, protocol.describe(len(pooled["_y_true"])), paired) + _shipped(table, final)
     folds = pd.concat([s.loc[s["split"] == "test", ["path", "label"]].assign(fold=i)
                        for i, s in enumerate(splits, 1)], ignore_index=True)
@@ -139,51 +143,3 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, tables, preds, seco
                                              "plots": [f"plots/{p.name}" for p in drawn], "seconds": seconds})
     return table, line, pooled
 
-
-def _most_chosen(tables: list, strategy: str) -> str:
-    """The model the folds chose most often for ``strategy`` among those ``transfer export`` ships (any, when the
-    folds chose none of those); ties to the simpler (as representatives tie)."""
-    from transfer.representatives import SIMPLER_FIRST, exports
-    from transfer.verdict import INFORMATION
-
-    chosen = pd.concat([t[(t["strategy"] == strategy) & (t["role"] != INFORMATION)] for t in tables])
-    shippable = chosen[chosen.apply(exports, axis=1)]
-    chosen = shippable if len(shippable) else chosen
-    counts = chosen.groupby("model").agg(n=("model", "size"), classifier=("classifier", "first"))
-    rank = counts["classifier"].map(lambda c: SIMPLER_FIRST.index(c) if c in SIMPLER_FIRST else len(SIMPLER_FIRST))
-    return str(counts.assign(rank=rank).sort_values(["n", "rank"], ascending=[False, True]).index[0])
-
-
-def refit_features(source, out: Path, cfg, tables: list, log) -> dict | None:
-    """Strategy 2's choice refit on every labelled image, in ``out/final`` (a classify run folder: ``transfer
-    export``, ``transfer predict --run``): the classifier the folds chose most often, its hyper-parameters chosen by
-    the same cross-validated grid search on all the images (no image is scored there: the folds scored them).
-
-    Returns:
-        What the report records of it, or None when strategy 2 was not run.
-    """
-    from transfer.classifiers import fit_classifier, save_classifier
-    from transfer.features import extract_features, feature_settings
-    from transfer.runfolder import publishing
-    from transfer.runs import write_config
-
-    if not (pd.concat(tables)["strategy"] == "features").any():
-        return None
-    model = _most_chosen(tables, "features")
-    row = pd.concat(tables).query("model == @model").iloc[0]
-    ecfg = cfg.extract_config(row["backbone"]).validated()
-    feats = extract_features(source.table["path"], ecfg, progress=False, log=log)  # the folds' cached CNN pass
-    labels = source.table.set_index("path").loc[feats.paths, "label"].to_numpy()
-    fit = fit_classifier(row["classifier"], feats.features, labels, seed=cfg.seed, search_size=cfg.search_size)
-    log(f"shipped model: {model} refit on all {len(labels)} labelled images ({fit.best_params}) -> {out / 'final'}")
-    with publishing(out / "final") as stage:
-        save_classifier(fit.estimator, stage / "classifiers" / f"{fit.name}.skops")
-        pd.DataFrame(fit.search).to_csv(stage / "search.csv", index=False)
-        split = pd.DataFrame({"path": feats.paths, "label": labels, "split": "train", "source_split": ""})
-        split.to_csv(stage / "split.csv", index=False)  # every image trains it; none is scored here
-        write_config(stage / "config.json", {
-            "command": "classify", "data": source.name, "extract": feature_settings(ecfg), "classifiers": [fit.name],
-            "best_classifier": fit.name, "best_params": fit.best_params, "classes": sorted(set(labels)),
-            "refit_on": int(len(labels)), "refit_of": model, "scored": "none here: the folds scored every image"})
-    return {"model": model, "run_dir": "final", "classifier": fit.name, "images": int(len(labels)),
-            "params": {k: str(v) for k, v in fit.best_params.items()}}

@@ -133,8 +133,9 @@ def _from_compare(run: Path, config: dict, model: str | None, log=print) -> Chos
 
 
 def _from_cross_validation(run: Path, config: dict, model: str | None, log=print) -> Chosen:
-    """A k-fold comparison's model: strategy 2's choice refit on every image (``final/``) when it is the one
-    recommended, else the recommended strategy's model in the first fold (trained on the other folds' images)."""
+    """A k-fold comparison's model: the recommended strategy's choice refit on every image (see
+    :mod:`transfer.refit`); a run without that refit (made before it existed): that strategy's model in the first
+    fold, trained on the other folds' images."""
     folds = config["protocol"]["folds"]
     if model:
         raise TransferError(f"{run} was scored by {folds}-fold cross-validation, whose rows pool one model per fold: "
@@ -142,10 +143,10 @@ def _from_cross_validation(run: Path, config: dict, model: str | None, log=print
                             f"export {run / 'fold-1'} --model {model}.")
     table = pd.read_csv(run / "compare.csv", keep_default_na=False)
     use = table.iloc[0]
-    final = config.get("final")
-    if use["strategy"] == "features" and final:
+    final = config.get("final") or {}
+    if final.get("strategy", "features") == use["strategy"] and final.get("run_dir"):
         folder = run / final["run_dir"]
-        return Chosen(folder, "features", final["model"], _config(folder), final["classifier"])
+        return Chosen(folder, use["strategy"], final["model"], _config(folder), final.get("classifier"))
     fold = run / "fold-1"
     rows = pd.read_csv(fold / "compare.csv", keep_default_na=False)
     rows = rows[(rows["strategy"] == use["strategy"]) & (rows["role"] != "information")]

@@ -428,7 +428,8 @@ def finetune_run(run, cfg: FinetuneConfig, *, features_dir=None, log=print):
     """Strategy 1 in an opened run folder: two stages, resumable, scored on the evaluation split.
 
     Writes the run's reports (see :func:`finetune`) and returns its
-    :class:`~transfer.runs.Result`.
+    :class:`~transfer.runs.Result`; in a run that scores nothing (``run.scored`` False), only the model and its
+    ``config.json``, and returns None.
 
     Args:
         run: from :func:`transfer.runs.open_run`.
@@ -450,11 +451,30 @@ def finetune_run(run, cfg: FinetuneConfig, *, features_dir=None, log=print):
         model, backbone = _prepare(job)
         head = _train_head(job, model, backbone)
         body = _train_backbone(job, model, backbone)
-        result = _scored(job, model, head, body)
+        result = _scored(job, model, head, body) if run.scored else None
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if result is None:  # trained on every image, scored elsewhere: the model and what made it
+        _write_unscored(job, model, precision, head, body)
+        return None
     _write(job, model, result, precision, head, body)
     return result
+
+
+def _write_unscored(job: _Training, model, precision: str, head: dict, body: dict):
+    from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
+    from transfer.runs import write_config
+
+    cfg, run = job.cfg, job.run
+    with publishing(run.out) as stage:
+        model.save(stage / "model.keras")
+        write_csv(body["layers"], stage / "layers.csv")
+        write_config(stage / "config.json", {
+            **run.settings(), "finetune": finetune_settings(cfg), "engine": cfg.engine, "precision": precision,
+            "probe_C": head.get("probe_C"), "frozen_layers": body["n_frozen"], "finetune_epochs_run": body["epochs"]})
+    job.log(f"{cfg.backbone} fine-tuned (freeze {cfg.freeze}) on all {len(run.rows('train'))} images: "
+            f"{body['epochs']} fine-tuning epochs, nothing scored here")
 
 
 def finetune(data, out, cfg: FinetuneConfig | None = None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,

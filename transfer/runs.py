@@ -43,11 +43,12 @@ class Run:
     val_fraction: float = VAL_FRACTION
     test_fraction: float = TEST_FRACTION
     seed: int = SEED
+    scored: bool = True  # False: a model trained on every labelled image, which other runs scored (k-fold's refit)
 
     @property
     def eval_split(self) -> str:
-        """The split the numbers come from (``test``, else ``val``)."""
-        return evaluation_split(self.split)
+        """The split the numbers come from (``test``; ``none`` in a run that scores nothing)."""
+        return evaluation_split(self.split) if self.scored else "none"
 
     @property
     def classes(self) -> list[str]:
@@ -58,6 +59,9 @@ class Run:
         """Which images were scored and which chose, in words."""
         from transfer.splits import roles
 
+        if not self.scored:
+            return (f"trained on every labelled image ({len(self.rows('train'))}), nothing scored here (the "
+                    "cross-validation's folds scored them)")
         return roles(self.split)
 
     def rows(self, name: str) -> pd.DataFrame:
@@ -122,7 +126,7 @@ def check_run_folder(out, command: str):
 
 
 def open_run(data, out, command: str | None, *, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION,
-             seed=SEED) -> Run:
+             seed=SEED, scored=True) -> Run:
     """Open (or create) a run folder and give it its split, before any model is built.
 
     Args:
@@ -136,6 +140,8 @@ def open_run(data, out, command: str | None, *, val_fraction=VAL_FRACTION, test_
             no reports.
         val_fraction, test_fraction, seed: how to split a source that has no
             splits of its own (an existing ``out/split.csv`` is reused).
+        scored: False for a split table without test images, whose models are scored elsewhere (the refit
+            of a cross-validation on every image).
 
     Raises:
         TransferError: another command's folder, a bad source or split.
@@ -149,14 +155,14 @@ def open_run(data, out, command: str | None, *, val_fraction=VAL_FRACTION, test_
     if isinstance(data, pd.DataFrame):
         name = data.attrs.get("source", "a split table")
         out.mkdir(parents=True, exist_ok=True)
-        split = share_split(data, out)
+        split = share_split(data, out, scored=scored)
         split.attrs.update(reused=True, source=name)
     else:
         source = resolve_source(data)
         name = source.name
         out.mkdir(parents=True, exist_ok=True)
         split = prepare_split(source, out, val_fraction, test_fraction, seed)
-    return Run(out, command, name, split, val_fraction, test_fraction, seed)
+    return Run(out, command, name, split, val_fraction, test_fraction, seed, scored)
 
 
 @dataclasses.dataclass

@@ -134,6 +134,24 @@ def _fit(run, cfg: ScratchConfig, skipped: dict):
     return model, history
 
 
+def _write_unscored(run, cfg: ScratchConfig, model, history, log):
+    from transfer.fileio import write_csv
+    from transfer.runfolder import publishing
+    from transfer.runs import write_config
+
+    with publishing(run.out) as stage:
+        model.save(stage / "model.keras")
+        write_csv(history, stage / "history.csv")
+        write_config(stage / "config.json", {**run.settings(), "scratch": dataclasses.asdict(cfg)})
+    log(f"scratch CNN on all {len(run.rows('train'))} images: {len(history)} epochs, nothing scored here")
+
+
+def kept_epoch(history: pd.DataFrame) -> int:
+    """The epoch early stopping restored (the lowest validation loss), counted from 1."""
+    return int(history["val_loss"].idxmin()) + 1 if "val_loss" in history and history["val_loss"].notna().any() \
+        else len(history)
+
+
 def _selection(history: pd.DataFrame) -> dict:
     """The validation accuracy of the epoch early stopping restored (the lowest validation loss)."""
     if "val_loss" not in history or history["val_loss"].isna().all():
@@ -146,7 +164,8 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     """The scratch CNN in an opened run folder: trained, scored, reports written.
 
     Returns:
-        Its :class:`~transfer.runs.Result`.
+        Its :class:`~transfer.runs.Result`; None in a run that scores nothing (``run.scored`` False: only the
+        model, its history and ``config.json`` are written).
     """
     from transfer.fileio import write_csv
     from transfer.images import timed_predict
@@ -156,6 +175,8 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     skipped: dict[str, str] = {}
     cfg = sized(cfg, run.rows("train")["path"], log)
     model, history = _fit(run, cfg, skipped)
+    if not run.scored:  # trained on every image, scored elsewhere: the model and what made it
+        return _write_unscored(run, cfg, model, history, log)
     rows = run.rows(run.eval_split)
     paths = rows["path"].tolist()
     kept, probs, bad, rate = timed_predict(model, paths, cfg.image_size, cfg.resize, cfg.batch_size, _identity)

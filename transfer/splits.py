@@ -216,7 +216,7 @@ def prepare_split(source, out, val_fraction=VAL_FRACTION, test_fraction=TEST_FRA
     return split
 
 
-def share_split(split: pd.DataFrame, out) -> pd.DataFrame:
+def share_split(split: pd.DataFrame, out, scored: bool = True) -> pd.DataFrame:
     """Give the run folder ``out`` a split that was made elsewhere (a sub-run of ``compare``).
 
     Writes ``out/split.csv``, or checks that the one there holds the same
@@ -226,7 +226,8 @@ def share_split(split: pd.DataFrame, out) -> pd.DataFrame:
         TransferError: ``out/split.csv`` holds another split.
     """
     split = split[SPLIT_COLUMNS].astype(str).reset_index(drop=True).copy()
-    evaluation_split(split)
+    if scored:  # (a run that scores nothing has no test images)
+        evaluation_split(split)
     path = Path(out) / "split.csv"
     if not path.exists():
         write_csv(split, path)
