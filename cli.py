@@ -19,27 +19,27 @@ from pathlib import Path
 
 import click
 
-from transfer.startup import quiet_tensorflow_import  # noqa: E402
-
-# TensorFlow's C++ start-up lines (absl, CUDA probing on CPU machines, oneDNN) are noise for a CLI user: one line
-# of ours says what it runs on instead.
-quiet_tensorflow_import(announce=lambda line: click.echo(line, err=True))
-
-from transfer import __version__  # noqa: E402
-from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone  # noqa: E402
-from transfer.classifiers import CLASSIFIERS, DEFAULT_CLASSIFIERS, SEARCH_SIZE  # noqa: E402
-from transfer.comparison import DEMO_DATA, CompareConfig  # noqa: E402
-from transfer.cross_validation import MIN_SCORED, PROTOCOLS  # noqa: E402
-from transfer.engines import ENGINES  # noqa: E402
-from transfer.errors import TransferError  # noqa: E402
-from transfer.export import FORMATS as EXPORT_FORMATS  # noqa: E402
-from transfer.features import ExtractConfig  # noqa: E402
-from transfer.finetuning import HEADS, SCHEDULES, FinetuneConfig  # noqa: E402
-from transfer.images import RESIZE_MODES, ImageOptions  # noqa: E402
-from transfer.precision import PRECISIONS  # noqa: E402
-from transfer.predict import predict_imagenet  # noqa: E402
-from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION  # noqa: E402
-from transfer.tracking import DEFAULT_URI as TRACKING_DEFAULT  # noqa: E402
+from transfer import __version__
+from transfer.backbones import DEFAULT_BACKBONE, REGISTRY, BackboneOptions, get_backbone
+from transfer.comparison import DEMO_DATA, MIN_SCORED, PROTOCOLS, CompareConfig
+from transfer.data import RESIZE_MODES, SEED, TEST_FRACTION, VAL_FRACTION, ImageOptions
+from transfer.errors import TransferError
+from transfer.features import (
+    CLASSIFIERS,
+    DEFAULT_CLASSIFIERS,
+    SEARCH_SIZE,
+    ExtractConfig,
+)
+from transfer.finetuning import (
+    HEADS,
+    PRECISIONS,
+    SCHEDULES,
+    FinetuneConfig,
+)
+from transfer.reports import DEFAULT_URI as TRACKING_DEFAULT
+from transfer.runtime import ENGINES, announce_to, keeps_file_names
+from transfer.serving import FORMATS as EXPORT_FORMATS
+from transfer.serving import predict_imagenet
 
 
 def as_flags(message: str, command: click.Command | None) -> str:
@@ -56,7 +56,7 @@ def as_flags(message: str, command: click.Command | None) -> str:
 
 def os_error_line(e: OSError) -> str:
     """A system error as one line: what failed, on which file, and what to do."""
-    from transfer.fileio import DISK_FULL, disk_full
+    from transfer.runtime import DISK_FULL, disk_full
 
     if e.errno in DISK_FULL:
         return str(disk_full(Path(e.filename).parent if e.filename else Path.cwd(), e.filename or "a file"))
@@ -72,8 +72,11 @@ class _Group(click.Group):
         for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is shown, not a crash
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors="backslashreplace")
+        # TensorFlow's C++ start-up lines are noise for a CLI user: one line of ours says what it runs on instead.
+        announce_to(lambda line: click.echo(line, err=True))
         try:
-            return super().invoke(ctx)
+            with keeps_file_names():
+                return super().invoke(ctx)
         except TransferError as e:
             name = ctx.invoked_subcommand
             click.echo(f"Error: {as_flags(str(e), self.get_command(ctx, name) if name else None)}", err=True)
@@ -216,7 +219,7 @@ CACHE_DIR = click.option("--dir", "root", type=click.Path(file_okay=False, path_
 @CACHE_DIR
 def cache_list(root):
     """One line per feature setting: images, size on disk, last use."""
-    from transfer.feature_cache import cache_root, cached_settings
+    from transfer.features import cache_root, cached_settings
 
     table = cached_settings(root)
     click.echo(table.to_string(index=False) if len(table) else "(empty)")
@@ -230,7 +233,7 @@ def cache_list(root):
 @click.option("--all", "everything", is_flag=True, help="Remove every cached feature.")
 def cache_prune(root, keys, older_than, everything):
     """Remove cached features (the next run that needs them extracts them again)."""
-    from transfer.feature_cache import prune
+    from transfer.features import prune
 
     removed = prune(root, keys=keys, older_than_days=older_than, everything=everything)
     for row in removed.itertuples():
@@ -272,7 +275,7 @@ def _check_writable(path: Path | None):
 
 def _write_outputs(preds, skipped, output):
     """The predictions CSV and, always beside it, the skipped files (so no stale list survives)."""
-    from transfer.fileio import write_csv
+    from transfer.runtime import write_csv
 
     if output is None:
         return
@@ -327,14 +330,14 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
     With --run RUN_DIR, predicts the classes of a `transfer classify` or `transfer finetune` run; with
     --model FILE, those of an exported model.
     """
-    from transfer.images import sample_images
+    from transfer.data import sample_images
 
     row = get_backbone(backbone)  # fail fast, before TensorFlow is imported
     _check_writable(output)
     if model_file is not None:
         if run_dir is not None:
             raise TransferError("--run and --model both given: give one (a run folder, or a file it exported).")
-        from transfer.predict import predict_exported
+        from transfer.serving import predict_exported
 
         run_dir = model_file  # printed as a run's predictions are
         preds, skipped = predict_exported(model_file, list(paths), batch_size=batch_size, log=click.echo)
@@ -342,7 +345,7 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
     if run_dir is None and not paths:
         paths = sample_images()
         click.echo(f"No PATHS given: predicting the sample photos of scikit-learn ({len(paths)} images).")
-    from transfer.predict import predict_run
+    from transfer.serving import predict_run
 
     preds, skipped = (predict_run(run_dir, list(paths), classifier=classifier, batch_size=batch_size, engine=engine,
                                   executor=executor, log=click.echo) if run_dir
@@ -364,7 +367,7 @@ def predict(backbone, weights, top, resize, batch_size, output, run_dir, classif
               help="The file (a folder for savedmodel) to write.")
 def export(run_dir, model, fmt, out):
     """One self-contained model of a run: uint8 images of any size in, class scores out (no scikit-learn)."""
-    from transfer.export import export_model
+    from transfer.serving import export_model
 
     meta = export_model(run_dir, out, model=model, fmt=fmt, log=click.echo)
     click.echo(f"Input: {meta['input']}; output: {meta['outputs']} of {len(meta['classes'])} classes "
@@ -385,7 +388,7 @@ def _finish_predict(preds, skipped, output, how, run_dir):
 
 def _run_folder(out, command: str, data) -> Path:
     """``--out``, or ``runs/COMMAND-NAME`` with NAME from ``--data`` when it was not given."""
-    from transfer.fileio import slug
+    from transfer.runtime import slug
 
     return Path(out) if out else Path("runs") / f"{command}-{slug(Path(str(data)).stem) or 'data'}"
 
@@ -410,10 +413,10 @@ EXTRACT_OPTIONS = _options(
 @EXTRACT_OPTIONS
 def extract(data, out, val_fraction, test_fraction, seed, **options):
     """Run the frozen backbone once over every image and cache the features."""
-    from transfer.feature_cache import cache_root
+    from transfer.features import cache_root
     from transfer.features import extract as run_extract
 
-    cfg = _config(ExtractConfig, options).validated()
+    cfg = _config(ExtractConfig, options)
     out = _run_folder(out, "extract", data)
     split, feats = run_extract(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                                log=click.echo)
@@ -431,11 +434,11 @@ def extract(data, out, val_fraction, test_fraction, seed, **options):
 @SEARCH
 def classify(data, out, classifiers, search_size, val_fraction, test_fraction, seed, **options):
     """Train scikit-learn classifiers on the frozen features and evaluate them."""
-    from transfer.classifiers import classify as run_classify
-    from transfer.classifiers import parse_classifiers
+    from transfer.features import classify as run_classify
+    from transfer.features import parse_classifiers
 
     parse_classifiers(classifiers)  # fail before any extraction
-    cfg = _config(ExtractConfig, options).validated()
+    cfg = _config(ExtractConfig, options)
     out = _run_folder(out, "classify", data)
     table = run_classify(data, out, cfg, classifiers, val_fraction=val_fraction, test_fraction=test_fraction,
                          seed=seed, search_size=search_size, log=click.echo)
@@ -480,7 +483,7 @@ def finetune(data, out, val_fraction, test_fraction, features_dir, **options):
     """Fine-tune the backbone with a new head (strategy 1); resumes when run again after a kill."""
     from transfer.finetuning import finetune as run_finetune
 
-    cfg = _config(FinetuneConfig, options).validated()
+    cfg = _config(FinetuneConfig, options)
     out = _run_folder(out, "finetune", data)
     r = run_finetune(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction,
                      features_dir=features_dir, log=click.echo).iloc[0]
@@ -489,9 +492,10 @@ def finetune(data, out, val_fraction, test_fraction, features_dir, **options):
                f"config.json split.csv skipped.csv ({r['eval_split']} accuracy {r['accuracy']:.3f})")
 
 
-def _echo_compare(table, line, out: Path):
+def _echo_compare(result):
     import pandas as pd
 
+    table = result.table
     shown = table.assign(ci95=[f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table["accuracy_ci_low"],
                                                                       table["accuracy_ci_high"], strict=True)])
     cols = ["role", "model", "accuracy", "ci95", "train_seconds", "inference_images_per_second", "selection_score",
@@ -503,40 +507,43 @@ def _echo_compare(table, line, out: Path):
         click.echo(shown[cols].rename(columns={"inference_images_per_second": "images/s",
                                                "selection_score": "selection", "p_vs_recommended": "p_vs_rec",
                                                "differs_from_recommended": "differs"}).to_string(index=False))
-    config = json.loads((out / "config.json").read_text())
-    click.echo(f"Verdict: {line}")
-    click.echo(f"Images: {config['roles']}.")
-    click.echo("Time here: " + ", ".join(f"{phase} {s:.0f} s" for phase, s in config["seconds"].items()) +
+    click.echo(f"Verdict: {result.verdict}")
+    click.echo(f"Images: {result.roles}.")
+    click.echo("Time here: " + ", ".join(f"{phase} {s:.0f} s" for phase, s in result.seconds.items()) +
                " (sub-runs reused from an earlier run take the time of reading them back).")
-    _report_skipped_count(out)
-    click.echo(f"Report: {out / 'report.html'} (open it in a browser); the table: {out / 'compare.csv'}")
-    click.echo(f"Plots:  {out / 'plots'}/ ({', '.join(sorted(p.name for p in (out / 'plots').glob('*.png')))})")
+    if result.skipped:
+        click.echo(f"{_count(result.skipped, 'file')} could not be read and were skipped: see "
+                   f"{result.out / 'skipped.csv'}")
+    click.echo(f"Report: {result.report} (open it in a browser); the table: {result.table_file}")
+    click.echo(f"Plots:  {result.out / 'plots'}/ ({', '.join(sorted(p.name for p in result.plots))})")
 
 
-def _echo_repeats(summary, line, out: Path):
+def _echo_repeats(result):
     import pandas as pd
 
+    summary, out = result.table, result.out
     cols = ["model", "mean_accuracy", "std_accuracy", "min_accuracy", "max_accuracy", "mean_train_seconds",
             "diff_vs_best", "diff_ci_low", "diff_ci_high", "differs_from_best"]
     click.echo(f"\nover {summary['repeats'].iloc[0]} repeats, best mean first:")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         click.echo(summary[cols].to_string(index=False))
-    click.echo(f"Verdict: {line}")
+    click.echo(f"Verdict: {result.verdict}")
     click.echo(f"Report: {out / 'repeats.csv'} (every repeat's rows: {out / 'repeats-all.csv'}; each repeat's own "
                f"report in {out}/repeat-K/)")
     click.echo(f"Plot:   {out / 'plots' / 'repeats.png'}")
 
 
-def _echo_learning_curve(curve, line, out: Path):
+def _echo_learning_curve(result):
     import pandas as pd
 
+    curve, out = result.table, result.out
     cols = ["train_size", "mean_images_per_class", "n_train", "model", "accuracy", "accuracy_ci_low",
             "accuracy_ci_high", "train_seconds", "role", "differs_from_recommended"]
     click.echo(f"\nlearning curve, every size scored on the same {curve['n_test'].iloc[0]} test images:")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         click.echo(curve[cols].rename(columns={"mean_images_per_class": "per_class"}).to_string(index=False))
-    click.echo(f"Verdict: {line}")
-    click.echo(f"Images: {json.loads((out / 'config.json').read_text())['roles']} in the whole split; each size keeps "
+    click.echo(f"Verdict: {result.verdict}")
+    click.echo(f"Images: {result.roles} in the whole split; each size keeps "
                f"its training images and, in proportion, its validation images (see {out}/size-N/split.csv).")
     click.echo(f"Report: {out / 'learning-curve.csv'} (each size's own report in {out}/size-N/)")
     click.echo(f"Plot:   {out / 'plots' / 'learning-curve.png'}")
@@ -589,16 +596,15 @@ def compare(data, out, val_fraction, test_fraction, mlflow, **options):
     from transfer.comparison import compare as run_compare
 
     given = _given(click.get_current_context(), options)  # the rest: the dataclass's defaults (or the demo's)
-    cfg = (CompareConfig(**given) if data else CompareConfig.demo(**given)).validated()
+    cfg = (CompareConfig(**given) if data else CompareConfig.demo(**given))
     if not data:
         data = DEMO_DATA
         click.echo(f"No --data given: the digits demo, as `transfer compare --data digits --image-size "
                    f"{cfg.image_size} --{'' if cfg.augment else 'no-'}augment`.")
     out = _run_folder(out, "compare", data)
-    table, line = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, mlflow=mlflow,
-                              log=click.echo)
-    echo = _echo_learning_curve if cfg.train_sizes else _echo_repeats if cfg.repeats > 1 else _echo_compare
-    echo(table, line, out)
+    result = run_compare(data, out, cfg, val_fraction=val_fraction, test_fraction=test_fraction, mlflow=mlflow,
+                         log=click.echo)
+    {"train_sizes": _echo_learning_curve, "repeats": _echo_repeats}.get(result.protocol, _echo_compare)(result)
 
 
 if __name__ == "__main__":

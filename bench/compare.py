@@ -31,14 +31,14 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
 # TensorFlow imported before the package: the reference runs with TensorFlow's own default kernels whatever this
-# machine's measured oneDNN setting is (transfer.onednn), the same workload for every version of the code.
+# machine's measured oneDNN setting is (transfer.runtime._onednn), the same workload for every version of the code.
 REFERENCE = """
 import os, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
 import tensorflow
 import numpy as np
-from transfer.backbones import feature_model
+from transfer import feature_model
 model = feature_model("efficientnet_lite0", weights=None, image_size=224, pooling="avg")
 x = np.random.default_rng(0).uniform(-1, 1, (1000, 224, 224, 3)).astype("float32")
 model.predict_on_batch(x[:32])

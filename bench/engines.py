@@ -2,10 +2,10 @@
 
 For each backbone (headless, global average pooling, random weights: speed does not depend on their values),
 on one batch of pre-decoded, preprocessed 224 px noise images: TensorFlow (Keras ``predict_on_batch``, with this
-machine's measured oneDNN setting, :mod:`transfer.onednn`, as the product runs it), each
-installed runtime of :data:`transfer.engines.RUNTIMES` in fp32 on Keras's own ONNX export (ONNX Runtime,
+machine's measured oneDNN setting, :mod:`transfer.runtime._onednn`, as the product runs it), each
+installed runtime of :data:`transfer.runtime._engines.RUNTIMES` in fp32 on Keras's own ONNX export (ONNX Runtime,
 OpenVINO), OpenVINO with its bf16 hint, and the product's default engine (``engine="auto"`` of
-:func:`transfer.engines.frozen_model`, with its one-off export and timing made in a fresh cache folder).
+:func:`transfer.runtime._engines.frozen_model`, with its one-off export and timing made in a fresh cache folder).
 Engines take turns, round after round, and each keeps its best round, so that the host's drift over minutes
 hits every engine alike.
 
@@ -41,8 +41,8 @@ def _rate(predict, batch, seconds=2.0):
 
 def engines_for(name, batch, folder):
     """``{engine: predict}`` for one backbone, the TensorFlow outputs to compare with, and the default's choice."""
-    from transfer.backbones import feature_model
-    from transfer.engines import RUNTIMES, available_runtimes, frozen_model
+    from transfer import feature_model
+    from transfer.runtime._engines import RUNTIMES, available_runtimes, frozen_model
 
     model = feature_model(name, weights=None, image_size=224, pooling="avg")
     expected = np.asarray(model.predict_on_batch(batch))
@@ -69,16 +69,18 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as home:
         os.environ["KERAS_HOME"] = home  # a fresh engine cache: the default decides as on a first run
-        from transfer.engines import machine
+        from transfer.runtime import cores, cpu_name
+        from transfer.runtime._engines import onednn_state
 
-        print(f"machine: {machine()}; batch {args.batch} of 224 px tensors; best of {args.rounds} rounds")
+        print(f"machine: {cpu_name()} x{cores()} {onednn_state()}; batch {args.batch} of 224 px tensors; "
+              f"best of {args.rounds} rounds")
         print(f"{'backbone':20} {'engine':20} {'images/s':>9} {'x TF':>6} {'max diff / max':>15}")
         for name in args.backbones.split(","):
             _bench(name, args, home)
 
 
 def _bench(name, args, folder):
-    from transfer.backbones import get_backbone
+    from transfer import get_backbone
 
     row = get_backbone(name)
     pixels = np.random.default_rng(0).uniform(0, 255, (args.batch, 224, 224, 3)).astype(np.float32)

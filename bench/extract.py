@@ -3,7 +3,7 @@
     python bench/extract.py [--data FOLDER] [--backbone NAME] [--images N] [--batch-size B]
 
 Prints images/s of
-  1. end-to-end `extract` (transfer.images.predict_images, the loop of run_extraction: tf.data, parallel
+  1. end-to-end `extract` (transfer.data._images.predict_images, the loop of run_extraction: tf.data, parallel
      decode from JPEG files, resize, batch, prefetch, forward pass by the default engine),
   2. the default engine's forward pass alone on pre-decoded tensors,
   3. a naive loop: PIL open per image, then Keras `model.predict` per batch,
@@ -43,12 +43,12 @@ def main(argv=None):
 
     from PIL import Image
 
-    from transfer.backbones import get_backbone
-    from transfer.features import ExtractConfig, build_extractor, extractor
-    from transfer.images import forward, list_images, load_image, predict_images
+    from transfer import get_backbone
+    from transfer.data import forward, list_images, load_image, predict_images
+    from transfer.features._extract import ExtractConfig, build_extractor, extractor
 
     files = [f for f in list_images([args.data])[0] if f.suffix.lower() in (".jpg", ".jpeg")][: args.images]
-    cfg = ExtractConfig(backbone=args.backbone, batch_size=args.batch_size).validated()
+    cfg = ExtractConfig(backbone=args.backbone, batch_size=args.batch_size)
     size, bs = cfg.image_size, cfg.batch_size
     row = get_backbone(cfg.backbone)
     keras_model, model = build_extractor(cfg), extractor(cfg)

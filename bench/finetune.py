@@ -1,6 +1,6 @@
 """Fine-tuning cost on this machine: training images/s per freeze depth and precision, in one run.
 
-For each backbone and input size, the product's fine-tuning model (``transfer.finetune_model.build_model``: the
+For each backbone and input size, the product's fine-tuning model (``transfer.finetuning._model.build_model``: the
 backbone with BatchNorm in inference mode, pooling, dropout, softmax) is set to each ``--freeze`` value with the
 product's ``set_trainable``, compiled as stage 2 compiles it (Adam, no XLA), and timed on training steps over one
 fixed batch of noise (speed does not depend on the pixel values). Depths take turns, round after round, and each
@@ -15,7 +15,7 @@ Prints one row per backbone, size, precision and depth: trainable parameters, im
 
 ``--stage2`` times instead stage 2 with augmentation as the product runs it, against the whole model's training
 step, in turns, with ImageNet weights: the frozen layers run by the engine ``--engine auto`` picks here
-(``transfer.frozen_layers.engine_for``) and the layers after them trained in TensorFlow, per depth.
+(``transfer.finetuning._frozen.engine_for``) and the layers after them trained in TensorFlow, per depth.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ def train_steps(backbone, size, freeze, precision, batch):
     """A compiled model of one depth and a function that runs one training step on ``batch``."""
     import keras
 
-    from transfer.finetune_model import build_model, frozen_count, param_counts, set_trainable
-    from transfer.finetuning import FinetuneConfig
+    from transfer import FinetuneConfig
+    from transfer.finetuning._model import build_model, frozen_count, param_counts, set_trainable
 
     keras.mixed_precision.set_global_policy(precision)
-    cfg = FinetuneConfig(backbone=backbone, image_size=size, weights=None, freeze=freeze).validated()
+    cfg = FinetuneConfig(backbone=backbone, image_size=size, weights=None, freeze=freeze)
     model, body = build_model(cfg, n_classes=10)
     set_trainable(body, frozen_count(freeze, body.layers), train_bn=False)
     model.compile(keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy", jit_compile=False)
@@ -64,11 +64,11 @@ def stage2_steps(backbone, size, freeze, batch):
     layers by the engine chosen here, the rest in TensorFlow); and the engine's name."""
     import keras
 
-    from transfer.finetune_model import build_model, frozen_count, set_trainable, split_frozen
-    from transfer.finetuning import FinetuneConfig
-    from transfer.frozen_layers import engine_for
+    from transfer import FinetuneConfig
+    from transfer.finetuning._frozen import engine_for
+    from transfer.finetuning._model import build_model, frozen_count, set_trainable, split_frozen
 
-    cfg = FinetuneConfig(backbone=backbone, image_size=size, freeze=freeze, precision="float32").validated()
+    cfg = FinetuneConfig(backbone=backbone, image_size=size, freeze=freeze, precision="float32")
     model, body = build_model(cfg, n_classes=10)
     set_trainable(body, frozen_count(freeze, body.layers), train_bn=False)
     prefix, rest, trained = split_frozen(model, body, frozen_count(freeze, body.layers))
@@ -111,7 +111,7 @@ def main(argv=None):
     if args.stage2:
         return stage2(args, rng)
 
-    from transfer.precision import has_bf16
+    from transfer.finetuning._precision import has_bf16
 
     precisions = ["float32"] + (["mixed_bfloat16"] if has_bf16() else [])
     depths = args.freeze.split(",")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from transfer.runs import read_results
-from transfer.verdict import combine, verdict
+from transfer.comparison._verdict import combine, verdict
+from transfer.reports import read_results
 
 
 def _scores(folder: Path, results):

@@ -121,7 +121,7 @@ def main():
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
 
-    from transfer.sources import resolve_source
+    from transfer import resolve_source
 
     table = resolve_source("fashion-mnist").table
     table = table.assign(split=table["split"].fillna("train"))

@@ -9,16 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# TensorFlow starts with this machine's oneDNN setting (measured here at its first use on a machine), as it does for
-# a user, and every process a test starts inherits it.
-from transfer import onednn  # noqa: E402
+# TensorFlow started as transfer starts it for a user (this machine's oneDNN setting, measured here at its first
+# use on a machine; its start-up lines filtered), before any test imports the CLI: every process a test starts
+# inherits the setting, and the CLI's one line about TensorFlow never lands in one CliRunner's output and not
+# another's (tests/test_cli.py checks it in a process of its own).
+from transfer.runtime import tensorflow  # noqa: E402
 
-onednn.apply(log=lambda line: print(line, file=sys.stderr))
-
-# TensorFlow loaded before any test imports the CLI: the CLI's one line about TensorFlow, said at its first import
-# (tests/test_cli.py checks it in a process of its own), never lands in one CliRunner's output and not another's.
-import tensorflow  # noqa: E402, F401
+tensorflow()
 
 ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "datasets" / "hymenoptera"
@@ -32,9 +29,18 @@ def feature_cache(tmp_path_factory):
     return folder
 
 
+def patch_stage(monkeypatch, module, name, value):
+    """Replace ``module.name`` where every caller finds it: in the module, and in its stage's package, which
+    re-exports it (another stage imports it from there)."""
+    package = sys.modules[module.__name__.rpartition(".")[0]]
+    monkeypatch.setattr(module, name, value)
+    if name in getattr(package, "__all__", ()):
+        monkeypatch.setattr(package, name, value)
+
+
 def cached_images(paths, root=None) -> dict:
     """How many entries the feature cache holds for ``paths``, per feature setting: ``{settings key: count}``."""
-    from transfer.feature_cache import cache_root, image_id
+    from transfer.features._cache import cache_root, image_id
 
     ids = {image_id(p) for p in paths}
     counts = {}
@@ -77,10 +83,8 @@ def bad_files(tmp_path):
 @pytest.fixture
 def keras_cache(tmp_path, monkeypatch):
     """An empty Keras cache directory for this test only."""
-    from keras.src.backend import config
-
     home = tmp_path / "keras_home"
-    monkeypatch.setattr(config, "_KERAS_DIR", str(home))
+    monkeypatch.setenv("KERAS_HOME", str(home))
     return home
 
 
@@ -125,7 +129,7 @@ def _fake_torch(monkeypatch):
 
 def write_tensor_pth(path, monkeypatch, offset, size, stride, values, declared=None, legacy=True):
     """A checkpoint holding one float tensor ``weight`` over ``values`` with the given view."""
-    from transfer.torchfile import LEGACY_MAGIC
+    from transfer.backbones._torchfile import LEGACY_MAGIC
 
     storage_type, rebuild = _fake_torch(monkeypatch)
 

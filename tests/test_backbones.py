@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import random_batch
-from transfer.backbones import REGISTRY, build_backbone, feature_model, get_backbone
+from transfer import REGISTRY, build_backbone, feature_model, get_backbone
 from transfer.errors import TransferError
 
 KERAS_ROWS = [n for n, r in REGISTRY.items() if r.family == "keras.applications"]
@@ -118,7 +118,7 @@ def test_lite_weights_cache_is_written_reused_and_rebuilt_when_corrupt(keras_cac
 
 
 def test_lite_row_loads_a_pth_or_keras_weights_file(tmp_path):
-    from transfer.lite_weights import package_checkpoint
+    from transfer.backbones._lite_weights import package_checkpoint
 
     x = random_batch(2, 64)
     reference = build_backbone("efficientnet_lite0", image_size=64, pooling="avg")

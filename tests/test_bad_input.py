@@ -18,7 +18,7 @@ from PIL import Image
 
 import cli
 from tests.conftest import colour_folder
-from transfer.images import ImageError, decode_image
+from transfer.data import ImageError, decode_image
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
@@ -205,7 +205,7 @@ def test_a_salted_data_folder_uses_every_odd_image_and_lists_every_bad_file(tmp_
     result = CliRunner().invoke(cli.main, ["classify", "--data", str(data), "--out", str(out), "-c", "logreg",
                                            "--image-size", "32", "--weights", "none", "--test-fraction", "0.3"])
     assert result.exit_code == 0, result.output
-    from transfer.fileio import read_csv
+    from transfer.runtime import read_csv
 
     split = read_csv(out / "split.csv", dtype=str, keep_default_na=False)
     skipped = read_csv(out / "skipped.csv", dtype=str, keep_default_na=False)
@@ -227,7 +227,7 @@ def test_non_utf8_names_are_predicted_and_written_losslessly(tmp_path):
     result = CliRunner().invoke(cli.main, ["predict", "--output", str(output), str(folder)])
     assert result.exit_code == 0, result.output
     assert os.fsencode(str(name)) in output.read_bytes()  # the name's own bytes, as on disk
-    from transfer.fileio import read_csv
+    from transfer.runtime import read_csv
 
     assert read_csv(output)["path"].iloc[0] == str(name)
 
@@ -264,7 +264,7 @@ def test_a_class_folder_that_is_a_symlink_loop_is_named(tmp_path):
 
 
 def test_a_class_folder_that_is_a_symlink_is_followed(tmp_path):
-    from transfer.sources import resolve_source
+    from transfer import resolve_source
 
     data = colour_folder(tmp_path / "data", n=4, splits=("",))
     os.rename(data / "blue", tmp_path / "elsewhere")
@@ -288,7 +288,7 @@ def test_a_split_whose_images_are_all_unreadable_stops_before_training(tmp_path)
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "latin-1"])
 def test_manifests_in_odd_encodings_are_read(tmp_path, encoding):
-    from transfer.sources import resolve_source
+    from transfer import resolve_source
 
     data = colour_folder(tmp_path / "data", n=3, splits=("",))
     name = "é.png" if encoding != "latin-1" else os.fsdecode("é.png".encode("latin-1"))  # the disk's own bytes
@@ -321,9 +321,9 @@ def test_bad_manifests_are_one_line_errors(tmp_path, content, message):
 @pytest.mark.parametrize("out", ["/proc/transfer-run", "/proc/self/status/run"])
 def test_an_unwritable_out_is_refused_before_any_work(tmp_path, out, monkeypatch):
     data = colour_folder(tmp_path / "data", n=4, splits=("",))
-    import transfer.sources
+    import transfer.data
 
-    monkeypatch.setattr(transfer.sources, "resolve_source", lambda *a: pytest.fail("work began"))
+    monkeypatch.setattr(transfer.data, "resolve_source", lambda *a: pytest.fail("work began"))
     message = _one_line_error(["classify", "--data", str(data), "--out", out])
     assert f"the run folder {out}" in message.lower()
 
@@ -433,7 +433,7 @@ class _Reduce:
 def test_a_crafted_weights_file_is_refused_and_runs_nothing(tmp_path, payload, layout):
     import importlib
 
-    from transfer.torchfile import LEGACY_MAGIC
+    from transfer.backbones._torchfile import LEGACY_MAGIC
 
     marker = tmp_path / "pwned"
     module, name, args = _payloads(marker)[payload]

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import colour_folder
-from transfer import features
-from transfer.classifiers import CLASSIFIERS, classify, load_classifier, save_classifier
+from transfer import ExtractConfig
 from transfer.errors import TransferError
-from transfer.features import ExtractConfig
+from transfer.features import CLASSIFIERS, classify, load_classifier, save_classifier
+from transfer.features import _extract as features
 
 TINY = ExtractConfig(image_size=32, batch_size=8)
 METRIC_COLUMNS = ["strategy", "backbone", "layer", "classifier", "best_params", "eval_split", "n_train", "n_test",
@@ -176,7 +176,7 @@ def test_cli_classify_bad_input_is_one_line(tmp_path, args, message):
 
 
 def test_refit_on_train_and_val_when_there_is_a_test_split(tmp_path, monkeypatch):
-    from transfer import classifiers
+    from transfer.features import _classifiers as classifiers
 
     data = colour_folder(tmp_path / "d", n=6, splits=("train", "val", "test"))
     seen = []
@@ -212,7 +212,7 @@ def test_fitted_parameter_count_counts_what_each_model_holds():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from transfer.classifiers import fitted_parameter_count
+    from transfer.features._classifiers import fitted_parameter_count
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 7)), np.repeat(["a", "b", "c"], 10)
@@ -224,7 +224,7 @@ def test_fitted_parameter_count_counts_what_each_model_holds():
 
 
 def test_a_choice_at_the_edge_of_a_grid_is_named():
-    from transfer.classifiers import grid_edges
+    from transfer.features._classifiers import grid_edges
 
     grid = {"logisticregression__C": [1e-4, 1e-2, 1.0, 10.0], "svc__gamma": ["scale", 1e-4, 1e-3, 1e-2],
             "kneighborsclassifier__n_neighbors": [1, 3, 5]}
@@ -236,7 +236,7 @@ def test_a_choice_at_the_edge_of_a_grid_is_named():
 
 @pytest.mark.parametrize("name", ["knn", "rbf_svm"])
 def test_distance_based_classifiers_see_the_direction_of_features_not_their_length(name):
-    from transfer.classifiers import CLASSIFIERS
+    from transfer import CLASSIFIERS
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(40, 16)), np.repeat(["a", "b"], 20)
@@ -258,7 +258,7 @@ def test_classify_without_out_writes_to_a_default_run_folder_and_says_where(tmp_
 
 
 def test_the_search_sees_a_stratified_sample_and_the_refit_sees_every_image():
-    from transfer.classifiers import fit_classifier
+    from transfer.features import fit_classifier
 
     rng = np.random.default_rng(0)
     y = np.array(["a"] * 90 + ["b"] * 30)  # 3:1, kept in the sample
@@ -270,7 +270,7 @@ def test_the_search_sees_a_stratified_sample_and_the_refit_sees_every_image():
     assert max(fit.search["param_kneighborsclassifier__n_neighbors"]) <= 32
     fit_all = fit_classifier("knn", x, y, search_size=None, n_jobs=1)
     assert fit_all.searched_on == 120
-    from transfer.classifiers import search_sample
+    from transfer.features._classifiers import search_sample
 
     rows = search_sample(y, 40)
     assert len(rows) == 40 and (y[rows] == "b").sum() == 10 and len(set(rows)) == 40
@@ -285,7 +285,7 @@ def test_the_search_sees_a_stratified_sample_and_the_refit_sees_every_image():
 def test_a_classifier_above_its_size_limit_is_skipped_with_one_line(tmp_path, monkeypatch):
     import dataclasses
 
-    from transfer import classifiers
+    from transfer.features import _classifiers as classifiers
 
     monkeypatch.setitem(classifiers.CLASSIFIERS, "rbf_svm",
                         dataclasses.replace(classifiers.CLASSIFIERS["rbf_svm"], max_train=10))

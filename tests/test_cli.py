@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import ROOT, solid_image
-from transfer.backbones import REGISTRY
-from transfer.predict import PREDICTION_COLUMNS
+from transfer import REGISTRY
+from transfer.serving._predict import PREDICTION_COLUMNS
 
 
 def run_in_fresh_python(args):
@@ -156,8 +156,8 @@ class config:
 def test_start_up_noise_is_dropped_and_every_other_line_kept_even_when_the_import_aborts(tmp_path, abort):
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text(FAKE_TENSORFLOW)
-    script = ("import sys; sys.path.insert(0, sys.argv[1]); from transfer.startup import quiet_tensorflow_import; "
-              "quiet_tensorflow_import(announce=lambda line: print(line, file=sys.stderr)); import tensorflow")
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from transfer.runtime import announce_to, tensorflow; "
+              "announce_to(lambda line: print(line, file=sys.stderr)); tensorflow()")
     env = {**os.environ, "FAKE_ABORT": "1" if abort else ""}
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
                          env=env, timeout=60)

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import ROOT, cached_images, colour_folder
-from transfer.comparison import CompareConfig, compare
+from transfer import CompareConfig, compare
+from transfer.comparison._verdict import COMPARE_COLUMNS, recommended_model, scored_table, verdict
 from transfer.errors import TransferError
-from transfer.verdict import COMPARE_COLUMNS, recommended_model, scored_table, verdict
 
 TINY_BACKBONE = "efficientnet_lite0"
 TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
@@ -93,7 +93,13 @@ def test_compare_writes_every_plot(tiny_run):
 
 def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
     data, run, table, _ = tiny_run
-    from transfer import backbones, classifiers, compare_plots, features, finetune_model, finetuning, scratch
+    from transfer import scratch
+    from transfer.backbones import _registry as backbones
+    from transfer.comparison import _figures as compare_plots
+    from transfer.features import _classifiers as classifiers
+    from transfer.features import _extract as features
+    from transfer.finetuning import _finetune as finetuning
+    from transfer.finetuning import _model as finetune_model
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished sub-run was trained, evaluated or drawn again")
@@ -153,7 +159,7 @@ def test_a_failure_while_plotting_keeps_the_previous_report_and_plots(tmp_path, 
     options = dict(TINY, strategies="features", classifiers="logreg")
     compare(data, run, CompareConfig(**options), progress=False, log=quiet)
     before = {p.name: p.read_bytes() for p in [run / "compare.csv", *(run / "plots").glob("*.png")]}
-    from transfer import plots
+    from transfer.reports import plots
 
     real = plots.accuracy_vs_time_png
 
@@ -252,7 +258,7 @@ def test_verdict_significant_difference():
 def test_strategy_2_is_represented_by_its_cross_validated_choice_not_its_test_score():
     """The planted case: the RBF SVM scores best on the test images, logistic regression best by cross-validation
     on the training images; the verdict, the recommendation and export's default take logistic regression."""
-    from transfer.export import _default_row
+    from transfer.serving._export import _default_row
 
     y = np.array(["a", "b"] * 50)
     rbf_ok, logreg_ok, ft_ok = np.arange(100) >= 2, np.arange(100) >= 12, np.arange(100) >= 10
@@ -285,7 +291,7 @@ def test_strategy_2_is_represented_by_its_cross_validated_choice_not_its_test_sc
 ])
 def test_compare_config_errors(options, message):
     with pytest.raises(TransferError, match=message):
-        CompareConfig(**options).validated()
+        CompareConfig(**options)
 
 
 def test_compare_refuses_a_bad_freeze_before_training(tmp_path):
@@ -459,7 +465,7 @@ def test_repeats_report_mean_spread_and_paired_differences_over_seeded_splits(tm
 
 
 def test_repeats_on_one_test_split_pair_the_images_not_the_repeats():
-    from transfer.verdict import summarise_repeats
+    from transfer.comparison._verdict import summarise_repeats
 
     paths = [f"img{i}.png" for i in range(150)]
     truth = np.array(["a", "b"] * 75)
@@ -484,7 +490,7 @@ def test_repeats_on_one_test_split_pair_the_images_not_the_repeats():
 
 
 def test_no_conv_kernels_plot_of_a_run_that_kept_its_first_conv_layer_frozen(tiny_run, tmp_path):
-    from transfer.compare_plots import conv_kernels_plot
+    from transfer import conv_kernels_plot
 
     _, run, _, _ = tiny_run
     with pytest.raises(TransferError, match="stem_conv stayed frozen in finetune-all .--freeze all.; --freeze none"):

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from transfer.comparison import CompareConfig, compare
+from transfer import CompareConfig, compare
 
 # No conv-kernels plot by default: --freeze 0.5 keeps the first conv layer as ImageNet made it.
 PLOTS = {"confusion-features.png", "confusion-finetune.png", "confusion-scratch.png", "accuracy-vs-time.png",

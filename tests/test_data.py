@@ -7,11 +7,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import solid_image
-from transfer import sources
+from transfer import load_image, resolve_source
+from transfer.data import _sources as sources
+from transfer.data import evaluation_split, make_split, prepare_split
 from transfer.errors import TransferError
-from transfer.images import load_image
-from transfer.sources import resolve_source
-from transfer.splits import evaluation_split, make_split, prepare_split
 
 
 def tree(root, splits=("train", "val"), classes=("red", "blue"), n=3):
@@ -204,7 +203,7 @@ def test_load_image_makes_rgb(tmp_path, mode, colour):
 def test_atomic_files_get_the_usual_mode(tmp_path):
     import os
 
-    from transfer.fileio import write_text_atomic
+    from transfer.runtime import write_text_atomic
 
     umask = os.umask(0o022)
     try:
@@ -224,7 +223,7 @@ def test_atomic_files_get_the_usual_mode(tmp_path):
 def test_high_bit_depth_images_keep_their_grey_levels(tmp_path, name, pixels, expected):
     from PIL import Image
 
-    from transfer.images import decode_image
+    from transfer.data import decode_image
 
     Image.fromarray(pixels).save(tmp_path / name)
     out = decode_image(tmp_path / name, 8)
@@ -237,8 +236,8 @@ def test_high_bit_depth_images_keep_their_grey_levels(tmp_path, name, pixels, ex
 
 def test_training_batches_decode_once_and_shuffle_as_without_keeping_them(tmp_path, monkeypatch):
     """Decoded images kept in memory across epochs give the batches, order and skip list decoding each epoch does."""
-    from transfer import images
-    from transfer.images import ImageOptions, training_batches
+    from transfer.data import ImageOptions, training_batches
+    from transfer.data import _images as images
 
     paths = [solid_image(tmp_path / f"{i}.png", (i * 20, 0, 0)) for i in range(9)]
     (tmp_path / "broken.png").write_bytes(b"not a png")

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import colour_folder
-from transfer import engines
-from transfer.engines import RUNTIMES, ExportedModel, frozen_model
 from transfer.errors import TransferError
+from transfer.runtime import _engines as engines
+from transfer.runtime._engines import RUNTIMES, ExportedModel, frozen_model
 
 
 def _tiny_model():
@@ -52,13 +52,29 @@ def test_auto_runs_the_fastest_engine_that_agrees_and_remembers_it(keras_cache, 
     model = frozen_model({"tiny": fastest}, build, "auto", _batch, log=said.append)
     assert getattr(model, "engine", "tensorflow") == fastest
     assert np.allclose(model.predict_on_batch(_batch()), build.model.predict_on_batch(_batch()), atol=1e-5)
-    assert said[-1].startswith(f"engine: {fastest} ({fastest} 300 images/s")
+    assert len(said) == 1 and said[0].startswith(f"engine: {fastest} ({fastest} 300 images/s")
     record = json.loads(next((keras_cache / "models" / "transfer" / "onnx").glob("*.json")).read_text())
     assert set(record["difference"]) == set(RUNTIMES) and max(record["difference"].values()) < 1e-4
+    store = json.loads((keras_cache / "transfer" / "machine.json").read_text())
+    assert [topic["engines"][engines.onednn_state()]["rates"][fastest] for topic in store.values()] == [300.0]
     again, said = Builds(), []
     model = frozen_model({"tiny": fastest}, again, "auto", _batch, log=said.append)
     assert said == [] and getattr(model, "engine", "tensorflow") == fastest  # measured once, on this machine
     assert again.calls == (1 if fastest == "tensorflow" else 0)  # a runtime needs no Keras model at all
+
+
+def test_a_second_model_on_the_same_machine_is_checked_but_not_timed_again(keras_cache, monkeypatch):
+    _rates(monkeypatch, tensorflow=100.0, onnxruntime=300.0, openvino=200.0)
+    frozen_model({"tiny": "first"}, Builds(), "auto", _batch, log=lambda line: None)
+
+    def never(*args, **kwargs):
+        raise AssertionError("timed again")
+
+    monkeypatch.setattr(engines, "_rate", never)
+    said = []
+    model = frozen_model({"tiny": "second"}, Builds(), "auto", _batch, log=said.append)
+    assert model.engine == "onnxruntime" and len(said) == 1 and "checked once" in said[0]
+    assert len(list((keras_cache / "models" / "transfer" / "onnx").glob("*.onnx"))) == 2
 
 
 @pytest.mark.parametrize("name", list(RUNTIMES))
@@ -115,7 +131,7 @@ def test_an_export_that_fails_falls_back_to_tensorflow_once_and_for_all(keras_ca
 
 
 def test_features_agree_whichever_engine_ran(tmp_path):
-    from transfer.features import ExtractConfig, extract_features
+    from transfer import ExtractConfig, extract_features
 
     data = colour_folder(tmp_path / "data", n=5, splits=("",))
     paths = sorted(str(p) for p in data.rglob("*.png"))
@@ -129,8 +145,8 @@ def test_features_agree_whichever_engine_ran(tmp_path):
 
 
 def test_an_unknown_engine_is_a_one_line_error():
-    from transfer.features import ExtractConfig
+    from transfer import ExtractConfig
 
     with pytest.raises(TransferError, match=r"engine='tensorrt' is not valid\. Expected one of: auto, tensorflow, "
                                             r"onnxruntime, openvino\."):
-        ExtractConfig(engine="tensorrt").validated()
+        ExtractConfig(engine="tensorrt")

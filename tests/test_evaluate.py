@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from transfer.evaluate import bootstrap_accuracy, evaluate, mcnemar_pvalue
+from transfer.reports._metrics import bootstrap_accuracy, evaluate, mcnemar_pvalue
 
 
 def test_bootstrap_interval_brackets_the_accuracy_and_narrows_with_more_images():

@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import colour_folder
-from transfer.comparison import CompareConfig, compare
+from transfer import CompareConfig, compare
+from transfer.data import decode_image
 from transfer.errors import TransferError
-from transfer.export import FORMATS, export_model, load_exported, read_metadata
-from transfer.images import decode_image
+from transfer.serving import FORMATS, export_model, load_exported, read_metadata
 
 TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False, freeze="none",
             scratch_size=16, scratch_epochs=2, classifiers="logreg,linear_svm,mlp,knn", search_size=None)
@@ -104,8 +104,8 @@ def test_classifiers_fold_into_dense_layers(name, n_classes):
     """Scaler + classifier as Keras layers give scikit-learn's own scores, binary and multi-class."""
     import keras
 
-    from transfer.classifiers import CLASSIFIERS, class_scores
-    from transfer.export import classifier_layers
+    from transfer.features import CLASSIFIERS, class_scores
+    from transfer.serving._graph import classifier_layers
 
     rng = np.random.default_rng(0)
     x = rng.normal(3, 2, (90, 12)).astype(np.float32)
@@ -214,7 +214,7 @@ def test_predict_model_refuses_a_file_export_did_not_write(tmp_path):
 
 def test_a_mixed_precision_run_exports_in_float32(tmp_path):
     """A fine-tuning trained in bfloat16 (where a CPU measures it faster) exports, to ONNX too, in float32."""
-    from transfer.finetuning import FinetuneConfig, finetune
+    from transfer import FinetuneConfig, finetune
 
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val", "test"))
     finetune(data, tmp_path / "run", FinetuneConfig(image_size=32, batch_size=8, precision="mixed_bfloat16",

@@ -3,13 +3,16 @@
 import pandas as pd
 import pytest
 
-from tests.conftest import colour_folder
-from transfer.comparison import CompareConfig, compare
+from tests.conftest import colour_folder, patch_stage
+from transfer import CompareConfig, compare
 
 
 @pytest.mark.parametrize("head", ["probe", "train"])
 def test_with_only_train_and_val_no_scored_image_is_used_by_any_choice(tmp_path, monkeypatch, head):
-    from transfer import classifiers, finetune_model, images, training
+    from transfer.data import _images as images
+    from transfer.features import _classifiers as classifiers
+    from transfer.finetuning import _model as finetune_model
+    from transfer.finetuning import _training as training
 
     seen = {"image batches": set(), "searched on": [], "refit on": [], "array batches": [], "probe": []}
     real_batches, real_fit, real_arrays = images.training_batches, classifiers.fit_classifier, training.array_batches
@@ -32,10 +35,10 @@ def test_with_only_train_and_val_no_scored_image_is_used_by_any_choice(tmp_path,
         seen["probe"].append((len(y_train), len(y_val)))
         return real_probe(x_train, y_train, x_val, y_val, *args, **kwargs)
 
-    monkeypatch.setattr(images, "training_batches", batches)
-    monkeypatch.setattr(finetune_model, "fit_probe", probe)
-    monkeypatch.setattr(classifiers, "fit_classifier", fit)
-    monkeypatch.setattr(training, "array_batches", arrays)
+    patch_stage(monkeypatch, images, "training_batches", batches)
+    patch_stage(monkeypatch, finetune_model, "fit_probe", probe)
+    patch_stage(monkeypatch, classifiers, "fit_classifier", fit)
+    patch_stage(monkeypatch, training, "array_batches", arrays)
     data = colour_folder(tmp_path / "data", n=10, splits=("train", "val"))
     cfg = CompareConfig(image_size=32, batch_size=8, precision="float32", head=head, head_epochs=2, epochs=1,
                         augment=False, scratch_size=16, scratch_epochs=2, classifiers="logreg")

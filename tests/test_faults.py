@@ -72,7 +72,7 @@ def test_a_kill_during_extraction_leaves_no_cache_and_the_run_finishes_after(tmp
     data = colour_folder(tmp_path / "data", n=40, splits=("",))
     out = tmp_path / "run"
     args = ["extract", "--data", data, "--out", out, "--image-size", "64", "--batch-size", "8"]
-    _kill_at(args, "images", "forward", "len(calls) == 4")  # the warm-up batch, then the third of ten batches
+    _kill_at(args, "data._images", "forward", "len(calls) == 4")  # the warm-up batch, then the third of ten batches
     assert not cached_images(data.rglob("*.png"))  # no cache of a part of the images (one shard holds all 80)
     again = subprocess.run(_transfer(*args), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -89,7 +89,7 @@ def test_a_kill_during_classification_keeps_the_earlier_results_whole(tmp_path):
     assert first.exit_code == 0, first.output
     before = {name: (out / name).read_bytes() for name in ("config.json", "metrics.csv", "predictions.csv")}
     args = ["classify", "--data", data, "--out", out, "-c", "logreg,mlp", "--image-size", "32"]
-    _kill_at(args, "classifiers", "fit_classifier", "args[0] == 'mlp'")  # logreg fitted, mlp not yet
+    _kill_at(args, "features._classifiers", "fit_classifier", "args[0] == 'mlp'")  # logreg fitted, mlp not yet
     assert {name: (out / name).read_bytes() for name in before} == before  # the earlier run, whole
     assert sorted(p.name for p in (out / "classifiers").iterdir()) == ["logreg.skops"]
     red = sorted((data / "red").iterdir())[:2]
@@ -153,7 +153,7 @@ def test_a_full_disk_while_caching_features_names_the_space(tmp_path, monkeypatc
 
 HOLD = """
 import sys, time
-from transfer.runfolder import claim
+from transfer.reports import claim
 with claim(sys.argv[1], "classify"):
     print("holding", flush=True)
     time.sleep(120)
@@ -194,7 +194,7 @@ def test_two_runs_started_together_one_refuses(tmp_path, command):
 
 
 def test_a_failed_run_removes_only_the_folder_it_made_and_never_another_runs_files(tmp_path):
-    from transfer.runfolder import claim
+    from transfer.reports import claim
 
     runs = tmp_path / "runs"
     with pytest.raises(RuntimeError), claim(runs / "a", "classify"):
@@ -216,7 +216,7 @@ DEAD_PID = 2**22 + 12345  # above Linux's largest pid: no process has it
 def test_taking_over_a_killed_run_finishes_its_whole_staged_reports_and_drops_its_half_written_files(tmp_path):
     import json
 
-    from transfer.runfolder import LOCK_NAME, claim
+    from transfer.reports._run_folder import LOCK_NAME, claim
 
     out = tmp_path / "run"
     (out / "plots").mkdir(parents=True)

@@ -3,9 +3,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import colour_folder
-from transfer import features
+from transfer import ExtractConfig, extract, extract_features
 from transfer.errors import TransferError
-from transfer.features import ExtractConfig, extract, extract_features
+from transfer.features import _extract as features
 
 TINY = ExtractConfig(image_size=32, batch_size=8)
 
@@ -45,10 +45,10 @@ def test_a_different_key_never_reuses(images, tmp_path, change):
 def test_a_changed_file_changes_the_key(images):
     import os
 
-    key = features.cache_key(TINY.validated(), images)
+    key = features.cache_key(TINY, images)
     st = os.stat(images[0])
     os.utime(images[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert features.cache_key(TINY.validated(), images) != key
+    assert features.cache_key(TINY, images) != key
 
 
 def test_interrupted_write_leaves_no_cache_file(images, tmp_path, monkeypatch):
@@ -81,9 +81,9 @@ def test_palette_gif_goes_through(tmp_path):
 
 def test_bad_extract_options_fail_before_any_work():
     with pytest.raises(TransferError, match="resize='stretch'"):
-        ExtractConfig(resize="stretch").validated()
+        ExtractConfig(resize="stretch")
     with pytest.raises(TransferError, match="Unknown backbone"):
-        ExtractConfig(backbone="nope").validated()
+        ExtractConfig(backbone="nope")
 
 
 def test_a_corrupt_cache_file_is_extracted_again(images, tmp_path):
@@ -97,12 +97,12 @@ def test_a_corrupt_cache_file_is_extracted_again(images, tmp_path):
 
 def test_missing_weights_file_is_a_one_line_error():
     with pytest.raises(TransferError, match="neither 'imagenet', 'none' nor an existing file"):
-        ExtractConfig(weights="~/no/such/weights.h5").validated()
+        ExtractConfig(weights="~/no/such/weights.h5")
 
 
 def test_pooling_without_effect_stays_out_of_the_key(images):
-    flat_avg = ExtractConfig(layer="flatten", pooling="avg", image_size=32).validated()
-    flat_max = ExtractConfig(layer="flatten", pooling="max", image_size=32).validated()
+    flat_avg = ExtractConfig(layer="flatten", pooling="avg", image_size=32)
+    flat_max = ExtractConfig(layer="flatten", pooling="max", image_size=32)
     assert features.cache_key(flat_avg, images) == features.cache_key(flat_max, images)
 
 
@@ -142,7 +142,7 @@ def test_only_the_images_the_cache_lacks_run_through_the_cnn(images, tmp_path, m
 
 def test_a_killed_extraction_keeps_its_whole_shards_and_the_next_run_extracts_the_rest(images, tmp_path,
                                                                                       monkeypatch):
-    from transfer import feature_cache
+    from transfer.features import _cache as feature_cache
 
     monkeypatch.setattr(feature_cache, "SHARD_ROWS", 5)
     ran, real = [], features.run_extraction
@@ -189,7 +189,7 @@ def test_cache_list_and_prune(images, tmp_path):
     lines = listed.output.splitlines()
     assert len([line for line in lines if "efficientnet_lite0" in line]) == 2
     assert any(" avg " in line and " 16 " in line for line in lines)
-    from transfer.feature_cache import cached_settings
+    from transfer.features import cached_settings
 
     table = cached_settings(root)
     max_key = table.loc[table["pooling"] == "max", "key"].iloc[0]

@@ -3,8 +3,7 @@
 import pandas as pd
 import pytest
 
-from transfer.classifiers import classify
-from transfer.features import ExtractConfig
+from transfer import ExtractConfig, classify
 
 
 @pytest.mark.slow

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import ROOT, cached_images, colour_folder
-from transfer import features
+from transfer import FinetuneConfig, finetune
 from transfer.errors import TransferError
-from transfer.finetune_model import PROBE_CS, frozen_count
-from transfer.finetuning import FinetuneConfig, finetune
+from transfer.features import _extract as features
+from transfer.finetuning._model import PROBE_CS, frozen_count
 
 TINY = dict(image_size=32, batch_size=8, precision="float32")
 
@@ -107,12 +107,12 @@ def test_tensorboard_logs_each_stage_and_epoch(run):
 def test_frozen_layers_are_unchanged_and_trainable_ones_changed(run):
     import keras
 
-    from transfer.backbones import build_backbone
-    from transfer.finetune_model import build_model
+    from transfer import build_backbone
+    from transfer.finetuning._model import build_model
 
     _, out, _ = run
     # The weights at the end of stage 2 (model.keras holds the best epoch, which may be stage 1's).
-    cfg = FinetuneConfig(weights="none", **TINY).validated()
+    cfg = FinetuneConfig(weights="none", **TINY)
     model, tuned = build_model(cfg, 2)
     with np.load(out / "train_state" / "finetune-2.npz") as z:
         model.set_weights([z[f"w{i}"] for i in range(len(model.weights))])
@@ -154,7 +154,7 @@ def test_predict_run_with_a_finetuned_model(run, tmp_path):
 
 
 def test_head_stage_reuses_features_from_extract(tmp_path, monkeypatch):
-    from transfer.features import ExtractConfig, extract
+    from transfer import ExtractConfig, extract
 
     data = colour_folder(tmp_path / "d", n=4)
     extract(data, tmp_path / "run", ExtractConfig(image_size=32, batch_size=8), progress=False)
@@ -240,12 +240,19 @@ def test_augment_plateau_class_weight_and_hidden_head(tmp_path):
 def test_precision_auto(monkeypatch):
     import tensorflow as tf
 
-    from transfer import machine, precision
+    import transfer.runtime
+    from transfer.finetuning import _precision as precision
+
+    def never(backbone, log):
+        raise AssertionError("measured")
 
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
-    monkeypatch.setattr(machine, "cpu_flags", lambda: set())
+    monkeypatch.setattr(precision, "_bf16_is_faster_here", never)
+    monkeypatch.setattr(transfer.runtime, "cpu_flags", lambda: set())
     assert precision.choose_precision("auto") == "float32"
-    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setattr(transfer.runtime, "cpu_flags", lambda: {"avx512_bf16", "avx512f"})  # no AMX: no timing
+    assert precision.choose_precision("auto") == "float32"
+    monkeypatch.setattr(transfer.runtime, "cpu_flags", lambda: {"amx_bf16", "avx512_bf16"})
     monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone, log: False)
     assert precision.choose_precision("auto") == "float32"
     monkeypatch.setattr(precision, "_bf16_is_faster_here", lambda backbone, log: True)
@@ -258,20 +265,20 @@ def test_precision_auto(monkeypatch):
 
 
 def test_precision_auto_says_what_it_measures_once_and_where_it_keeps_it(monkeypatch, tmp_path):
-    from transfer import precision
+    from transfer.finetuning import _precision as precision
 
-    monkeypatch.setattr(precision, "keras_home", lambda: tmp_path)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     monkeypatch.setattr(precision, "_train_step_seconds", lambda policy, backbone: 2.0 if policy == "float32" else 3.0)
     lines = []
     assert precision._bf16_is_faster_here("efficientnet_lite0", lines.append) is False
-    assert "timing float32 against bfloat16" in lines[0] and str(tmp_path / "transfer" / "precision.json") in lines[0]
-    assert lines[1] == "precision auto: float32 2.0 s, bfloat16 3.0 s: float32"
+    assert len(lines) == 1 and "timing float32 against bfloat16" in lines[0]
+    assert str(tmp_path / "transfer" / "machine.json") in lines[0]
     again = []
     assert precision._bf16_is_faster_here("efficientnet_lite0", again.append) is False and again == []  # cached
 
 
 def test_finetune_and_classify_do_not_share_a_run_folder(run, tmp_path):
-    from transfer.classifiers import classify
+    from transfer import classify
 
     data, out, _ = run
     with pytest.raises(TransferError, match="holds a `finetune` run"):
@@ -288,8 +295,8 @@ def test_random_weights_never_train_the_head_on_cached_features(tmp_path):
 def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot_beat_it(tmp_path):
     import keras
 
-    from transfer.features import ExtractConfig, extract_features
-    from transfer.finetune_model import fit_probe
+    from transfer import ExtractConfig, extract_features
+    from transfer.finetuning._model import fit_probe
 
     data = colour_folder(tmp_path / "d", n=8, splits=("train", "val"))
     probe_only = finetune(data, tmp_path / "probe", FinetuneConfig(freeze="all", head="probe", epochs=0,
@@ -319,7 +326,7 @@ def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot
 
 
 def test_the_model_kept_is_ranked_by_validation_accuracy_then_loss():
-    from transfer.training import beats, selection_key
+    from transfer.finetuning._training import beats, selection_key
 
     assert beats(selection_key(0.9, 0.5), selection_key(0.8, 0.1))  # more accurate wins despite a higher loss
     assert beats(selection_key(0.8, 0.2), selection_key(0.8, 0.3))  # equal accuracy: the lower loss
@@ -337,7 +344,7 @@ def test_the_model_kept_is_ranked_by_validation_accuracy_then_loss():
 
 
 def test_the_probe_chooses_its_regularisation_on_train_alone():
-    from transfer.finetune_model import fit_probe
+    from transfer.finetuning._model import fit_probe
 
     rng = np.random.default_rng(0)
     x, x_val = rng.normal(size=(60, 16)), rng.normal(size=(20, 16))
@@ -350,8 +357,8 @@ def test_the_probe_chooses_its_regularisation_on_train_alone():
 
 
 def test_checking_all_none_or_a_fraction_builds_no_model(monkeypatch):
-    from transfer import backbones
-    from transfer.finetune_model import check_freeze
+    import transfer.backbones as backbones
+    from transfer.finetuning import check_freeze
 
     def built(*args, **kwargs):
         raise AssertionError("built")
@@ -370,7 +377,7 @@ def test_stage2_on_the_frozen_layers_outputs_trains_as_on_the_images(tmp_path, m
                                                                      runs_them):
     """Without augmentation stage 2 runs the frozen layers once; the training is the one the images give, whether
     TensorFlow runs them inside the model or an engine runs them on each batch."""
-    from transfer import frozen_layers
+    from transfer.finetuning import _frozen as frozen_layers
 
     data = colour_folder(tmp_path / "d", n=12)
     cfg = FinetuneConfig(freeze=freeze, epochs=2, augment=False, patience=0, dropout=0.0, engine=engine, **TINY)
@@ -408,9 +415,9 @@ def test_frozen_layers_stay_in_inference_mode_while_stage_2_trains():
     """Keras 3 passes fit's training=True through backbone(x, training=False): the frozen part must not drop."""
     import keras
 
-    from transfer.finetune_model import build_model, set_trainable, split_frozen
+    from transfer.finetuning._model import build_model, set_trainable, split_frozen
 
-    cfg = FinetuneConfig(weights="none", **TINY).validated()
+    cfg = FinetuneConfig(weights="none", **TINY)
     model, backbone = build_model(cfg, 3)
     n = frozen_count("0.5", backbone.layers)
     set_trainable(backbone, n, False)

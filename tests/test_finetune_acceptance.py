@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from transfer.finetuning import FinetuneConfig, finetune
+from transfer import FinetuneConfig, finetune
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ costs several points here; a straightforward port measures 0.895 / 0.967 (Lite0)
 import pandas as pd
 import pytest
 
-from transfer.predict import predict_imagenet
+from transfer import predict_imagenet
 
 ANT, BEE = 310, 309
 

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from transfer import plots
+from transfer.reports import plots
 
 
 def is_png(path, min_size=100):
@@ -46,7 +46,7 @@ def test_conv_kernels_before_after(tmp_path):
 
 
 def test_accuracy_vs_time_labels_do_not_overlap_and_are_short():
-    from transfer.plots import _short_label, _spread
+    from transfer.reports.plots import _short_label, _spread
 
     xs, ys = np.array([5.0, 5.5, 6.0, 200.0]), np.array([0.95, 0.948, 0.94, 0.95])
     heights = _spread(xs, ys, gap=0.01)

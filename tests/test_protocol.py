@@ -9,10 +9,10 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import cached_images
-from transfer.comparison import CompareConfig, compare
-from transfer.cross_validation import MIN_SCORED, choose, fold_splits
+from transfer import CompareConfig, compare
+from transfer.comparison._protocol import MIN_SCORED, choose, fold_splits
+from transfer.comparison._representatives import CorrectedResampledT
 from transfer.errors import TransferError
-from transfer.representatives import CorrectedResampledT
 
 TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
             scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
@@ -114,7 +114,7 @@ def test_a_cross_validated_run_is_reused(cross_validated):
 
 
 def test_strategy_2s_choice_is_refit_on_every_image_and_ships(cross_validated, tmp_path):
-    from transfer.export import choose
+    from transfer.serving._export import choose
 
     data, run, table, line, _ = cross_validated
     final = json.loads((run / "config.json").read_text())["final"]
@@ -136,7 +136,7 @@ def test_strategy_2s_choice_is_refit_on_every_image_and_ships(cross_validated, t
 def test_a_recommended_network_of_a_cross_validation_ships_from_a_fold(cross_validated, tmp_path):
     import shutil
 
-    from transfer.export import choose
+    from transfer.serving._export import choose
 
     _, run, table, _, _ = cross_validated
     copy = tmp_path / "run"
@@ -155,15 +155,15 @@ def test_a_recommended_network_is_refit_on_every_image_for_the_folds_median_epoc
     import shutil
     import statistics
 
-    from transfer.export import choose, export_model
-    from transfer.refit import _kept_epochs, refit
-    from transfer.sources import resolve_source
+    from transfer import resolve_source
+    from transfer.comparison._refit import _kept_epochs, refit
+    from transfer.serving._export import choose, export_model
 
     data, run, table, _, _ = cross_validated
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     tables = [pd.read_csv(copy / f"fold-{k}" / "compare.csv", keep_default_na=False) for k in range(1, 6)]
-    cfg = CompareConfig(**TINY).validated()
+    cfg = CompareConfig(**TINY)
     said = []
     final = refit(resolve_source(data), copy, cfg, tables, strategy, said.append)
     rows = [t[t["strategy"] == strategy].iloc[0] for t in tables]

@@ -11,9 +11,8 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import colour_folder
-from transfer import feature_cache
-from transfer.classifiers import classify
-from transfer.features import ExtractConfig, extract_features
+from transfer import ExtractConfig, classify, extract_features
+from transfer.features import _cache as feature_cache
 
 TINY = ExtractConfig(image_size=32, batch_size=8)
 TIMES = ["fit_seconds", "extract_seconds", "inference_images_per_second"]
@@ -44,7 +43,7 @@ def test_ray_makes_the_local_features_and_the_same_reports(local_ray, tmp_path):
     pd.testing.assert_frame_equal(runs["ray"].drop(columns=TIMES), runs["local"].drop(columns=TIMES))
     for report in ("predictions.csv", "per_class.csv", "split.csv", "skipped.csv"):
         assert (tmp_path / "ray" / report).read_bytes() == (tmp_path / "local" / report).read_bytes(), report
-    from transfer.predict import predict_run
+    from transfer import predict_run
 
     new = colour_folder(tmp_path / "new", n=3)  # images no run has seen: predict extracts them on Ray
     on_ray, _ = predict_run(tmp_path / "ray", [new], executor="ray", log=lambda *_: None)
@@ -106,7 +105,7 @@ def test_grid_searches_run_on_ray_through_joblib(local_ray):
     import joblib
     from ray.util.joblib import register_ray
 
-    from transfer.classifiers import fit_classifier
+    from transfer.features import fit_classifier
 
     rng = np.random.default_rng(0)
     y = np.repeat(["a", "b"], 30)

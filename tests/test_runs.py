@@ -7,10 +7,10 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import colour_folder
-from transfer import sources
+from transfer import ExtractConfig
+from transfer.data import _sources as sources
 from transfer.errors import TransferError
-from transfer.features import ExtractConfig
-from transfer.runs import open_run, read_results
+from transfer.reports import open_run, read_results
 
 TINY = ExtractConfig(image_size=32, batch_size=8)
 
@@ -20,7 +20,7 @@ def quiet(*_):
 
 
 def test_compare_reads_and_splits_the_source_once(tmp_path, monkeypatch):
-    from transfer.comparison import CompareConfig, compare
+    from transfer import CompareConfig, compare
 
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
     reads = []
@@ -45,11 +45,11 @@ def test_a_sub_run_refuses_a_folder_made_on_another_split(tmp_path):
 
 
 def test_records_written_and_read_back_are_the_same(tmp_path):
-    from transfer.classifiers import classify_run
+    from transfer.features import classify_run
 
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
     run = open_run(data, tmp_path / "run", "classify")
-    made = classify_run(run, TINY.validated(), ["logreg", "knn"], progress=False, log=quiet)
+    made = classify_run(run, TINY, ["logreg", "knn"], progress=False, log=quiet)
     again = read_results(run.out)  # in the report's order, best first
     assert sorted(r.classifier for r in again) == sorted(r.classifier for r in made)
     again = sorted(again, key=lambda r: [m.classifier for m in made].index(r.classifier))
@@ -78,7 +78,7 @@ def test_cli_names_flags_where_the_library_names_arguments(tmp_path):
 
 
 def test_reports_read_back_keep_text_labels_and_unmeasured_rates(tmp_path):
-    from transfer.runs import Result, write_reports
+    from transfer.reports import Result, write_reports
 
     run = open_run(colour_folder(tmp_path / "data", n=3, splits=("train", "val")), tmp_path / "run", "scratch")
     paths = run.rows(run.eval_split)["path"].tolist()[:2]

@@ -33,7 +33,7 @@ def test_scratch_baseline_trains_on_the_run_split(tmp_path):
 
 def test_scratch_options_are_validated():
     with pytest.raises(TransferError, match="image_size=8"):
-        ScratchConfig(image_size=8).validated()
+        ScratchConfig(image_size=8)
 
 
 @pytest.mark.parametrize(("side", "expected"), [(8, 32), (40, 40), (500, 64)])
@@ -44,9 +44,9 @@ def test_automatic_size_is_the_images_own_within_32_to_64(tmp_path, side, expect
     paths = [solid_image(tmp_path / f"{i}.png", (i, 0, 0), size=(side, side * 3 // 4)) for i in range(5)]
     (tmp_path / "bad.png").write_bytes(b"not an image")  # skipped, not counted
     lines = []
-    cfg = sized(ScratchConfig().validated(), [*paths, tmp_path / "bad.png"], log=lines.append)
+    cfg = sized(ScratchConfig(), [*paths, tmp_path / "bad.png"], log=lines.append)
     assert cfg.image_size == expected and f"median side is {side} px" in lines[0]
-    assert sized(ScratchConfig(image_size=20).validated(), paths).image_size == 20  # a given size wins
+    assert sized(ScratchConfig(image_size=20), paths).image_size == 20  # a given size wins
 
 
 def test_scratch_run_records_the_size_it_chose(tmp_path):

@@ -6,9 +6,9 @@ import zipfile
 import pytest
 
 from tests.conftest import write_tensor_pth
-from transfer.backbones import REGISTRY
-from transfer.lite_weights import package_checkpoint
-from transfer.torchfile import LEGACY_MAGIC, UnsafeCheckpointError, load_state_dict
+from transfer import REGISTRY
+from transfer.backbones._lite_weights import package_checkpoint
+from transfer.backbones._torchfile import LEGACY_MAGIC, UnsafeCheckpointError, load_state_dict
 
 STATE_DICT_PARAMS = {"efficientnet_lite0": 4_694_024, "efficientnet_lite1": 5_470_344, "efficientnet_lite2": 6_150_168}
 
@@ -56,7 +56,7 @@ def test_refuses_a_zip_checkpoint_that_runs_code(tmp_path):
 
 
 def test_evil_weights_file_is_a_one_line_error(tmp_path):
-    from transfer.backbones import build_backbone
+    from transfer import build_backbone
     from transfer.errors import TransferError
 
     marker = tmp_path / "pwned"
@@ -91,8 +91,8 @@ sys.meta_path.insert(0, NoTorch())
 import keras.src.backend.config as config
 config._KERAS_DIR = {str(tmp_path)!r}  # cold cache: convert from the .pth
 import numpy as np
-from transfer.backbones import build_backbone, get_backbone
-from transfer.images import load_image, sample_images
+from transfer import build_backbone, get_backbone
+from transfer import load_image, sample_images
 row = get_backbone("efficientnet_lite0")
 model = build_backbone(row, include_top=True)
 flower = [p for p in sample_images() if p.name == "flower.jpg"][0]

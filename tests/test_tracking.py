@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import colour_folder
-from transfer.comparison import CompareConfig, compare
+from transfer import CompareConfig, compare
 from transfer.errors import TransferError
 
 pytest.importorskip("mlflow")
@@ -106,14 +106,14 @@ def test_an_unreachable_server_is_one_line_before_any_work(logged, monkeypatch):
 
 
 def test_a_failure_while_logging_is_one_line_and_keeps_the_reports(logged, monkeypatch):
-    import transfer.tracking
+    import transfer.reports._tracking
 
     root, data, uri, _, _ = logged
 
     def server_gone(*args):
         raise ConnectionError("the server went away\nin the middle")
 
-    monkeypatch.setattr(transfer.tracking, "_log_compare", server_gone)
+    monkeypatch.setattr(transfer.reports._tracking, "_log_compare", server_gone)
     monkeypatch.chdir(root / "store")
     with pytest.raises(TransferError, match="MLflow did not take the results") as e:
         compare(data, root / "run", CompareConfig(**TINY), progress=False, mlflow=uri, log=lambda *_: None)
@@ -122,9 +122,9 @@ def test_a_failure_while_logging_is_one_line_and_keeps_the_reports(logged, monke
 
 
 def test_without_mlflow_installed_compare_stops_before_any_work(tmp_path, monkeypatch):
-    import transfer.tracking
+    import transfer.reports._tracking
 
-    monkeypatch.setattr(transfer.tracking.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(transfer.reports._tracking.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(TransferError, match=r"pip install -e '\.\[mlflow\]'"):
         compare(colour_folder(tmp_path / "d", n=2), tmp_path / "run", CompareConfig(**TINY), mlflow="default")
     assert not (tmp_path / "run").exists()

@@ -9,11 +9,11 @@ from click.testing import CliRunner
 
 import cli
 from tests.conftest import cached_images, colour_folder
-from transfer import plots
-from transfer.comparison import CompareConfig
+from transfer import CompareConfig
+from transfer.comparison._verdict import learning_curve_verdict, summarise_train_sizes
+from transfer.data._splits import UNUSED, train_subset
 from transfer.errors import TransferError
-from transfer.splits import UNUSED, train_subset
-from transfer.verdict import learning_curve_verdict, summarise_train_sizes
+from transfer.reports import plots
 
 
 def _split():
@@ -70,7 +70,7 @@ def test_train_subsets_are_nested_seeded_and_cut_val_in_proportion():
     ("", ()),
 ])
 def test_train_sizes_are_parsed_sorted_and_deduplicated(given, parsed):
-    assert CompareConfig(train_sizes=given).validated().train_sizes == parsed
+    assert CompareConfig(train_sizes=given).train_sizes == parsed
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -83,12 +83,12 @@ def test_train_sizes_are_parsed_sorted_and_deduplicated(given, parsed):
 ])
 def test_train_sizes_errors_are_one_line_and_name_the_option(options, message):
     with pytest.raises(TransferError, match="train_sizes") as e:
-        CompareConfig(**options).validated()
+        CompareConfig(**options)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
 def test_one_image_per_class_is_allowed_without_the_features_strategy():
-    cfg = CompareConfig(train_sizes="1,all", strategies="finetune,scratch").validated()
+    cfg = CompareConfig(train_sizes="1,all", strategies="finetune,scratch")
     assert cfg.train_sizes == ("1", "all")
 
 

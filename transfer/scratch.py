@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pandas as pd
 
+from transfer.data import SEED, TEST_FRACTION, VAL_FRACTION, ImageOptions
 from transfer.errors import TransferError
-from transfer.images import ImageOptions
-from transfer.splits import SEED, TEST_FRACTION, VAL_FRACTION
+from transfer.runtime import keeps_file_names, keras_module
 
 MIN_SIZE = 16  # two 2x poolings leave a 4x4 map
 # The automatic input size: the images' own, within these bounds. Below 32 px (LeNet-5's input) the two poolings
@@ -39,24 +39,23 @@ class ScratchConfig(ImageOptions):
     augment: bool = False
     seed: int = SEED
 
-    def validated(self) -> ScratchConfig:
-        """Check every option.
+    def __post_init__(self):
+        """Checked at construction (``image_size`` None stays: :func:`sized` resolves it on the data).
 
         Raises:
             TransferError: naming the option, what is allowed and what was given.
         """
-        cfg = self.checked_images(MIN_SIZE, default_size=AUTO_SIZES[0], what="the scratch CNN")
-        cfg = dataclasses.replace(cfg, image_size=self.image_size)  # None stays: sized() resolves it on the data
-        if self.epochs < 1:
+        super().__post_init__()
+        self.image_size_for(MIN_SIZE, default_size=AUTO_SIZES[0], what="the scratch CNN")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
             raise TransferError(f"epochs={self.epochs} is not valid: give a positive integer.")
         if not self.lr > 0:
             raise TransferError(f"lr={self.lr} is not valid: give a positive number.")
-        return cfg
 
 
 def sized(cfg: ScratchConfig, train_paths, log=print) -> ScratchConfig:
     """``cfg`` with ``image_size`` resolved: as given, or the training images' own size within :data:`AUTO_SIZES`."""
-    from transfer.images import median_side
+    from transfer.data import median_side
 
     if cfg.image_size is not None:
         return cfg
@@ -69,8 +68,8 @@ def sized(cfg: ScratchConfig, train_paths, log=print) -> ScratchConfig:
 
 def build_scratch_model(image_size: int, n_classes: int):
     """Conv-pool, conv-pool, dense, softmax: LeNet-5 with ReLU and max pooling."""
-    import keras
-    from keras import layers
+    keras = keras_module()
+    layers = keras_module().layers
 
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1 / 255.0, name="scale")(inputs)
@@ -93,10 +92,10 @@ def _fit(run, cfg: ScratchConfig, skipped: dict):
     """Train on the run's train split, early stopping on val; returns ``(model, history)``."""
     import warnings
 
-    import keras
+    keras = keras_module()
 
-    from transfer.images import training_batches, unreadable
-    from transfer.training import tensorboard
+    from transfer.data import training_batches, unreadable
+    from transfer.finetuning import tensorboard
 
     skipped.update(unreadable(run.split["path"]))
     run.check_readable(skipped)  # before anything trains
@@ -135,9 +134,8 @@ def _fit(run, cfg: ScratchConfig, skipped: dict):
 
 
 def _write_unscored(run, cfg: ScratchConfig, model, history, log):
-    from transfer.fileio import write_csv
-    from transfer.runfolder import publishing
-    from transfer.runs import write_config
+    from transfer.reports import publishing, write_config
+    from transfer.runtime import write_csv
 
     with publishing(run.out) as stage:
         model.save(stage / "model.keras")
@@ -164,13 +162,12 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     """The scratch CNN in an opened run folder: trained, scored, reports written.
 
     Returns:
-        Its :class:`~transfer.runs.Result`; None in a run that scores nothing (``run.scored`` False: only the
+        Its :class:`~transfer.reports.Result`; None in a run that scores nothing (``run.scored`` False: only the
         model, its history and ``config.json`` are written).
     """
-    from transfer.fileio import write_csv
-    from transfer.images import timed_predict
-    from transfer.runfolder import publishing
-    from transfer.runs import Result, write_reports
+    from transfer.data import timed_predict
+    from transfer.reports import Result, publishing, write_reports
+    from transfer.runtime import write_csv
 
     skipped: dict[str, str] = {}
     cfg = sized(cfg, run.rows("train")["path"], log)
@@ -201,6 +198,7 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     return result
 
 
+@keeps_file_names()
 def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=VAL_FRACTION,
                   test_fraction=TEST_FRACTION, log=print) -> pd.DataFrame:
     """Train the scratch CNN on the run's split and evaluate it like the other strategies.
@@ -211,15 +209,14 @@ def train_scratch(data, out, cfg: ScratchConfig | None = None, *, val_fraction=V
 
     Args:
         data: a folder, a CSV manifest, ``digits`` or ``fashion-mnist`` (see
-            :func:`transfer.sources.resolve_source`), or a split table.
+            :func:`transfer.data.resolve_source`), or a split table.
 
     Returns:
         The one-row metrics table.
     """
-    from transfer.runfolder import claim
-    from transfer.runs import metrics_table, open_run
+    from transfer.reports import claim, metrics_table, open_run
 
-    cfg = (cfg or ScratchConfig()).validated()
+    cfg = (cfg or ScratchConfig())
     with claim(out, "scratch", log=log):
         run = open_run(data, out, "scratch", val_fraction=val_fraction, test_fraction=test_fraction, seed=cfg.seed)
         return metrics_table([scratch_run(run, cfg, log=log)])

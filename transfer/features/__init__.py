@@ -1,0 +1,32 @@
+"""Strategy 2: the frozen backbone's features, extracted once and cached, and the classifiers trained on them."""
+
+from __future__ import annotations
+
+from transfer._exports import lazy
+
+_API = {
+    "CLASSIFIERS": "_classifiers",
+    "DEFAULT_CLASSIFIERS": "_classifiers",
+    "ExtractConfig": "_extract",
+    "SEARCH_SIZE": "_classifiers",
+    "build_extractor": "_extract",
+    "cache_key": "_extract",
+    "cache_root": "_cache",
+    "cached_settings": "_cache",
+    "check_search_size": "_classifiers",
+    "class_scores": "_classifiers",
+    "classify": "_classifiers",
+    "classify_run": "_classifiers",
+    "extract": "_extract",
+    "extract_features": "_extract",
+    "feature_settings": "_extract",
+    "fit_classifier": "_classifiers",
+    "load_classifier": "_classifiers",
+    "parse_classifiers": "_classifiers",
+    "pipeline_steps": "_classifiers",
+    "prune": "_cache",
+    "save_classifier": "_classifiers",
+}
+
+__all__ = sorted(_API)
+__getattr__, __dir__ = lazy(__name__, _API)
