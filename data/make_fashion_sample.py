@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transfer.sources import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
+from transfer.data._sources import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
 
 PER_CLASS = 24
 OUT = Path(__file__).resolve().parent / "fashion-sample"

@@ -244,7 +244,8 @@ def _choose(record: dict, engine: str, path: Path, modules: dict) -> tuple[str, 
         return "", "not timed on this machine yet"
     fair = {name: timing[name] for name in ("tensorflow", *agreeing)}
     best = max(fair, key=fair.get)
-    return best, ", ".join(f"{name} {rate:.0f} images/s" for name, rate in sorted(fair.items(), key=lambda kv: -kv[1]))
+    rates = ", ".join(f"{name} {rate:.0f}" for name, rate in sorted(fair.items(), key=lambda kv: -kv[1]))
+    return best, f"images/s on this machine: {rates}"
 
 
 def frozen_model(identity: dict, build, engine: str, sample, log=print):
