@@ -22,6 +22,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 
 from transfer.runtime import _onednn as onednn
 
@@ -82,11 +83,12 @@ class _Start:
 
     started = False
     announce = None  # a callable of one line, or None: said nowhere
+    lock = threading.Lock()  # one start, whichever thread asks first
 
 
 def announce_to(callback) -> None:
-    """Say :func:`device_line` (and a one-off measurement's line) to ``callback`` when transfer starts TensorFlow;
-    ``None``: say nothing but the measurement's line, on stderr. The command line passes its own echo."""
+    """Say :func:`device_line` to ``callback`` when transfer starts TensorFlow (``None``: say nothing). The command
+    line passes its own echo."""
     _Start.announce = callback
 
 
@@ -127,12 +129,13 @@ def tensorflow():
     nothing and a user's own ``import tensorflow`` is left alone. If TensorFlow was imported before, it is
     used as it is, and a oneDNN setting that could not apply is said once.
     """
-    if not _Start.started:
-        _Start.started = True
-        if "tensorflow" in sys.modules:
-            _came_first()
-        else:
-            _start()
+    with _Start.lock:
+        if not _Start.started:
+            if "tensorflow" in sys.modules:
+                _came_first()
+            else:
+                _start()
+            _Start.started = True  # not before: a failed import is tried (and fails the same way) again
     return sys.modules["tensorflow"]
 
 
