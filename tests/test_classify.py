@@ -282,13 +282,14 @@ def test_the_search_sees_a_stratified_sample_and_the_refit_sees_every_image():
         fit_classifier("logreg", np.zeros((204, 3)), rare, search_size=20, n_jobs=1)
 
 
-def test_a_classifier_above_its_size_limit_is_skipped_with_one_line(tmp_path, monkeypatch):
+def test_a_classifier_above_its_size_limit_without_a_solver_that_scales_is_skipped_with_one_line(tmp_path,
+                                                                                                    monkeypatch):
     import dataclasses
 
     from transfer.features import _classifiers as classifiers
 
     monkeypatch.setitem(classifiers.CLASSIFIERS, "rbf_svm",
-                        dataclasses.replace(classifiers.CLASSIFIERS["rbf_svm"], max_train=10))
+                        dataclasses.replace(classifiers.CLASSIFIERS["rbf_svm"], max_train=10, large=None))
     said = []
     data = colour_folder(tmp_path / "d", n=8, splits=("train", "val"))
     table = classify(data, tmp_path / "run", TINY, "rbf_svm,logreg", progress=False, log=said.append)
@@ -299,6 +300,57 @@ def test_a_classifier_above_its_size_limit_is_skipped_with_one_line(tmp_path, mo
     assert config["classifiers"] == ["logreg"] and config["requested_classifiers"] == ["rbf_svm", "logreg"]
     with pytest.raises(TransferError, match="No classifier of rbf_svm suits 16 training images; choose from "):
         classify(data, tmp_path / "run2", TINY, "rbf_svm", progress=False, log=lambda *_: None)
+
+
+def _limits_down(monkeypatch, limit):
+    import dataclasses
+
+    from transfer.features import _classifiers as classifiers
+
+    for name in ("linear_svm", "rbf_svm"):
+        monkeypatch.setitem(classifiers.CLASSIFIERS, name,
+                            dataclasses.replace(classifiers.CLASSIFIERS[name], max_train=limit))
+
+
+def test_above_the_exact_limit_both_svms_run_by_solvers_that_scale_and_say_so(tmp_path, monkeypatch):
+    _limits_down(monkeypatch, 10)
+    said = []
+    data = colour_folder(tmp_path / "d", n=8, splits=("train", "val"))
+    table = classify(data, tmp_path / "run", TINY, "linear_svm,rbf_svm", progress=False, log=said.append)
+    assert sorted(table["classifier"]) == ["linear_svm", "rbf_svm"] and (table["accuracy"] == 1.0).all()
+    assert any(line.startswith("linear_svm: 16 training images is above the 10 that LinearSVC (liblinear, exact) "
+                               "suits") and line.endswith("LinearSVC's loss and C by SGD, float32, no copy instead")
+               for line in said)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["solvers"] == {"linear_svm": "LinearSVC's loss and C by SGD, float32, no copy",
+                                 "rbf_svm": "Nystroem, 2,000 components, then a linear SVM by SGD"}
+    search = pd.read_csv(tmp_path / "run" / "search.csv")  # the estimator searched is the one refit
+    assert search["params"].str.contains("sgdlinearsvc__C").all()
+    for name in ("linear_svm", "rbf_svm"):  # saved and loaded as every classifier transfer writes
+        assert len(load_classifier(tmp_path / "run" / "classifiers" / f"{name}.skops").predict(
+            np.zeros((2, 1280), np.float32))) == 2
+
+
+@pytest.mark.parametrize("name", ["linear_svm", "rbf_svm"])
+def test_the_scaling_svm_agrees_with_the_exact_one_where_both_run(monkeypatch, name):
+    """On digits' pixels (1,400 training images, 397 test): the grid search and refit by the exact solver and by
+    the one that scales, on the same images; their test predictions agree and their accuracies are within noise."""
+    from sklearn.datasets import load_digits
+
+    from transfer.features import fit_classifier
+    from transfer.reports import mcnemar_pvalue
+
+    x, y = load_digits(return_X_y=True)
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[:1400], order[1400:]
+    x = x.astype(np.float32)
+    exact = fit_classifier(name, x[train], y[train], seed=0)
+    _limits_down(monkeypatch, 100)
+    scaled = fit_classifier(name, x[train], y[train], seed=0)
+    assert exact.solver != scaled.solver
+    a, b = exact.estimator.predict(x[test]), scaled.estimator.predict(x[test])
+    assert (a == b).mean() >= 0.95
+    assert mcnemar_pvalue(y[test], a, b) > 0.05
 
 
 @pytest.mark.parametrize("value", ["5", "many"])

@@ -21,11 +21,11 @@ _API = {
     "extract_features": "_extract",
     "feature_settings": "_extract",
     "fit_classifier": "_classifiers",
-    "load_classifier": "_classifiers",
+    "load_classifier": "_saving",
     "parse_classifiers": "_classifiers",
     "pipeline_steps": "_classifiers",
     "prune": "_cache",
-    "save_classifier": "_classifiers",
+    "save_classifier": "_saving",
 }
 
 __all__ = sorted(_API)

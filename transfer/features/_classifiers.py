@@ -18,6 +18,7 @@ import pandas as pd
 
 from transfer.data import SEED, TEST_FRACTION, VAL_FRACTION
 from transfer.errors import TransferError
+from transfer.features._saving import save_classifier
 from transfer.runtime import keeps_file_names
 
 
@@ -39,6 +40,24 @@ def _rbf_svm(n_samples):
     # Distances between unit-length features (cosine geometry): README, "feature normalisation", measured
     # better than standardised features by cross-validation on all three sets at hand.
     return make_pipeline(Normalizer(), SVC(kernel="rbf"))
+
+
+def _linear_svm_sgd(n_samples):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from transfer.features._svm import SGDLinearSVC
+
+    return make_pipeline(StandardScaler(), SGDLinearSVC())
+
+
+def _rbf_svm_nystroem(n_samples):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer
+
+    from transfer.features._svm import ChunkedNystroem, SGDLinearSVC
+
+    return make_pipeline(Normalizer(), ChunkedNystroem(n_components=NYSTROEM_COMPONENTS), SGDLinearSVC())
 
 
 def _logreg(n_samples):
@@ -71,11 +90,27 @@ def _mlp(n_samples):
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierSpec:
+    """A classifier: its pipeline, its grid, and what runs in its place above the size its solver suits.
+
+    Attributes:
+        max_train: above this many training images the fit outgrows the CNN pass or the memory: ``large`` runs
+            instead (the same model by a solver that scales), or, without one, the classifier is skipped.
+        solver: what fits it, in words (said in the output and kept in config.json).
+    """
+
     name: str
     make: callable  # n_samples -> an unfitted Pipeline
     grid: dict
-    max_train: int | None = None  # above this many training images its fit outgrows the CNN pass: skipped
+    max_train: int | None = None
     why_limit: str = ""
+    solver: str = ""
+    large: ClassifierSpec | None = None
+
+    def for_size(self, n_train: int) -> ClassifierSpec:
+        """The spec that fits ``n_train`` images: this one, or ``large`` above :attr:`max_train`."""
+        if self.max_train is not None and n_train > self.max_train and self.large is not None:
+            return self.large
+        return self
 
 
 # The grid search sees a stratified sample of at most this many training images; the refit sees all. README,
@@ -89,16 +124,25 @@ SEARCH_SIZE = 2000
 # liblinear peaked at 3.7 GiB refitting 60,000.
 RBF_MAX_TRAIN = 20000
 LINEAR_SVM_MAX_TRAIN = 20000
+# Landmark images of the RBF kernel's Nystroem map above RBF_MAX_TRAIN (README, "Scaling out").
+NYSTROEM_COMPONENTS = 2000
+_C_LINEAR = np.logspace(-4, -1, 4).tolist()
+_C_RBF, _GAMMA_RBF = np.logspace(-1, 2, 4).tolist(), ["scale", 1e-4, 1e-3]
 
 CLASSIFIERS = {
     spec.name: spec
     for spec in [
-        ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": np.logspace(-4, -1, 4).tolist()},
-                       max_train=LINEAR_SVM_MAX_TRAIN, why_limit="liblinear copies the features in double precision "
-                       "and in a sparse format of its own: 3.7 GiB of memory for 60,000 images"),
-        ClassifierSpec("rbf_svm", _rbf_svm, {"svc__C": np.logspace(-1, 2, 4).tolist(),
-                                             "svc__gamma": ["scale", 1e-4, 1e-3]},
-                       max_train=RBF_MAX_TRAIN, why_limit="a kernel SVM's fit grows with the square of the images"),
+        ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": _C_LINEAR}, max_train=LINEAR_SVM_MAX_TRAIN,
+                       why_limit="liblinear copies the features in double precision and in a sparse format of its "
+                       "own: 3.7 GiB of memory for 60,000 images", solver="LinearSVC (liblinear, exact)",
+                       large=ClassifierSpec("linear_svm", _linear_svm_sgd, {"sgdlinearsvc__C": _C_LINEAR},
+                                            solver="LinearSVC's loss and C by SGD, float32, no copy")),
+        ClassifierSpec("rbf_svm", _rbf_svm, {"svc__C": _C_RBF, "svc__gamma": _GAMMA_RBF}, max_train=RBF_MAX_TRAIN,
+                       why_limit="a kernel SVM's fit grows with the square of the images", solver="SVC (libsvm, exact)",
+                       large=ClassifierSpec("rbf_svm", _rbf_svm_nystroem,
+                                            {"sgdlinearsvc__C": _C_RBF, "chunkednystroem__gamma": _GAMMA_RBF},
+                                            solver=f"Nystroem, {NYSTROEM_COMPONENTS:,} components, then a linear "
+                                                   "SVM by SGD")),
         ClassifierSpec("logreg", _logreg, {"logisticregression__C": np.logspace(-4, 1, 6).tolist()}),
         ClassifierSpec("knn", _knn, {"kneighborsclassifier__n_neighbors": [1, 3, 5, 9, 15],
                                      "kneighborsclassifier__weights": ["uniform", "distance"]}),
@@ -142,6 +186,7 @@ class FitResult:
     search_seconds: float = float("nan")
     searched_on: int = 0
     cv_score: float = float("nan")  # mean cross-validated accuracy of the chosen parameters (the same folds for all)
+    solver: str = ""  # what fitted it (ClassifierSpec.solver): the exact solver, or the one that scales
 
 
 CONTINUOUS = ("__C", "__alpha", "__gamma")  # log-spaced parameters whose best value may lie beyond the grid
@@ -201,7 +246,8 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    spec = CLASSIFIERS[name]
+    x_fit, y_fit = (x_train, y_train) if x_refit is None else (x_refit, y_refit)
+    spec = CLASSIFIERS[name].for_size(len(y_fit))  # the same estimator is searched and refit
     rows = search_sample(y_train, search_size, seed)
     x_search, y_search = x_train[rows], np.asarray(y_train)[rows]
     smallest = int(pd.Series(y_search).value_counts().min())
@@ -215,7 +261,6 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
         grid[k_key] = [k for k in grid[k_key] if k <= fold_train] or [1]
     start = time.perf_counter()
     search = GridSearchCV(spec.make(len(y_train)), grid, cv=cv, n_jobs=n_jobs, refit=False)
-    x_fit, y_fit = (x_train, y_train) if x_refit is None else (x_refit, y_refit)
     with warnings.catch_warnings():
         # An iteration cap reached by some grid points (the MLP's, mostly) is what cross-validation judges: the
         # score counts, not the warning, which the workers printed once per fit.
@@ -229,7 +274,8 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     table.insert(0, "classifier", name)
     table.insert(1, "searched_on", len(y_search))
     return FitResult(name, estimator, table, search.best_params_, time.perf_counter() - start,
-                     grid_edges(grid, search.best_params_), searched, len(y_search), float(search.best_score_))
+                     grid_edges(grid, search.best_params_), searched, len(y_search), float(search.best_score_),
+                     spec.solver)
 
 
 def class_scores(estimator, x) -> np.ndarray:
@@ -269,47 +315,6 @@ def fitted_parameter_count(estimator) -> int:
     return total
 
 
-def save_classifier(estimator, path):
-    """Save with skops, a format that does not run code on load."""
-    import skops.io as sio
-
-    from transfer.runtime import atomic_path
-
-    with atomic_path(path, suffix=".skops") as tmp:
-        sio.dump(estimator, tmp)
-
-
-# The types beyond skops' own safe list that the pipelines of CLASSIFIERS save (kNN's search trees and distance,
-# the MLP's optimizer), written out: a prefix such as "numpy." would trust functions that run code
-# (numpy.testing's runstring execs a string).
-SAVED_TYPES = frozenset({
-    "sklearn.metrics._dist_metrics.EuclideanDistance32", "sklearn.metrics._dist_metrics.EuclideanDistance64",
-    "sklearn.neighbors._ball_tree.BallTree", "sklearn.neighbors._kd_tree.KDTree",
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-    "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-})
-
-
-def load_classifier(path):
-    """Load a classifier saved by :func:`save_classifier`, trusting only the types a transfer run saves.
-
-    Raises:
-        TransferError: the file holds any other type (it did not come from transfer), before anything is built.
-    """
-    import skops.io as sio
-
-    try:
-        found = sio.get_untrusted_types(file=path)
-    except Exception as e:  # noqa: BLE001 - not a zip, no schema, bad JSON...: all mean the same to the user
-        raise TransferError(f"{path} is not a classifier file transfer wrote ({type(e).__name__}: {e}); train the "
-                            "run again to make it.") from None
-    foreign = sorted(set(found) - SAVED_TYPES)
-    if foreign:
-        raise TransferError(f"Refusing to load {path}: it holds {foreign[0]}, a type a transfer run never saves "
-                            "(the file may be crafted to run code); train the run again to make it.")
-    return sio.load(path, trusted=list(found))
-
-
 def suited(names, n_train, log=print) -> list[str]:
     """The classifiers of ``names`` whose fit suits ``n_train`` images; each other one is skipped, saying why.
 
@@ -319,11 +324,15 @@ def suited(names, n_train, log=print) -> list[str]:
     kept = []
     for name in names:
         spec = CLASSIFIERS[name]
-        if spec.max_train is not None and n_train > spec.max_train:
+        if spec.max_train is None or n_train <= spec.max_train:
+            kept.append(name)
+        elif spec.large is not None:
+            log(f"{name}: {n_train:,} training images is above the {spec.max_train:,} that {spec.solver} suits "
+                f"({spec.why_limit}): {spec.large.solver} instead")
+            kept.append(name)
+        else:
             log(f"{name} skipped: {n_train:,} training images is above its limit of {spec.max_train:,} "
                 f"({spec.why_limit}); the others scale")
-        else:
-            kept.append(name)
     if not kept:
         raise TransferError(f"No classifier of {', '.join(names)} suits {n_train:,} training images; choose from "
                             f"{', '.join(n for n, s in CLASSIFIERS.items() if s.max_train is None)} with --classifier.")
@@ -359,13 +368,14 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
     # Each classifier goes to the staged set as soon as it is scored, and out of memory (a kNN holds a copy of the
     # features); the set replaces an earlier run's classifiers and reports together, or not at all.
     with publishing(run.out) as stage:
-        results, searches, edges, seconds = [], [], {}, {}
+        results, searches, edges, seconds, solvers = [], [], {}, {}, {}
         for name in fitted:
             fit = _fit(name, data, run.seed, search_size, log)
             results.append(_scored(fit, data, cfg, feats, run))
             save_classifier(fit.estimator, stage / "classifiers" / f"{name}.skops")
             searches.append(fit.search)
             seconds[name] = round(fit.search_seconds, 2)
+            solvers[name] = fit.solver
             if fit.at_edge:
                 edges[name] = fit.at_edge
             del fit  # before the next search starts
@@ -375,7 +385,7 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
             "requested_classifiers": list(names), "pipelines": pipeline_steps(names), "search_size": search_size,
             "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
             "features_from_cache": feats.from_cache, "feature_cache_key": feats.key, "features_dir": str(features_dir),
-            "search_seconds": seconds,
+            "search_seconds": seconds, "solvers": solvers,
         }, folder=stage)
     return results
 
