@@ -99,9 +99,10 @@ def test_the_default_is_the_model_the_verdict_recommends(run, tmp_path):
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
-@pytest.mark.parametrize("name", ["logreg", "linear_svm", "mlp"])
+@pytest.mark.parametrize("name", ["logreg", "linear_svm", "mlp", "linear_svm by SGD"])
 def test_classifiers_fold_into_dense_layers(name, n_classes):
-    """Scaler + classifier as Keras layers give scikit-learn's own scores, binary and multi-class."""
+    """Scaler + classifier as Keras layers give scikit-learn's own scores, binary and multi-class (the linear SVM
+    above its exact solver's limit too)."""
     import keras
 
     from transfer.features import CLASSIFIERS, class_scores
@@ -111,7 +112,9 @@ def test_classifiers_fold_into_dense_layers(name, n_classes):
     x = rng.normal(3, 2, (90, 12)).astype(np.float32)
     y = np.arange(90) % n_classes
     x[:, 0] += 4 * y
-    estimator = CLASSIFIERS[name].make(90).fit(x, y)
+    spec = CLASSIFIERS["linear_svm"].large if name == "linear_svm by SGD" else CLASSIFIERS[name]
+    name = spec.name
+    estimator = spec.make(90).fit(x, y)
     inputs = keras.Input((12,))
     scores, _ = classifier_layers(inputs, estimator, name)
     folded = keras.Model(inputs, scores).predict_on_batch(x)
