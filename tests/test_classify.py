@@ -367,3 +367,68 @@ def test_predicting_only_unreadable_files_with_a_run_lists_them_and_writes_no_cs
                                            str(bad_files)])
     assert result.exit_code == 2 and "none of the 3 inputs could be read as an image" in result.output
     assert result.output.count("skipped ") == 3 and not (tmp_path / "p.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory):
+    """scikit-learn's digits as 1,797 PNG files (8 x 8 grey levels), and their labels."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digit-files")
+    digits = load_digits()
+    paths = []
+    for i, image in enumerate(digits.images):
+        paths.append(root / f"{i:04d}.png")
+        Image.fromarray((image * 255 / 16).astype(np.uint8)).save(paths[-1])
+    return paths, digits.target
+
+
+def test_the_shard_streaming_fit_predicts_as_the_in_memory_fit(digit_files, tmp_path, monkeypatch):
+    """A linear SVM fitted a cache shard at a time (a shard of 200 images: 7 shards) against the same fitted on
+    the features in memory (one chunk): the same test predictions for at least 99 % of the images."""
+    from transfer import fit_streamed
+    from transfer.features import StreamedSGD, extract_features
+    from transfer.features import _cache as feature_cache
+
+    monkeypatch.setattr(feature_cache, "SHARD_ROWS", 200)
+    monkeypatch.setattr(features, "CHILD_PASS_IMAGES", 10 ** 9)  # extracted here, where the patch holds
+    paths, y = digit_files
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[:1400], order[1400:]
+    cache = tmp_path / "cache"
+    feats = extract_features([paths[i] for i in order], TINY, cache_dir=cache, progress=False)
+    x = dict(zip(feats.paths, feats.features, strict=True))
+    x_train, x_test = (np.stack([x[str(paths[i])] for i in rows]) for rows in (train, test))
+    assert len(list(cache.rglob("shard-*.npz"))) >= 7
+    streamed = fit_streamed([paths[i] for i in train], y[train], TINY, C=0.01, cache_dir=cache, progress=False)
+    in_memory = StreamedSGD(C=0.01).fit(x_train, y[train])
+    agree = (streamed.predict(x_test) == in_memory.predict(x_test)).mean()
+    assert agree >= 0.99 and streamed.skipped_ == []
+    assert (streamed.predict(x_test) == y[test]).mean() > 0.5  # it learned the digits, not a constant
+
+
+def test_a_streamed_logistic_model_gives_probabilities_and_saves_as_a_run_does(digit_files, tmp_path):
+    from transfer import fit_streamed
+
+    paths, y = digit_files
+    model = fit_streamed(paths[:300], y[:300], TINY, loss="log_loss", C=0.1, cache_dir=tmp_path / "c",
+                         progress=False)
+    x = np.random.default_rng(0).normal(size=(5, 1280)).astype(np.float32)
+    proba = model.predict_proba(x)
+    assert proba.shape == (5, 10) and np.allclose(proba.sum(axis=1), 1)
+    save_classifier(model, tmp_path / "m.skops")
+    assert (load_classifier(tmp_path / "m.skops").predict(x) == model.predict(x)).all()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(loss="hinge"), "loss='hinge' is not one of squared_hinge, log_loss"),
+    (dict(C=0), "C=0 is not valid: give a positive number"),
+])
+def test_a_streamed_fit_refuses_bad_arguments_before_any_work(digit_files, tmp_path, kwargs, message):
+    from transfer import fit_streamed
+
+    paths, y = digit_files
+    with pytest.raises(TransferError, match=message.replace("(", r"\(")):
+        fit_streamed(paths[:10], y[:10], TINY, cache_dir=tmp_path / "c", **kwargs)
+    assert not (tmp_path / "c").exists()

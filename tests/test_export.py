@@ -15,7 +15,7 @@ from transfer.errors import TransferError
 from transfer.serving import FORMATS, export_model, load_exported, read_metadata
 
 TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False, freeze="none",
-            scratch_size=16, scratch_epochs=2, classifiers="logreg,linear_svm,mlp,knn", search_size=None)
+            scratch_size=16, scratch_epochs=2, classifiers="logreg,linear_svm,rbf_svm,mlp,knn", search_size=None)
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +69,35 @@ def test_every_format_predicts_as_the_run(run, tmp_path, fmt, model):
     check_round_trip(path, meta)
 
 
-@pytest.mark.parametrize("model", ["linear_svm", "mlp", "scratch"])
+@pytest.mark.parametrize("model", ["linear_svm", "rbf_svm", "mlp", "scratch"])
 def test_other_models_export_exactly(run, tmp_path, model):
     path = tmp_path / "model.keras"
     meta = export_model(run, path, model=model, log=lambda *_: None)
     check_round_trip(path, meta)
-    if model == "linear_svm":
+    if model.endswith("svm"):
         assert meta["outputs"].startswith("decision values")
+
+
+@pytest.mark.parametrize("fmt", ["keras", "onnx"])
+def test_an_svm_above_the_exact_limit_exports_as_the_run_predicts(tmp_path, monkeypatch, fmt):
+    """The Nystroem RBF SVM (and the SGD linear SVM) that a large run fits ship as Keras layers, and the file
+    gives the run's own predictions and scores."""
+    import dataclasses
+
+    from transfer import ExtractConfig, classify
+    from transfer.features import _classifiers as classifiers
+
+    for name in ("linear_svm", "rbf_svm"):
+        monkeypatch.setitem(classifiers.CLASSIFIERS, name,
+                            dataclasses.replace(classifiers.CLASSIFIERS[name], max_train=10))
+    data = colour_folder(tmp_path / "d", n=8, splits=("train", "val", "test"))
+    classify(data, tmp_path / "run", ExtractConfig(image_size=32), "linear_svm,rbf_svm", progress=False,
+             log=lambda *_: None)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["solvers"]["rbf_svm"].startswith("Nystroem")
+    for name in ("rbf_svm", "linear_svm"):
+        path = out_path(tmp_path / name, fmt)
+        meta = export_model(tmp_path / "run", path, model=name, fmt=fmt, log=lambda *_: None)
+        check_round_trip(path, meta)
 
 
 def test_the_model_resizes_as_the_run_does(run, tmp_path):
@@ -99,22 +121,28 @@ def test_the_default_is_the_model_the_verdict_recommends(run, tmp_path):
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
-@pytest.mark.parametrize("name", ["logreg", "linear_svm", "mlp", "linear_svm by SGD"])
-def test_classifiers_fold_into_dense_layers(name, n_classes):
-    """Scaler + classifier as Keras layers give scikit-learn's own scores, binary and multi-class (the linear SVM
-    above its exact solver's limit too)."""
+@pytest.mark.parametrize("name", ["logreg", "linear_svm", "mlp", "linear_svm by SGD", "rbf_svm",
+                                  "rbf_svm by Nystroem"])
+def test_classifiers_fold_into_keras_layers(name, n_classes):
+    """Each classifier as Keras layers gives scikit-learn's own scores, binary and multi-class (the SVMs above
+    their exact solvers' limits too: SGD, and a Nystroem map then SGD)."""
     import keras
 
     from transfer.features import CLASSIFIERS, class_scores
+    from transfer.features._svm import record_gamma
     from transfer.serving._graph import classifier_layers
 
     rng = np.random.default_rng(0)
     x = rng.normal(3, 2, (90, 12)).astype(np.float32)
     y = np.arange(90) % n_classes
     x[:, 0] += 4 * y
-    spec = CLASSIFIERS["linear_svm"].large if name == "linear_svm by SGD" else CLASSIFIERS[name]
+    spec = CLASSIFIERS[name.split()[0]]
+    spec = spec.large if " by " in name else spec
     name = spec.name
     estimator = spec.make(90).fit(x, y)
+    record_gamma(estimator, x)  # as a run's refit does
+    if hasattr(estimator[-1], "n_support_"):  # each pair of classes decides by support vectors of both
+        assert (estimator[-1].n_support_ > 1).all()
     inputs = keras.Input((12,))
     scores, _ = classifier_layers(inputs, estimator, name)
     folded = keras.Model(inputs, scores).predict_on_batch(x)

@@ -273,21 +273,15 @@ def child_pass():
 
 
 @keeps_file_names()
-def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print) -> Features:
-    """Features of ``paths``: those the shared cache holds are read, only the others run through the CNN.
+def cached(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print):
+    """Extract into the feature cache those of ``paths`` it does not hold, reading none of them back.
 
-    Args:
-        paths: image files.
-        cfg: backbone, layer, pooling, size and resize mode.
-        cache_dir: the feature cache (default: the shared one, see
-            :func:`transfer.features.cache_root`).
-        progress: show a progress bar with images/s.
-        log: where the engine's one-off export and timing are said.
+    Returns:
+        ``(store, ids, found, missing)``: the :class:`~transfer.features._cache.FeatureStore`, each path's image
+        id, where the cache holds each one (or why it is unreadable), and the ids that were extracted now.
     """
     from transfer.features._cache import FeatureStore, cache_root, image_id
 
-    cfg = cfg
-    paths = [str(p) for p in paths]
     ids = [image_id(p) for p in paths]
     store = FeatureStore(cache_root(cache_dir), store_settings(cfg))
     found = store.find(ids)
@@ -299,6 +293,22 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, l
     if lost:  # shards removed while this run extracted (a prune, another process): say so, drop nothing silently
         raise TransferError(f"The feature cache {store.folder} lost the features of {len(lost)} image(s) while this "
                             f"run extracted them (e.g. {lost[0]}): was it pruned meanwhile? Run the command again.")
+    return store, ids, found, missing
+
+
+def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print) -> Features:
+    """Features of ``paths``: those the shared cache holds are read, only the others run through the CNN.
+
+    Args:
+        paths: image files.
+        cfg: backbone, layer, pooling, size and resize mode.
+        cache_dir: the feature cache (default: the shared one, see
+            :func:`transfer.features.cache_root`).
+        progress: show a progress bar with images/s.
+        log: where the engine's one-off export and timing are said.
+    """
+    paths = [str(p) for p in paths]
+    store, ids, found, missing = cached(paths, cfg, cache_dir, progress, log)
     kept = [k for k, i in enumerate(ids) if i in found.rows]
     skipped = [(p, found.skipped[i]) for p, i in zip(paths, ids, strict=True) if i in found.skipped]
     feats = store.read([ids[k] for k in kept], found)

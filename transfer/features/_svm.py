@@ -33,14 +33,16 @@ class SGDLinearSVC(ClassifierMixin, BaseEstimator):
         max_iter, tol, n_iter_no_change: SGD's epochs and stopping rule (scikit-learn's "adaptive" rate: the step
             is divided by 5 when the training loss has not improved by ``tol`` for ``n_iter_no_change`` epochs).
         random_state: seeds the shuffling.
+        n_jobs: threads for the one-vs-rest problems (the search's workers run one each; the refit all cores).
     """
 
-    def __init__(self, C=1.0, max_iter=200, tol=1e-4, n_iter_no_change=5, random_state=0):
+    def __init__(self, C=1.0, max_iter=200, tol=1e-4, n_iter_no_change=5, random_state=0, n_jobs=None):
         self.C = C
         self.max_iter = max_iter
         self.tol = tol
         self.n_iter_no_change = n_iter_no_change
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     def fit(self, X, y):
         import warnings
@@ -55,7 +57,7 @@ class SGDLinearSVC(ClassifierMixin, BaseEstimator):
         step = STEP / max(float(np.mean(np.einsum("ij,ij->i", X, X))), 1e-12)
         sgd = SGDClassifier(loss="squared_hinge", penalty="l2", alpha=1.0 / (self.C * len(X)), max_iter=self.max_iter,
                             tol=self.tol, n_iter_no_change=self.n_iter_no_change, learning_rate="adaptive",
-                            eta0=step, random_state=self.random_state)
+                            eta0=step, random_state=self.random_state, n_jobs=self.n_jobs)
         with warnings.catch_warnings():  # an epoch cap reached at some grid point is what the search judges
             warnings.simplefilter("ignore", ConvergenceWarning)
             sgd.fit(X, y)
@@ -106,3 +108,15 @@ class ChunkedNystroem(TransformerMixin, BaseEstimator):
             d2 = (part ** 2).sum(axis=1)[:, None] - 2 * part @ self.components_.T + c2[None, :]
             out[start:start + CHUNK] = np.exp(-self.gamma_ * np.maximum(d2, 0)) @ self.normalization_.T
         return out
+
+
+def record_gamma(estimator, x_fit):
+    """An exact SVC fitted with ``gamma="scale"`` gets the number it used as its ``gamma`` (the same predictions):
+    ``transfer export`` writes the kernel with it, and scikit-learn keeps it otherwise only in a private attribute.
+    "scale" is ``1 / (n_features * X.var())`` of the features the SVC saw, as ``SVC.fit`` computes it."""
+    svc = estimator.steps[-1][1]
+    if type(svc).__name__ != "SVC" or svc.gamma != "scale":
+        return
+    seen = np.asarray(estimator[:-1].transform(x_fit), np.float64)
+    variance = seen.var()
+    svc.gamma = 1.0 / (seen.shape[1] * variance) if variance != 0 else 1.0

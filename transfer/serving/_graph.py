@@ -14,12 +14,11 @@ from transfer.runtime import keras_module
 
 # Classifiers folded exactly into Keras layers, and why the others are not.
 METADATA_VERSION = 1
-FOLDABLE = ("logreg", "linear_svm", "mlp")
+FOLDABLE = ("logreg", "linear_svm", "rbf_svm", "mlp")
 
 
 NOT_FOLDABLE = {
     "knn": "k-nearest neighbours looks up the training features themselves, which have no Keras layer",
-    "rbf_svm": "an RBF SVM's one-vs-one votes over its support vectors have no exact Keras equivalent here",
 }
 
 
@@ -93,11 +92,15 @@ def _dense(x, w, b, activation, name):
 
 
 def classifier_layers(x, estimator, name: str):
-    """The fitted pipeline ``estimator`` (scaler + linear model or MLP) as Dense layers on features ``x``.
+    """The fitted pipeline ``estimator`` as Keras layers on features ``x``, giving the run's own scores.
+
+    A scaler + linear model or MLP is Dense layers; an RBF SVM is :func:`_kernel_layers`.
 
     Returns:
         ``(scores tensor, what the scores are)``.
     """
+    if name == "rbf_svm":
+        return _kernel_layers(x, estimator)
     scaler, model = estimator.steps[0][1], estimator.steps[-1][1]
     mean = getattr(scaler, "mean_", None)
     scale = getattr(scaler, "scale_", None)
@@ -125,6 +128,77 @@ def classifier_layers(x, estimator, name: str):
     if coef.shape[1] == 1:  # LinearSVC, binary: the run scores (-margin, margin)
         coef, intercept = np.hstack([-coef, coef]), np.hstack([-intercept, intercept])
     return _dense(x, *fold(coef, intercept), None, "classifier"), "decision values (LinearSVC has no probabilities)"
+
+
+def _kernel_layers(x, estimator):
+    """``Normalizer`` then an exact ``SVC``, or then a Nystroem map and a linear SVM, as Keras layers.
+
+    Both are the RBF kernel against fixed rows (the support vectors; the landmark images) followed by linear maps:
+    the Nystroem map's normalisation and the linear SVM fold into one Dense layer; the SVC's dual coefficients
+    give each pair of classes its decision, then its one-vs-one vote (:func:`_one_vs_one`).
+    """
+    keras = keras_module()
+
+    x = keras.layers.UnitNormalization(name="unit_length")(x)  # Normalizer: each row to unit length
+    model = estimator.steps[-1][1]
+    if hasattr(model, "support_vectors_"):
+        kernel = _rbf(x, model.support_vectors_, _svc_gamma(model))
+        return _one_vs_one(kernel, model), "decision values (one-vs-one votes, as scikit-learn's SVC gives them)"
+    mapping = estimator.steps[1][1]
+    kernel = _rbf(x, mapping.components_, mapping.gamma_)
+    coef, intercept = np.atleast_2d(model.coef_).T, np.atleast_1d(model.intercept_)
+    if coef.shape[1] == 1:  # binary: the run scores (-margin, margin)
+        coef, intercept = np.hstack([-coef, coef]), np.hstack([-intercept, intercept])
+    w = np.asarray(mapping.normalization_, np.float64).T @ coef
+    return _dense(kernel, w, intercept, None, "classifier"), "decision values (an SVM has no probabilities)"
+
+
+def _svc_gamma(model) -> float:
+    """The ``gamma`` an SVC was fitted with: a number (a run records the one that ``"scale"`` resolved to).
+
+    Raises:
+        TransferError: a classifier saved before runs recorded it.
+    """
+    gamma = model.get_params()["gamma"]
+    if isinstance(gamma, str):
+        raise TransferError(f"This RBF SVM was saved with gamma={gamma!r} unresolved (by an earlier transfer): "
+                            "classify again to export it.")
+    return float(gamma)
+
+
+def _rbf(x, rows, gamma: float):
+    """``exp(-gamma |x - r|^2)`` for each of ``rows``: the squared distance as ``|x|^2 - 2 x.r + |r|^2``, one
+    Dense layer and a sum, clipped at 0 against rounding."""
+    keras = keras_module()
+
+    rows = np.asarray(rows, np.float64)
+    cross = _dense(x, -2 * rows.T, (rows ** 2).sum(axis=1), None, "distance")
+    squared = keras.ops.maximum(cross + keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True), 0.0)
+    return keras.ops.exp(-gamma * squared)
+
+
+def _one_vs_one(kernel, svc):
+    """An SVC's scores from its kernel values: each pair of classes ``(i, j)`` decides by its support vectors'
+    dual coefficients; as scikit-learn's ``decision_function``, each class's score is its votes plus its summed
+    decisions squashed below 1/3, which breaks a tie of votes without overturning one."""
+    keras = keras_module()
+
+    n, dual = len(svc.classes_), np.asarray(svc.dual_coef_, np.float64)
+    if n == 2:  # scikit-learn's binary coefficients give the positive class's margin
+        return _dense(kernel, np.column_stack([-dual[0], dual[0]]), [-svc.intercept_[0], svc.intercept_[0]], None,
+                      "classifier")
+    ends = np.cumsum(svc.n_support_)
+    rows = [np.arange(end - count, end) for end, count in zip(ends, svc.n_support_, strict=True)]
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    w, first, second = np.zeros((len(dual[0]), len(pairs))), np.zeros((len(pairs), n)), np.zeros((len(pairs), n))
+    for p, (i, j) in enumerate(pairs):
+        w[rows[i], p], w[rows[j], p] = dual[j - 1, rows[i]], dual[i, rows[j]]
+        first[p, i], second[p, j] = 1, 1
+    decisions = _dense(kernel, w, svc.intercept_, None, "one_vs_one")  # > 0: i wins the pair
+    wins = keras.ops.cast(keras.ops.greater_equal(decisions, 0.0), "float32")
+    votes = _dense(wins, first - second, second.sum(axis=0), None, "votes")
+    summed = _dense(decisions, first - second, np.zeros(n), None, "confidences")
+    return keras.ops.add(votes, summed / (3 * (keras.ops.abs(summed) + 1)))
 
 
 def _without_dropout(model):
