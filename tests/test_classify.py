@@ -432,3 +432,42 @@ def test_a_streamed_fit_refuses_bad_arguments_before_any_work(digit_files, tmp_p
     with pytest.raises(TransferError, match=message.replace("(", r"\(")):
         fit_streamed(paths[:10], y[:10], TINY, cache_dir=tmp_path / "c", **kwargs)
     assert not (tmp_path / "c").exists()
+
+
+def test_features_larger_than_memory_are_classified_a_shard_at_a_time(tmp_path, monkeypatch):
+    """Where the features would not fit in the memory available, classify fits the linear SVM and a logistic model
+    a cache shard at a time, skips the classifiers that need every feature in memory (saying why), and writes the
+    same reports; the saved models predict with `predict --run` and export."""
+    from tests.conftest import patch_stage
+    from transfer.features import _cache as feature_cache
+    from transfer.runtime import _machine
+    from transfer.serving import export_model
+
+    patch_stage(monkeypatch, _machine, "available_memory", lambda: 10_000)  # bytes: 2 images' features
+    monkeypatch.setattr(feature_cache, "SHARD_ROWS", 6)
+    said = []
+    data = colour_folder(tmp_path / "d", n=8, splits=("train", "val", "test"))
+    table = classify(data, tmp_path / "run", TINY, "linear_svm,logreg,knn", progress=False, log=said.append)
+    assert sorted(table["classifier"]) == ["linear_svm", "logreg"] and (table["accuracy"] == 1.0).all()
+    assert any("need about" in line and "the classifiers fit a cache shard at a time" in line for line in said)
+    assert any(line.startswith("knn skipped: it needs every training image's features in memory") for line in said)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["streamed"] is True and config["solvers"]["logreg"] == "log_loss by SGD, a cache shard at a time"
+    predictions = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(predictions) == 2 * 16 and set(pd.read_csv(tmp_path / "run" / "search.csv")["classifier"]) == {
+        "linear_svm", "logreg"}
+    result = CliRunner().invoke(cli.main, ["predict", "--run", str(tmp_path / "run"), str(data / "test" / "red")])
+    assert result.exit_code == 0 and result.output.count("red ") == 8, result.output
+    meta = export_model(tmp_path / "run", tmp_path / "m.keras", model="logreg", log=lambda *_: None)
+    assert meta["outputs"] == "probabilities"
+
+
+def test_nothing_streams_when_no_classifier_can(tmp_path, monkeypatch):
+    from tests.conftest import patch_stage
+    from transfer.runtime import _machine
+
+    patch_stage(monkeypatch, _machine, "available_memory", lambda: 10_000)
+    data = colour_folder(tmp_path / "d", n=4)
+    with pytest.raises(TransferError, match="can fit features larger than memory: choose from linear_svm, logreg"):
+        classify(data, tmp_path / "run", TINY, "knn,mlp", progress=False, log=lambda *_: None)
+    assert not (tmp_path / "run" / "config.json").exists()

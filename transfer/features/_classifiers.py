@@ -42,22 +42,15 @@ def _rbf_svm(n_samples):
     return make_pipeline(Normalizer(), SVC(kernel="rbf"))
 
 
-def _linear_svm_sgd(n_samples):
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+def _from_svm(name, **kwargs):
+    """A pipeline maker of ``transfer.features._svm``, imported when first called (it imports scikit-learn)."""
 
-    from transfer.features._svm import SGDLinearSVC
+    def make(n_samples):
+        from transfer.features import _svm
 
-    return make_pipeline(StandardScaler(), SGDLinearSVC())
+        return getattr(_svm, name)(n_samples, **kwargs)
 
-
-def _rbf_svm_nystroem(n_samples):
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import Normalizer
-
-    from transfer.features._svm import ChunkedNystroem, SGDLinearSVC
-
-    return make_pipeline(Normalizer(), ChunkedNystroem(n_components=NYSTROEM_COMPONENTS), SGDLinearSVC())
+    return make
 
 
 def _logreg(n_samples):
@@ -137,11 +130,11 @@ CLASSIFIERS = {
         ClassifierSpec("linear_svm", _linear_svm, {"linearsvc__C": _C_LINEAR}, max_train=LINEAR_SVM_MAX_TRAIN,
                        why_limit="liblinear copies the features in double precision and in a sparse format of its "
                        "own: 3.7 GiB of memory for 60,000 images", solver="LinearSVC (liblinear, exact)",
-                       large=ClassifierSpec("linear_svm", _linear_svm_sgd, {"sgdlinearsvc__C": _C_LINEAR},
+                       large=ClassifierSpec("linear_svm", _from_svm("linear_svm_sgd"), {"sgdlinearsvc__C": _C_LINEAR},
                                             solver="LinearSVC's loss and C by SGD, float32, no copy")),
         ClassifierSpec("rbf_svm", _rbf_svm, {"svc__C": _C_RBF, "svc__gamma": _GAMMA_RBF}, max_train=RBF_MAX_TRAIN,
                        why_limit="a kernel SVM's fit grows with the square of the images", solver="SVC (libsvm, exact)",
-                       large=ClassifierSpec("rbf_svm", _rbf_svm_nystroem,
+                       large=ClassifierSpec("rbf_svm", _from_svm("rbf_svm_nystroem", n_components=NYSTROEM_COMPONENTS),
                                             {"sgdlinearsvc__C": _C_RBF, "chunkednystroem__gamma": ["scale"]},
                                             solver=f"Nystroem, {NYSTROEM_COMPONENTS:,} components, then a linear "
                                                    "SVM by SGD")),
@@ -362,7 +355,9 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
         search_size: see :func:`fit_classifier`.
     """
     from transfer.features._cache import cache_root
-    from transfer.features._extract import extract_features, feature_settings
+    from transfer.features._extract import cached, extract_features, feature_settings
+    from transfer.features._stream import streamed_classifiers, too_large
+    from transfer.features._streamed import classify_streamed
     from transfer.reports import metrics_table, publishing, write_reports
     from transfer.runtime import write_csv
 
@@ -370,7 +365,13 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
     # Train, val, test in turn: each split (and train + val for the refit) is then a view of the one array, no copy.
     # (A learning curve's size leaves some images out of every split: they are not read.)
     order = run.split["split"].map({"train": 0, "val": 1, "test": 2}).dropna().sort_values(kind="stable").index
-    feats = extract_features(run.split["path"][order], cfg, cache_dir=features_dir, progress=progress, log=log)
+    paths = [str(p) for p in run.split["path"][order]]
+    held = cached(paths, cfg, features_dir, progress, log)
+    if too_large(held[2], len(paths), log):
+        return classify_streamed(run, cfg, streamed_classifiers(names, log), paths, held, search_size=search_size,
+                                 log=log)
+    feats = dataclasses.replace(extract_features(paths, cfg, cache_dir=features_dir, progress=progress, log=log),
+                                from_cache=not held[3])
     run.check_readable(dict(feats.skipped))
     data = _feature_splits(run, feats)
     fitted = suited(names, len(data.y_train if data.y_refit is None else data.y_refit), log)

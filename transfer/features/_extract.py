@@ -285,7 +285,9 @@ def cached(paths, cfg: ExtractConfig, cache_dir=None, progress=True, log=print):
     ids = [image_id(p) for p in paths]
     store = FeatureStore(cache_root(cache_dir), store_settings(cfg))
     found = store.find(ids)
-    missing = {i: p for i, p in zip(ids, paths, strict=True) if not found.has(i)}
+    # In the order of their ids (hashes): each shard holds a mixture of every class, whatever the order of the
+    # paths (a folder's are sorted by class), which a fit that reads a shard at a time needs (see _stream.py).
+    missing = dict(sorted((i, p) for i, p in zip(ids, paths, strict=True) if not found.has(i)))
     if missing:
         _fill(store, missing, cfg, progress, log)
         found = store.find(ids)
@@ -312,7 +314,13 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, l
     kept = [k for k, i in enumerate(ids) if i in found.rows]
     skipped = [(p, found.skipped[i]) for p, i in zip(paths, ids, strict=True) if i in found.skipped]
     feats = store.read([ids[k] for k in kept], found)
-    # The CNN's seconds and rate for these images, whenever they ran: each shard's, in proportion of its images used.
+    seconds, rate = cnn_timing(found, ids)
+    return Features([paths[k] for k in kept], feats, skipped, seconds, _key(cfg, ids), not missing, rate)
+
+
+def cnn_timing(found, ids) -> tuple[float, float]:
+    """The CNN's seconds and images per second for the images ``ids``, whenever they ran: each shard's figures,
+    in proportion of its images used."""
     used = {}
     for i in set(ids):
         shard = found.rows.get(i, (None,))[0]
@@ -320,7 +328,7 @@ def extract_features(paths, cfg: ExtractConfig, cache_dir=None, progress=True, l
     seconds = sum(found.shards[s][0] * n / max(found.shards[s][1], 1) for s, n in used.items() if s is not None)
     timed = {s: n for s, n in used.items() if s is not None and found.shards[s][2] > 0}
     rate = sum(timed.values()) / sum(n / found.shards[s][2] for s, n in timed.items()) if timed else float("nan")
-    return Features([paths[k] for k in kept], feats, skipped, seconds, _key(cfg, ids), not missing, rate)
+    return seconds, rate
 
 
 @keeps_file_names()

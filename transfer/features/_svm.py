@@ -114,9 +114,23 @@ def record_gamma(estimator, x_fit):
     """An exact SVC fitted with ``gamma="scale"`` gets the number it used as its ``gamma`` (the same predictions):
     ``transfer export`` writes the kernel with it, and scikit-learn keeps it otherwise only in a private attribute.
     "scale" is ``1 / (n_features * X.var())`` of the features the SVC saw, as ``SVC.fit`` computes it."""
-    svc = estimator.steps[-1][1]
+    svc = estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
     if type(svc).__name__ != "SVC" or svc.gamma != "scale":
         return
     seen = np.asarray(estimator[:-1].transform(x_fit), np.float64)
     variance = seen.var()
     svc.gamma = 1.0 / (seen.shape[1] * variance) if variance != 0 else 1.0
+
+
+def linear_svm_sgd(n_samples):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), SGDLinearSVC())
+
+
+def rbf_svm_nystroem(n_samples, n_components):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer
+
+    return make_pipeline(Normalizer(), ChunkedNystroem(n_components=n_components), SGDLinearSVC())

@@ -11,6 +11,7 @@ _API = {
     "ENGINES": "_engines",
     "ExportedModel": "_engines",
     "atomic_path": "_fileio",
+    "available_memory": "_machine",
     "check_engine": "_engines",
     "disk_full": "_fileio",
     "frozen_model": "_engines",

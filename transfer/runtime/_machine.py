@@ -47,6 +47,22 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def available_memory() -> int:
+    """Bytes of memory a new allocation can use now: the kernel's MemAvailable (free memory and the caches it can
+    drop), else the physical memory; a cgroup's limit, where one is set, caps either."""
+    try:
+        with open("/proc/meminfo") as f:
+            have = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        return min(have, int(limit) - used) if limit != "max" else have
+    except (OSError, ValueError):
+        return have
+
+
 def _version(package: str) -> str:
     try:
         return importlib.metadata.version(package)

@@ -101,7 +101,12 @@ def classifier_layers(x, estimator, name: str):
     """
     if name == "rbf_svm":
         return _kernel_layers(x, estimator)
-    scaler, model = estimator.steps[0][1], estimator.steps[-1][1]
+    if not hasattr(estimator, "steps"):  # fitted a cache shard at a time: its scaler inside it
+        estimator = [estimator.scaler_, estimator]
+        name = "logreg (one-vs-rest)" if estimator[1].loss == "log_loss" else name
+    else:
+        estimator = [step for _, step in estimator.steps]
+    scaler, model = estimator[0], estimator[-1]
     mean = getattr(scaler, "mean_", None)
     scale = getattr(scaler, "scale_", None)
     mean = np.zeros(x.shape[-1]) if mean is None else mean
@@ -121,9 +126,13 @@ def classifier_layers(x, estimator, name: str):
             w, b = np.hstack([np.zeros_like(w), w]), np.hstack([np.zeros_like(b), b])
         return _dense(x, w, b, "softmax", "classifier"), "probabilities"
     coef, intercept = np.atleast_2d(model.coef_).T, np.atleast_1d(model.intercept_)
-    if name == "logreg":
-        if coef.shape[1] == 1:
+    if name.startswith("logreg"):
+        if coef.shape[1] == 1:  # binary: sigmoid(z) is the softmax of (0, z)
             coef, intercept = np.hstack([np.zeros_like(coef), coef]), np.hstack([0.0, intercept])
+        elif name != "logreg":  # one-vs-rest: each class's sigmoid, normalised to sum to 1 (SGDClassifier's rule)
+            each = _dense(x, *fold(coef, intercept), "sigmoid", "classifier_one_vs_rest")
+            return keras_module().ops.divide(each, keras_module().ops.sum(each, axis=-1, keepdims=True)), \
+                "probabilities"
         return _dense(x, *fold(coef, intercept), "softmax", "classifier"), "probabilities"
     if coef.shape[1] == 1:  # LinearSVC, binary: the run scores (-margin, margin)
         coef, intercept = np.hstack([-coef, coef]), np.hstack([-intercept, intercept])

@@ -1,0 +1,140 @@
+"""``classify`` when the features do not fit in memory: linear models searched on a sample, refit shard by shard.
+
+The grid search sees a stratified sample of the training images read from the cache (``--search-size``, as in
+memory) and cross-validates the estimator that is refit: :class:`~transfer.features._stream.StreamedSGD`, whose
+refit then reads the training images' features one cache shard at a time; the evaluation images are scored a
+shard at a time too.  Reports are those of an in-memory ``classify``, with ``config.json``'s ``streamed`` set.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from transfer.features._stream import C_GRID, STREAMED, StreamedSGD, cached_chunks
+
+
+def _rows(run, paths, ids, found):
+    """Readable images by split: ``{split: (ids, labels)}``, and the unreadable ``{path: reason}``."""
+    table = run.split.set_index("path")
+    kept = [(p, i) for p, i in zip(paths, ids, strict=True) if i in found.rows]
+    skipped = {p: found.skipped[i] for p, i in zip(paths, ids, strict=True) if i not in found.rows}
+    where = table.loc[[p for p, _ in kept], ["label", "split"]]
+    rows = {}
+    for name in ("train", "val", "test"):
+        chosen = (where["split"] == name).to_numpy()
+        rows[name] = ([i for (_, i), c in zip(kept, chosen, strict=True) if c],
+                      where["label"].to_numpy()[chosen], [p for (p, _), c in zip(kept, chosen, strict=True) if c])
+    return rows, skipped
+
+
+def _search(name, store, found, train, search_size, seed, n_jobs=-1):
+    """The grid search of ``C`` on a stratified sample of the training images: ``(search, table)``."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    from transfer.features._classifiers import search_sample
+
+    ids, y, _ = train
+    rows = search_sample(y, search_size, seed)
+    x, y = store.read([ids[r] for r in rows], found), y[rows]
+    cv = StratifiedKFold(n_splits=min(5, int(pd.Series(y).value_counts().min())), shuffle=True, random_state=seed)
+    search = GridSearchCV(StreamedSGD(loss=STREAMED[name]), {"C": C_GRID}, cv=cv, n_jobs=n_jobs, refit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(x, y)
+    table = pd.DataFrame(search.cv_results_)
+    table["params"] = table["params"].map(str)
+    table.insert(0, "classifier", name)
+    table.insert(1, "searched_on", len(y))
+    return search, table
+
+
+def _score(model, found, evaluation):
+    """Predictions and class scores of ``model`` on the evaluation images, read a shard at a time."""
+    from transfer.features._classifiers import class_scores
+
+    ids, y, _ = evaluation
+    pred, scores = np.empty(len(ids), dtype=object), None
+    for x, index in cached_chunks(found, ids, np.arange(len(ids))).chunks():
+        chunk_scores = class_scores(model, x)
+        if scores is None:
+            scores = np.empty((len(ids), chunk_scores.shape[1]))
+        pred[index], scores[index] = model.predict(x), chunk_scores
+    return pred.astype(np.asarray(y).dtype), scores
+
+
+def classify_streamed(run, cfg, names, paths, cached, *, search_size, log=print) -> list:
+    """Strategy 2 in an opened run folder whose features are too large for memory (see the module's docstring).
+
+    Args:
+        run, cfg, names, search_size: as :func:`~transfer.features.classify_run`'s (``names``: those that stream).
+        paths: the images, train, val, test in turn; ``cached``: :func:`~transfer.features._extract.cached`'s
+            answer for them.
+    """
+    from transfer.features._classifiers import grid_edges
+    from transfer.features._extract import cnn_timing, feature_settings
+    from transfer.features._saving import save_classifier
+    from transfer.reports import metrics_table, publishing, write_reports
+    from transfer.runtime import write_csv
+
+    store, ids, found, missing = cached
+    rows, skipped = _rows(run, paths, ids, found)
+    run.check_readable(skipped)
+    fit_on = rows["train"]
+    if run.eval_split == "test":  # refit on train + val, as in memory
+        fit_on = (rows["train"][0] + rows["val"][0], np.concatenate([rows["train"][1], rows["val"][1]]), None)
+    seconds, rate = cnn_timing(found, ids)
+    with publishing(run.out) as stage:
+        results, searches, edges, searched = [], [], {}, {}
+        for name in names:
+            log(f"fitting {name} (grid search on a sample of {len(rows['train'][0]):,} training images, then a "
+                "shard at a time)...")
+            start = time.perf_counter()
+            search, table = _search(name, store, found, rows["train"], search_size, run.seed)
+            searched[name] = round(time.perf_counter() - start, 2)
+            model = StreamedSGD(loss=STREAMED[name], C=search.best_params_["C"], n_jobs=-1)
+            model.fit(cached_chunks(found, fit_on[0], fit_on[1]))
+            edge = grid_edges({"streamedsgd__C": C_GRID}, {"streamedsgd__C": search.best_params_["C"]})
+            if edge:
+                edges[name] = edge
+                log(f"warning: {name} chose {', '.join(edge)} at the edge of its grid: the best value may lie "
+                    "beyond it")
+            results.append(_result(run, cfg, name, model, search, time.perf_counter() - start, rows, fit_on, found,
+                                   (seconds, rate, skipped), int(table["searched_on"].iloc[0])))
+            save_classifier(model, stage / "classifiers" / f"{name}.skops")
+            searches.append(table)
+        write_csv(pd.concat(searches), stage / "search.csv")
+        write_reports(run, results, {
+            "extract": feature_settings(cfg), "engine": cfg.engine, "executor": cfg.executor, "classifiers": names,
+            "requested_classifiers": list(names), "pipelines": {n: ["StreamedSGD", STREAMED[n], str(C_GRID)]
+                                                                for n in names},
+            "search_size": search_size, "best_classifier": metrics_table(results)["classifier"].iloc[0],
+            "grid_edges": edges, "features_from_cache": not missing, "feature_cache_key": store.folder.name,
+            "features_dir": str(store.folder.parent), "search_seconds": searched, "streamed": True,
+            "solvers": {n: f"{STREAMED[n]} by SGD, a cache shard at a time" for n in names},
+        }, folder=stage)
+    return results
+
+
+def _result(run, cfg, name, model, search, fit_seconds, rows, fit_on, found, cnn, searched_on):
+    from transfer.features._classifiers import fitted_parameter_count
+    from transfer.reports import Result
+
+    seconds, rate, skipped = cnn
+    evaluation = rows[run.eval_split]
+    start = time.perf_counter()
+    pred, scores = _score(model, found, evaluation)
+    per_image = 1 / rate + (time.perf_counter() - start) / max(len(pred), 1)
+    return Result(
+        strategy="features", backbone=cfg.backbone, classifier=name, eval_split=run.eval_split,
+        paths=evaluation[2], y_true=evaluation[1], y_pred=pred,
+        classes=sorted(set().union(*(r[1] for r in rows.values()))),
+        scores=scores, layer=cfg.layer, params=search.best_params_, n_train=len(fit_on[0]), fit_seconds=fit_seconds,
+        extract_seconds=seconds, feature_dim=int(model.n_features_in_),
+        inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
+        trainable_params=fitted_parameter_count(model), run_dir=run.out, skipped=skipped,
+        selection_score=float(search.best_score_), selected_on=f"cross-validation on {searched_on} training images")
