@@ -16,7 +16,7 @@ from transfer.features import _extract as features
 TINY = ExtractConfig(image_size=32, batch_size=8)
 METRIC_COLUMNS = ["strategy", "backbone", "layer", "classifier", "best_params", "eval_split", "n_train", "n_test",
                   "accuracy", "macro_f1", "fit_seconds", "extract_seconds", "feature_dim",
-                  "inference_images_per_second", "trainable_params", "selection_score", "selected_on"]
+                  "inference_images_per_second", "trainable_params", "selection_score", "selected_on", "solver"]
 
 
 @pytest.fixture(scope="module")
@@ -324,6 +324,8 @@ def test_above_the_exact_limit_both_svms_run_by_solvers_that_scale_and_say_so(tm
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["solvers"] == {"linear_svm": "LinearSVC's loss and C by SGD, float32, no copy",
                                  "rbf_svm": "Nystroem, 2,000 components, then a linear SVM by SGD"}
+    rows = pd.read_csv(tmp_path / "run" / "metrics.csv").set_index("classifier")["solver"]  # each row says what it is
+    assert rows["rbf_svm"] == config["solvers"]["rbf_svm"] and rows["linear_svm"] == config["solvers"]["linear_svm"]
     search = pd.read_csv(tmp_path / "run" / "search.csv")  # the estimator searched is the one refit
     assert search["params"].str.contains("sgdlinearsvc__C").all()
     for name in ("linear_svm", "rbf_svm"):  # saved and loaded as every classifier transfer writes

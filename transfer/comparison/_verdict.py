@@ -18,7 +18,7 @@ from transfer.errors import TransferError
 from transfer.reports import STRATEGIES
 
 COMPARE_COLUMNS = [
-    "role", "strategy", "backbone", "classifier", "freeze", "model", "eval_split", "n_test", "accuracy",
+    "role", "strategy", "backbone", "classifier", "solver", "freeze", "model", "eval_split", "n_test", "accuracy",
     "macro_f1", "accuracy_ci_low", "accuracy_ci_high", "train_seconds", "inference_images_per_second",
     "trainable_params", "selection_score", "chosen_by", "p_vs_recommended", "differs_from_recommended",
     "run_dir",

@@ -141,11 +141,13 @@ CLASSIFIERS = {
                                             {"sgdlinearsvc__C": _C_RBF, "chunkednystroem__gamma": ["scale"]},
                                             solver=f"Nystroem, {NYSTROEM_COMPONENTS:,} components, then a linear "
                                                    "SVM by SGD")),
-        ClassifierSpec("logreg", _logreg, {"logisticregression__C": np.logspace(-4, 1, 6).tolist()}),
+        ClassifierSpec("logreg", _logreg, {"logisticregression__C": np.logspace(-4, 1, 6).tolist()},
+                       solver="LogisticRegression (L-BFGS)"),
         ClassifierSpec("knn", _knn, {"kneighborsclassifier__n_neighbors": [1, 3, 5, 9, 15],
-                                     "kneighborsclassifier__weights": ["uniform", "distance"]}),
+                                     "kneighborsclassifier__weights": ["uniform", "distance"]},
+                       solver="KNeighborsClassifier (exact neighbours)"),
         ClassifierSpec("mlp", _mlp, {"mlpclassifier__hidden_layer_sizes": [(256,), (512,)],
-                                     "mlpclassifier__alpha": [1e-4, 1e-2, 1.0]}),
+                                     "mlpclassifier__alpha": [1e-4, 1e-2, 1.0]}, solver="MLPClassifier (Adam)"),
     ]
 }
 
@@ -460,7 +462,8 @@ def _scored(fit, data: _FeatureSplits, cfg, feats, run):
         extract_seconds=feats.seconds, feature_dim=int(feats.features.shape[1]),
         inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
         trainable_params=fitted_parameter_count(fit.estimator), run_dir=run.out, skipped=dict(feats.skipped),
-        selection_score=fit.cv_score, selected_on=f"cross-validation on {fit.searched_on} training images")
+        selection_score=fit.cv_score, selected_on=f"cross-validation on {fit.searched_on} training images",
+        solver=fit.solver or None)
 
 
 @keeps_file_names()

@@ -16,6 +16,8 @@ import pandas as pd
 
 from transfer.features._stream import C_GRID, STREAMED, StreamedSGD, cached_chunks
 
+SOLVER = "{loss} by SGD, a cache shard at a time"
+
 
 def _rows(run, paths, ids, found):
     """Readable images by split: ``{split: (ids, labels)}``, and the unreadable ``{path: reason}``."""
@@ -115,7 +117,7 @@ def classify_streamed(run, cfg, names, paths, cached, *, search_size, log=print)
             "search_size": search_size, "best_classifier": metrics_table(results)["classifier"].iloc[0],
             "grid_edges": edges, "features_from_cache": not missing, "feature_cache_key": store.folder.name,
             "features_dir": str(store.folder.parent), "search_seconds": searched, "streamed": True,
-            "solvers": {n: f"{STREAMED[n]} by SGD, a cache shard at a time" for n in names},
+            "solvers": {n: SOLVER.format(loss=STREAMED[n]) for n in names},
         }, folder=stage)
     return results
 
@@ -137,4 +139,5 @@ def _result(run, cfg, name, model, search, fit_seconds, rows, fit_on, found, cnn
         extract_seconds=seconds, feature_dim=int(model.n_features_in_),
         inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
         trainable_params=fitted_parameter_count(model), run_dir=run.out, skipped=skipped,
-        selection_score=float(search.best_score_), selected_on=f"cross-validation on {searched_on} training images")
+        selection_score=float(search.best_score_), selected_on=f"cross-validation on {searched_on} training images",
+        solver=SOLVER.format(loss=STREAMED[name]))

@@ -188,6 +188,8 @@ class Result:
             scored images (strategy 2: mean cross-validated accuracy on the training images, the same folds for
             every classifier; the networks: accuracy on the validation split of the epoch kept); NaN: none.
         selected_on: that score in words.
+        solver: for strategy 2, what fitted the classifier (the exact solver, or the one that scales; None leaves
+            the column out).
     """
 
     strategy: str
@@ -215,6 +217,7 @@ class Result:
     skipped: dict = dataclasses.field(default_factory=dict)
     selection_score: float = math.nan
     selected_on: str = ""
+    solver: str | None = None
 
     def __post_init__(self):
         self.y_true, self.y_pred = np.asarray(self.y_true, dtype=object), np.asarray(self.y_pred, dtype=object)
@@ -246,7 +249,8 @@ class Result:
             "trainable_params": self.trainable_params,
             "selection_score": round(self.selection_score, 6), "selected_on": self.selected_on,
         }
-        optional = {"frozen_params": self.frozen_params, "freeze": self.freeze, "epochs_run": self.epochs_run}
+        optional = {"frozen_params": self.frozen_params, "freeze": self.freeze, "epochs_run": self.epochs_run,
+                    "solver": self.solver}
         return {**row, **{k: v for k, v in optional.items() if v is not None}}
 
     def predictions(self) -> pd.DataFrame:
