@@ -39,9 +39,8 @@ def _rbf_svm(n_samples):
 
     # Distances between unit-length features (cosine geometry): README, "feature normalisation", measured
     # better than standardised features by cross-validation on all three sets at hand.
-    # break_ties: a tie of one-vs-one votes goes to the class whose decisions are surer (decision_function's
-    # argmax), not to the first of them; so the run's predictions are its scores' argmax, which export ships (on the
-    # digits demo, libsvm's first-of-the-tied differed from the scores' argmax on 3 of 270 test images).
+    # break_ties: a tie of votes goes to decision_function's argmax, not to the first tied class: the run predicts
+    # by the scores export ships (libsvm's first-of-the-tied differed on 3 of the digits demo's 270 test images).
     return make_pipeline(Normalizer(), SVC(kernel="rbf", break_ties=True))
 
 
@@ -124,7 +123,7 @@ LINEAR_SVM_MAX_TRAIN = 20000
 # gamma="scale" alone: on unit-length features |x - r|^2 <= 4, so the exact grid's 1e-4 and 1e-3 make the kernel
 # 1 - gamma |x - r|^2 to within 1e-5, a linear kernel (linear_svm's), and SGD took 2x the epochs on them.
 NYSTROEM_COMPONENTS = 2000
-_C_LINEAR = np.logspace(-4, -1, 4).tolist()
+_C_LINEAR, C_LOGREG = np.logspace(-4, -1, 4).tolist(), np.logspace(-4, 1, 6).tolist()
 _C_RBF, _GAMMA_RBF = np.logspace(-1, 2, 4).tolist(), ["scale", 1e-4, 1e-3]
 
 CLASSIFIERS = {
@@ -141,8 +140,7 @@ CLASSIFIERS = {
                                             {"sgdlinearsvc__C": _C_RBF, "chunkednystroem__gamma": ["scale"]},
                                             solver=f"Nystroem, {NYSTROEM_COMPONENTS:,} components, then a linear "
                                                    "SVM by SGD")),
-        ClassifierSpec("logreg", _logreg, {"logisticregression__C": np.logspace(-4, 1, 6).tolist()},
-                       solver="LogisticRegression (L-BFGS)"),
+        ClassifierSpec("logreg", _logreg, {"logisticregression__C": C_LOGREG}, solver="LogisticRegression (L-BFGS)"),
         ClassifierSpec("knn", _knn, {"kneighborsclassifier__n_neighbors": [1, 3, 5, 9, 15],
                                      "kneighborsclassifier__weights": ["uniform", "distance"]},
                        solver="KNeighborsClassifier (exact neighbours)"),

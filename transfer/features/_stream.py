@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from transfer.features._svm import STEP
+from transfer.features._svm import STEP, LinearScores
 from transfer.runtime import keeps_file_names
 
 ARRAY_CHUNK = 4096  # rows of an in-memory array taken at a time, as many as a cache shard holds
@@ -144,7 +144,7 @@ def fit_streamed(paths, labels, cfg=None, *, loss="squared_hinge", C=1.0, cache_
     return model
 
 
-class StreamedSGD(ClassifierMixin, BaseEstimator):
+class StreamedSGD(LinearScores, ClassifierMixin, BaseEstimator):
     """A linear SVM or logistic model fitted by ``partial_fit`` over chunks of standardised features.
 
     Args:
@@ -223,15 +223,9 @@ class StreamedSGD(ClassifierMixin, BaseEstimator):
             return float(np.logaddexp(0, -margins).sum())
         return float((np.maximum(0, 1 - margins) ** 2).sum())
 
-    def decision_function(self, X):
+    def inputs(self, X):
         check_is_fitted(self)
-        scores = self.scaler_.transform(np.asarray(X)) @ self.coef_.T + self.intercept_
-        return scores.ravel() if scores.shape[1] == 1 else scores
-
-    def predict(self, X):
-        scores = self.decision_function(X)
-        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[index]
+        return self.scaler_.transform(np.asarray(X))
 
     def predict_proba(self, X):
         """For ``log_loss``: each one-vs-rest probability, normalised to sum to 1 (SGDClassifier's own rule)."""
@@ -250,7 +244,7 @@ class StreamedSGD(ClassifierMixin, BaseEstimator):
 # standardised copy, the solver's), and the Nystroem map adds 1.56x (2,000 float32 per image against 1,280).
 STREAM_FACTOR = 4
 STREAMED = {"linear_svm": "squared_hinge", "logreg": "log_loss"}  # the classifiers that can fit a shard at a time
-C_GRID = np.logspace(-4, 1, 6).tolist()  # logreg's grid
+C_GRID = np.logspace(-4, 1, 6).tolist()  # logreg's grid (C_LOGREG), for both
 
 
 def too_large(found, n_images: int, log=print) -> bool:

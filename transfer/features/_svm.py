@@ -25,7 +25,25 @@ CHUNK = 4096  # images mapped at a time: 4,096 x 2,000 float32 kernel values are
 STEP = 0.06  # SGD's first step times the mean squared norm of the features (see SGDLinearSVC.fit)
 
 
-class SGDLinearSVC(ClassifierMixin, BaseEstimator):
+class LinearScores:
+    """``decision_function`` and ``predict`` of a fitted linear model (``coef_``, ``intercept_``, ``classes_``) on
+    :meth:`inputs` of ``X`` (the features as they are; a model holding its own scaler standardises them)."""
+
+    def inputs(self, X):
+        return np.asarray(X)
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        scores = self.inputs(X) @ self.coef_.T + self.intercept_
+        return scores.ravel() if scores.shape[1] == 1 else scores
+
+    def predict(self, X):
+        scores = self.decision_function(X)
+        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
+        return self.classes_[index]
+
+
+class SGDLinearSVC(LinearScores, ClassifierMixin, BaseEstimator):
     """A linear SVM with ``LinearSVC``'s loss and ``C``, fitted by SGD on float32 features.
 
     Args:
@@ -64,16 +82,6 @@ class SGDLinearSVC(ClassifierMixin, BaseEstimator):
         self.classes_, self.coef_, self.intercept_ = sgd.classes_, sgd.coef_, sgd.intercept_
         self.n_features_in_, self.n_iter_ = X.shape[1], sgd.n_iter_
         return self
-
-    def decision_function(self, X):
-        check_is_fitted(self)
-        scores = np.asarray(X) @ self.coef_.T + self.intercept_
-        return scores.ravel() if scores.shape[1] == 1 else scores
-
-    def predict(self, X):
-        scores = self.decision_function(X)
-        index = (scores > 0).astype(int) if scores.ndim == 1 else scores.argmax(axis=1)
-        return self.classes_[index]
 
 
 class ChunkedNystroem(TransformerMixin, BaseEstimator):
