@@ -11,8 +11,9 @@ images per second of the CNN pass and of the whole command, and their ratio.
 
     python bench/scale.py [--sizes 7000,35000,70000] [--ray-images 10000] [--classifiers ...] [--out DIR]
 
-Targets (issue 14): peak memory of the process tree under 2.5 GiB, the run at most twice the extraction, the
-per-image extraction time flat from 7k to 70k. The machine's speed drifts over minutes: read the figures of one
+Targets (issues 14 and 27): peak memory of the process tree under 2.5 GiB, the run with every default classifier
+(both SVMs included: above 20,000 images by the solvers that scale) at most twice the extraction, the per-image
+extraction time flat from 7k to 70k. The machine's speed drifts over minutes: read the figures of one
 run against each other, not against another run's.
 """
 

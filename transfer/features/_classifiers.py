@@ -372,7 +372,7 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
     held = cached(paths, cfg, features_dir, progress, log)
     if too_large(held[2], len(paths), log):
         return classify_streamed(run, cfg, streamed_classifiers(names, log), paths, held, search_size=search_size,
-                                 log=log)
+                                 requested=names, log=log)
     feats = dataclasses.replace(extract_features(paths, cfg, cache_dir=features_dir, progress=progress, log=log),
                                 from_cache=not held[3])
     run.check_readable(dict(feats.skipped))

@@ -69,16 +69,17 @@ def _score(model, found, evaluation):
     return pred.astype(np.asarray(y).dtype), scores
 
 
-def classify_streamed(run, cfg, names, paths, cached, *, search_size, log=print) -> list:
+def classify_streamed(run, cfg, names, paths, cached, *, search_size, requested=None, log=print) -> list:
     """Strategy 2 in an opened run folder whose features are too large for memory (see the module's docstring).
 
     Args:
-        run, cfg, names, search_size: as :func:`~transfer.features.classify_run`'s (``names``: those that stream).
+        run, cfg, names, search_size: as :func:`~transfer.features.classify_run`'s (``names``: those that stream;
+            ``requested``: those asked for).
         paths: the images, train, val, test in turn; ``cached``: :func:`~transfer.features._extract.cached`'s
             answer for them.
     """
     from transfer.features._classifiers import grid_edges
-    from transfer.features._extract import cnn_timing, feature_settings
+    from transfer.features._extract import _key, cnn_timing, feature_settings
     from transfer.features._saving import save_classifier
     from transfer.reports import metrics_table, publishing, write_reports
     from transfer.runtime import write_csv
@@ -93,8 +94,9 @@ def classify_streamed(run, cfg, names, paths, cached, *, search_size, log=print)
     with publishing(run.out) as stage:
         results, searches, edges, searched = [], [], {}, {}
         for name in names:
-            log(f"fitting {name} (grid search on a sample of {len(rows['train'][0]):,} training images, then a "
-                "shard at a time)...")
+            n = len(rows["train"][0])
+            log(f"fitting {name} (grid search on {min(search_size or n, n):,} of {n:,} training images, the refit "
+                "a shard at a time)...")
             start = time.perf_counter()
             search, table = _search(name, store, found, rows["train"], search_size, run.seed)
             searched[name] = round(time.perf_counter() - start, 2)
@@ -112,10 +114,10 @@ def classify_streamed(run, cfg, names, paths, cached, *, search_size, log=print)
         write_csv(pd.concat(searches), stage / "search.csv")
         write_reports(run, results, {
             "extract": feature_settings(cfg), "engine": cfg.engine, "executor": cfg.executor, "classifiers": names,
-            "requested_classifiers": list(names), "pipelines": {n: ["StreamedSGD", STREAMED[n], str(C_GRID)]
-                                                                for n in names},
+            "requested_classifiers": list(requested or names),
+            "pipelines": {n: ["StreamedSGD", STREAMED[n], str(C_GRID)] for n in names},
             "search_size": search_size, "best_classifier": metrics_table(results)["classifier"].iloc[0],
-            "grid_edges": edges, "features_from_cache": not missing, "feature_cache_key": store.folder.name,
+            "grid_edges": edges, "features_from_cache": not missing, "feature_cache_key": _key(cfg, ids),
             "features_dir": str(store.folder.parent), "search_seconds": searched, "streamed": True,
             "solvers": {n: SOLVER.format(loss=STREAMED[n]) for n in names},
         }, folder=stage)

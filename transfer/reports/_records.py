@@ -347,7 +347,7 @@ def read_results(folder) -> list[Result]:
         if (folder / "skipped.csv").exists() else pd.DataFrame(columns=SKIPPED_COLUMNS)
     # Names stay text ("0.50" must not become 0.5, a label "NA" must not become missing); an empty number
     # (an unmeasured rate) is NaN.
-    metrics = read_csv(folder / "metrics.csv", dtype={"classifier": str, "freeze": str, "layer": str},
+    metrics = read_csv(folder / "metrics.csv", dtype={"classifier": str, "freeze": str, "layer": str, "solver": str},
                           keep_default_na=False, na_values={"inference_images_per_second": [""],
                                                             "selection_score": [""]})
     preds = read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
@@ -365,5 +365,6 @@ def read_results(folder) -> list[Result]:
             trainable_params=int(m["trainable_params"]), freeze=m.get("freeze") or None,
             frozen_params=_count_or_none(m.get("frozen_params")), epochs_run=_count_or_none(m.get("epochs_run")),
             run_dir=folder, skipped=dict(zip(skipped["path"], skipped["reason"], strict=True)),
-            selection_score=float(m.get("selection_score", math.nan)), selected_on=str(m.get("selected_on", ""))))
+            selection_score=float(m.get("selection_score", math.nan)), selected_on=str(m.get("selected_on", "")),
+            solver=m.get("solver") or None))
     return results
