@@ -18,7 +18,8 @@ from PIL import Image
 
 import cli
 from tests.conftest import colour_folder
-from transfer.data import ImageError, decode_image
+from transfer.data import ImageError, decode_image, unreadable
+from transfer.data._sources import opens_as_image
 
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 
@@ -217,6 +218,49 @@ def test_a_salted_data_folder_uses_every_odd_image_and_lists_every_bad_file(tmp_
     predictions = read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
     assert not set(predictions["path"]) & {str(p) for p in bad.values()}
     assert "could not be read and were skipped" in result.output
+
+
+def _special_files(folder):
+    """A named pipe, a link to /dev/zero and macOS/hidden files, each with an image extension."""
+    os.mkfifo(folder / "pipe.png")
+    (folder / "zeros.jpg").symlink_to("/dev/zero")
+    _save(Image.new("RGB", (20, 20), RED), folder / "._photo.png")
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return {"pipe.png": "not a regular file (a named pipe)",
+            "zeros.jpg": "not a regular file (a character device, through a symbolic link)",
+            "._photo.png": "a macOS resource-fork file", ".DS_Store": "a hidden file"}
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs POSIX pipes")
+def test_pipes_devices_and_resource_forks_are_listed_without_being_read(tmp_path):
+    """Neither split.csv nor a blocked read: skipped.csv lists each file with its reason (reading a pipe would
+    wait for a writer, /dev/zero would never end)."""
+    data = colour_folder(tmp_path / "data", n=10, splits=("",))
+    expected = _special_files(data / "red")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli.main, ["classify", "--data", str(data), "--out", str(out), "-c", "logreg",
+                                           "--image-size", "32", "--weights", "none", "--test-fraction", "0.3"])
+    assert result.exit_code == 0, result.output
+    split = pd.read_csv(out / "split.csv")
+    skipped = pd.read_csv(out / "skipped.csv")
+    reasons = {p.rsplit("/", 1)[-1]: r for p, r in zip(skipped["path"], skipped["reason"], strict=True)}
+    assert reasons.keys() == expected.keys() and not set(split["path"]) & set(skipped["path"])
+    for name, reason in expected.items():
+        assert reasons[name].startswith(reason), name
+    assert len(split) == 20
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs POSIX pipes")
+def test_predict_and_manifests_never_open_a_pipe(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _special_files(folder)
+    _save(Image.new("RGB", (20, 20), RED), folder / "fine.png")
+    assert not opens_as_image(folder / "pipe.png")
+    with pytest.raises(ImageError, match="named pipe"):
+        decode_image(folder / "pipe.png", 8)
+    assert unreadable([folder / "pipe.png", folder / "zeros.jpg"]).keys() == {str(folder / "pipe.png"),
+                                                                            str(folder / "zeros.jpg")}
 
 
 def test_non_utf8_names_are_predicted_and_written_losslessly(tmp_path):

@@ -89,7 +89,7 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
     table, preds = combine(results, run.out, seed=cfg.seed)
     line = verdict(table, preds, protocol=protocol or f"On one split ({len(preds['_y_true'])} "
                                                       f"{table['eval_split'].iloc[0]} images)")
-    skipped = {}
+    skipped = dict(run.unused)
     for r in results:  # the first sub-run's reason for a file it could not read
         for path, reason in r.skipped.items():
             skipped.setdefault(path, reason)

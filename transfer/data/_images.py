@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.data._sources import IMAGE_EXTENSIONS, opens_as_image
+from transfer.data._sources import IMAGE_EXTENSIONS, opens_as_image, special_file
 from transfer.errors import TransferError
 from transfer.runtime import keeps_file_names, tensorflow
 
@@ -99,11 +99,11 @@ def list_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
     skipped: list[tuple[str, str]] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(f for f in p.rglob("*") if not f.is_dir() and f.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 skipped.append((str(p), f"folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})"))
             files.extend(found)
-        elif p.is_file():
+        elif p.exists():  # a pipe or a device too: decoding lists it as skipped, with its reason, unread
             files.append(p)
         else:
             skipped.append((str(p), "no such file or folder"))
@@ -136,6 +136,8 @@ def decode_image(path, size: int, resize: str = "plain") -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    if special_file(path):
+        raise ImageError(special_file(path))
     try:
         if path.stat().st_size == 0:
             raise ImageError("empty file (0 bytes)")

@@ -7,6 +7,8 @@ CSV manifest, or a built-in data set (``digits``, ``fashion-mnist``).
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +27,51 @@ FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat",
                          "sandal", "shirt", "sneaker", "bag", "ankle_boot")
 
 
-def _class_folders(folder: Path) -> dict[str, list[Path]]:
-    """Each class folder's files; a broken symbolic link is kept, so that it is listed as skipped with its reason."""
+def special_file(path) -> str | None:
+    """Why ``path`` is not a regular file, in words (a named pipe, a device, ...), without opening it; None for a
+    regular file or a broken link (whose reading says why it fails).
+
+    Opening a named pipe blocks until something writes to it, and a device such as /dev/zero never ends: these are
+    listed as skipped, never read.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISFIFO: "a named pipe", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISSOCK: "a socket", stat.S_ISDIR: "a folder"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a file")
+    return f"not a regular file ({kind}{', through a symbolic link' if os.path.islink(path) else ''}): not read"
+
+
+def _unused_reason(path: Path, folder: Path) -> str | None:
+    """Why a file under a class folder is left out of the split, or None when it is a candidate image."""
+    parts = path.relative_to(folder).parts
+    if path.name.startswith("._"):
+        return "a macOS resource-fork file (._ AppleDouble metadata), not an image"
+    if any(part.startswith(".") for part in parts):
+        return "a hidden file (its name or a folder's starts with '.')"
+    return special_file(path)
+
+
+def _class_folders(folder: Path, unused: dict | None = None) -> dict[str, list[Path]]:
+    """Each class folder's candidate images; a broken symbolic link is kept, so that it is listed as skipped with
+    its reason. Every other file left out is put in ``unused`` (``{path: reason}``), for skipped.csv."""
     classes = {}
+    unused = {} if unused is None else unused
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        classes[sub.name] = sorted(f for f in sub.rglob("*") if not f.name.startswith(".")
-                                   and (f.is_file() or (f.is_symlink() and not f.exists())))
+        files = []
+        for f in sorted(sub.rglob("*")):
+            if f.is_dir():
+                continue
+            reason = _unused_reason(f, sub)
+            if reason is None:
+                files.append(f)
+            else:
+                unused[str(f)] = reason
+        classes[sub.name] = files
     return classes
 
 
@@ -38,6 +79,8 @@ def opens_as_image(path) -> bool:
     """Whether ``path`` has an image header Pillow recognises (a quick check: the pixels are not decoded)."""
     from PIL import Image
 
+    if special_file(path):
+        return False
     try:
         with Image.open(path) as img:
             return img.width > 0 and img.height > 0
@@ -66,14 +109,14 @@ def _check_classes(classes: dict[str, list], where: str):
         raise TransferError(f"{where} has a single class ({next(iter(classes))!r}): a classifier needs at least two.")
 
 
-def _folder_table(root: Path) -> pd.DataFrame:
+def _folder_table(root: Path, unused: dict | None = None) -> pd.DataFrame:
     subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     split_dirs = {_SPLIT_ALIASES[n]: p for n, p in subdirs.items() if n in _SPLIT_ALIASES}
     rows = []
     if "train" in split_dirs:
         names = None
         for split, folder in sorted(split_dirs.items(), key=lambda kv: SPLITS.index(kv[0])):
-            classes = _class_folders(folder)
+            classes = _class_folders(folder, unused)
             _check_classes(classes, str(folder))
             if names is None:
                 names = set(classes)
@@ -84,7 +127,7 @@ def _folder_table(root: Path) -> pd.DataFrame:
                 )
             rows += [(str(f), c, split) for c, files in classes.items() for f in files]
     else:
-        classes = _class_folders(root)
+        classes = _class_folders(root, unused)
         _check_classes(classes, str(root))
         rows = [(str(f), c, None) for c, files in classes.items() for f in files]
     return pd.DataFrame(rows, columns=["path", "label", "split"])
@@ -209,6 +252,7 @@ class DataSource:
     name: str
     kind: str
     table: pd.DataFrame  # path, label, split (None where the source has no splits)
+    unused: dict = dataclasses.field(default_factory=dict)  # {path: reason} of the files under a class folder left out
 
 
 @keeps_file_names()
@@ -233,7 +277,9 @@ def resolve_source(src) -> DataSource:
         return DataSource(name, "builtin", table)
     path = Path(name).expanduser()
     if path.is_dir():
-        return DataSource(name, "folder", _folder_table(path.resolve()))
+        unused = {}
+        table = _folder_table(path.resolve(), unused)
+        return DataSource(name, "folder", table, unused)
     if path.is_file() and path.suffix.lower() == ".csv":
         return DataSource(name, "csv", _csv_table(path.resolve()))
     raise TransferError(

@@ -349,5 +349,5 @@ def extract(data, out, cfg: ExtractConfig | None = None, *, val_fraction=VAL_FRA
     with claim(out, "extract", log=log):
         run = open_run(data, out, None, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
         feats = extract_features(run.split["path"], cfg, cache_dir=features_dir, progress=progress, log=log)
-        write_skipped(feats.skipped, run.out / "skipped.csv")
+        write_skipped(run.skipped_with(dict(feats.skipped)), run.out / "skipped.csv")
     return run.split, feats

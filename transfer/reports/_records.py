@@ -44,6 +44,11 @@ class Run:
     test_fraction: float = TEST_FRACTION
     seed: int = SEED
     scored: bool = True  # False: a model trained on every labelled image, which other runs scored (k-fold's refit)
+    unused: dict = dataclasses.field(default_factory=dict)  # files under a class folder left out, with the reason
+
+    def skipped_with(self, skipped: dict) -> dict:
+        """``skipped`` and the files the source left out (pipes, resource forks, ...): what skipped.csv lists."""
+        return {**self.unused, **skipped}
 
     @property
     def eval_split(self) -> str:
@@ -94,7 +99,8 @@ class Run:
 
     def _refused(self, skipped: dict) -> Path:
         finished = (self.out / "config.json").exists()
-        return write_skipped(skipped, self.out / ("skipped-refused.csv" if finished else "skipped.csv"))
+        return write_skipped(self.skipped_with(skipped),
+                             self.out / ("skipped-refused.csv" if finished else "skipped.csv"))
 
     def settings(self) -> dict:
         """What ``config.json`` records of every run, whatever the strategy."""
@@ -154,14 +160,17 @@ def open_run(data, out, command: str | None, *, val_fraction=VAL_FRACTION, test_
     if isinstance(data, pd.DataFrame):
         name = data.attrs.get("source", "a split table")
         out.mkdir(parents=True, exist_ok=True)
+        unused = dict(data.attrs.get("unused", {}))
         split = share_split(data, out, scored=scored)
-        split.attrs.update(reused=True, source=name)
+        split.attrs.update(reused=True, source=name, unused=unused)
     else:
         source = resolve_source(data)
         name = source.name
         out.mkdir(parents=True, exist_ok=True)
         split = prepare_split(source, out, val_fraction, test_fraction, seed)
-    return Run(out, command, name, split, val_fraction, test_fraction, seed, scored)
+        unused = dict(source.unused)
+        split.attrs["unused"] = unused  # for the sub-runs that are given this split
+    return Run(out, command, name, split, val_fraction, test_fraction, seed, scored, unused)
 
 
 @dataclasses.dataclass
@@ -311,7 +320,7 @@ def write_reports(run: Run, results: list[Result], config: dict, folder=None) ->
     write_csv(table, folder / "metrics.csv")
     write_csv(pd.concat([r.predictions() for r in results]), folder / "predictions.csv")
     write_csv(pd.concat([r.per_class() for r in results]), folder / "per_class.csv")
-    skipped = {path: reason for r in results for path, reason in r.skipped.items()}
+    skipped = run.skipped_with({path: reason for r in results for path, reason in r.skipped.items()})
     write_skipped(skipped, folder / "skipped.csv")
     write_config(folder / "config.json", {**run.settings(), **config, "n_skipped": len(skipped),
                                           "result_schema": RESULT_SCHEMA})
