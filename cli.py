@@ -157,6 +157,10 @@ def _search_size(ctx, param, value):
 SEARCH = click.option("--search-size", default=str(SEARCH_SIZE), show_default=True, callback=_search_size,
                       help="The classifiers' grid searches see a stratified sample of at most this many training "
                            "images (all: every one); each refit sees all.")
+DROP_DUPLICATES = click.option(
+    "--drop-duplicates", is_flag=True,
+    help="Leave each test image that has a copy (exact, or near by the backbone's features) in train or val out of "
+         "the test split, before training (the training copies are kept; skipped.csv lists them).")
 SPLIT = _options(
     click.option("--val-fraction", type=float, default=VAL_FRACTION, show_default=True,
                  help="Validation share when the data has no splits of its own."),
@@ -428,11 +432,35 @@ def extract(data, out, val_fraction, test_fraction, seed, **options):
 
 
 @main.command()
+@BACKBONE
+@DATA
+@click.option("--out", "-o", "out", type=click.Path(path_type=Path),
+              help="Folder for duplicates.csv (default: runs/check-NAME, NAME from --data).")
+@FEATURE_OPTIONS
+@IMAGE_SIZE
+@RESIZE
+@BATCH_SIZE
+@WEIGHTS
+@ENGINE
+def check(data, out, **options):
+    """Look for copies in the data: exact (same pixels) and near (the backbone's features), within and across
+    its splits, and images under two labels. classify and compare run the same check on their split."""
+    from transfer.features import check as run_check
+
+    cfg = _config(ExtractConfig, options)
+    out = _run_folder(out, "check", data)
+    found = run_check(data, out, cfg, log=click.echo)
+    click.echo(f"{len(found.duplicates)} pair(s) of copies; {out / 'duplicates.csv'} lists each pair (path, "
+               "copy_path, kind, similarity, relation, label_conflict).")
+
+
+@main.command()
 @EXTRACT_OPTIONS
 @click.option("--classifier", "-c", "classifiers", default=",".join(DEFAULT_CLASSIFIERS), show_default=True,
               help=f"Comma-separated: {', '.join(CLASSIFIERS)} (or 'all').")
 @SEARCH
-def classify(data, out, classifiers, search_size, val_fraction, test_fraction, seed, **options):
+@DROP_DUPLICATES
+def classify(data, out, classifiers, search_size, drop_duplicates, val_fraction, test_fraction, seed, **options):
     """Train scikit-learn classifiers on the frozen features and evaluate them."""
     from transfer.features import classify as run_classify
     from transfer.features import parse_classifiers
@@ -441,7 +469,7 @@ def classify(data, out, classifiers, search_size, val_fraction, test_fraction, s
     cfg = _config(ExtractConfig, options)
     out = _run_folder(out, "classify", data)
     table = run_classify(data, out, cfg, classifiers, val_fraction=val_fraction, test_fraction=test_fraction,
-                         seed=seed, search_size=search_size, log=click.echo)
+                         seed=seed, search_size=search_size, drop_duplicates=drop_duplicates, log=click.echo)
     click.echo(table[["classifier", "accuracy", "macro_f1", "fit_seconds", "best_params"]]
                .to_string(index=False))
     click.echo(f"Evaluated on the {table['eval_split'].iloc[0]} split ({table['n_test'].iloc[0]} images).")
@@ -588,6 +616,7 @@ def _echo_learning_curve(result):
 @WEIGHTS
 @ENGINE
 @SPLIT
+@DROP_DUPLICATES
 @click.option("--mlflow", "mlflow", is_flag=False, flag_value=TRACKING_DEFAULT, default=None, metavar="[URI]",
               help="Also log the comparison and every model (parameters, metrics, reports) to MLflow: at URI, or "
                    "alone for MLflow's default (./mlflow.db, artefacts in ./mlruns/). Needs .[mlflow].")

@@ -16,7 +16,8 @@ from transfer.features import _extract as features
 TINY = ExtractConfig(image_size=32, batch_size=8)
 METRIC_COLUMNS = ["strategy", "backbone", "layer", "classifier", "best_params", "eval_split", "n_train", "n_test",
                   "accuracy", "macro_f1", "fit_seconds", "extract_seconds", "feature_dim",
-                  "inference_images_per_second", "trainable_params", "selection_score", "selected_on", "solver"]
+                  "inference_images_per_second", "trainable_params", "selection_score", "selected_on",
+                  "temperature", "ece_before", "ece", "brier_before", "brier", "log_loss_before", "log_loss", "solver"]
 
 
 @pytest.fixture(scope="module")
@@ -463,7 +464,8 @@ def test_features_larger_than_memory_are_classified_a_shard_at_a_time(tmp_path, 
     result = CliRunner().invoke(cli.main, ["predict", "--run", str(tmp_path / "run"), str(data / "test" / "red")])
     assert result.exit_code == 0 and result.output.count("red ") == 8, result.output
     meta = export_model(tmp_path / "run", tmp_path / "m.keras", model="logreg", log=lambda *_: None)
-    assert meta["outputs"] == "probabilities"
+    scaled = config["temperatures"]["logreg"] != 1
+    assert meta["outputs"].startswith("probabilities (temperature-scaled, T=") == scaled
 
 
 def test_nothing_streams_when_no_classifier_can(tmp_path, monkeypatch):

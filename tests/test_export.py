@@ -73,9 +73,8 @@ def test_every_format_predicts_as_the_run(run, tmp_path, fmt, model):
 def test_other_models_export_exactly(run, tmp_path, model):
     path = tmp_path / "model.keras"
     meta = export_model(run, path, model=model, log=lambda *_: None)
-    check_round_trip(path, meta)
-    if model.endswith("svm"):
-        assert meta["outputs"].startswith("decision values")
+    check_round_trip(path, meta)  # the run's calibrated probabilities
+    assert meta["outputs"].startswith("probabilities")
 
 
 @pytest.mark.parametrize("fmt", ["keras", "onnx"])
@@ -124,11 +123,13 @@ def test_the_default_is_the_model_the_verdict_recommends(run, tmp_path):
 @pytest.mark.parametrize("name", ["logreg", "linear_svm", "mlp", "linear_svm by SGD", "rbf_svm",
                                   "rbf_svm by Nystroem", "linear_svm streamed", "logreg streamed"])
 def test_classifiers_fold_into_keras_layers(name, n_classes):
-    """Each classifier as Keras layers gives scikit-learn's own scores, binary and multi-class (the SVMs above
-    their exact solvers' limits too: SGD, and a Nystroem map then SGD)."""
+    """Each classifier as Keras layers gives the run's calibrated probabilities (its logits at its temperature),
+    binary and multi-class (the SVMs above their exact solvers' limits too: SGD, and a Nystroem map then SGD)."""
     import keras
+    from sklearn.pipeline import Pipeline
 
-    from transfer.features import CLASSIFIERS, StreamedSGD, class_scores
+    from transfer.features import CLASSIFIERS, StreamedSGD
+    from transfer.features._calibrated import calibrated
     from transfer.features._svm import record_gamma
     from transfer.serving._graph import classifier_layers
 
@@ -140,17 +141,19 @@ def test_classifiers_fold_into_keras_layers(name, n_classes):
     spec = spec.large if " by " in name else spec
     if name.endswith("streamed"):  # classify's above the memory: a cache shard at a time
         loss = "log_loss" if name.startswith("logreg") else "squared_hinge"
-        estimator = StreamedSGD(loss=loss, C=1.0).fit(x, y)
+        estimator = Pipeline([("streamedsgd", StreamedSGD(loss=loss, C=1.0).fit(x, y))])
     else:
         estimator = spec.make(90).fit(x, y)
     name = spec.name
     record_gamma(estimator, x)  # as a run's refit does
     if name == "rbf_svm" and " by " not in spec.solver:  # each pair of classes decides by support vectors of both
         assert (estimator[-1].n_support_ > 1).all()
+    estimator = calibrated(estimator, 0.37)
     inputs = keras.Input((12,))
-    scores, _ = classifier_layers(inputs, estimator, name)
+    scores, what = classifier_layers(inputs, estimator, name)
     folded = keras.Model(inputs, scores).predict_on_batch(x)
-    assert folded == pytest.approx(class_scores(estimator, x), rel=1e-4, abs=1e-4)
+    assert folded == pytest.approx(estimator.predict_proba(x), rel=1e-4, abs=1e-4) and "T=0.37" in what
+    assert (estimator.classes_[folded.argmax(1)] == estimator.predict(x)).all()
 
 
 def test_cli_export_then_predict_with_the_file_alone(run, tmp_path):

@@ -25,7 +25,7 @@ def test_compare_reads_and_splits_the_source_once(tmp_path, monkeypatch):
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
     reads = []
     real = sources._folder_table
-    monkeypatch.setattr(sources, "_folder_table", lambda root: reads.append(root) or real(root))
+    monkeypatch.setattr(sources, "_folder_table", lambda root, *rest: reads.append(root) or real(root, *rest))
     cfg = CompareConfig(strategies="features,scratch", classifiers="logreg", image_size=32, batch_size=8,
                         scratch_size=16, scratch_epochs=1)
     table, _ = compare(data, tmp_path / "run", cfg, progress=False, log=quiet)

@@ -38,6 +38,7 @@ _API = {
     "extract": "transfer.features",
     "extract_features": "transfer.features",
     "classify": "transfer.features",
+    "check": "transfer.features",
     "fit_streamed": "transfer.features",
     "CLASSIFIERS": "transfer.features",
     "FinetuneConfig": "transfer.finetuning",

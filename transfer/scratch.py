@@ -165,6 +165,7 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
         Its :class:`~transfer.reports.Result`; None in a run that scores nothing (``run.scored`` False: only the
         model, its history and ``config.json`` are written).
     """
+    from transfer.calibration import network_temperature, scaled
     from transfer.data import timed_predict
     from transfer.reports import Result, publishing, write_reports
     from transfer.runtime import write_csv
@@ -180,10 +181,14 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     if not kept:
         raise TransferError(f"No readable image in the {run.eval_split} split: nothing to evaluate on.")
     skipped.update(bad)
+    temperature, n_val = network_temperature(
+        lambda val: timed_predict(model, val, cfg.image_size, cfg.resize, cfg.batch_size, _identity)[:2],
+        run.rows("val"), run.classes)
     result = Result(
         strategy="scratch", backbone="none", classifier="scratch_cnn", eval_split=run.eval_split,
         paths=[paths[i] for i in kept], y_true=rows["label"].to_numpy()[kept],
-        y_pred=np.array(run.classes)[probs.argmax(1)], classes=run.classes, scores=probs,
+        y_pred=np.array(run.classes)[probs.argmax(1)], classes=run.classes, scores=scaled(probs, temperature),
+        uncalibrated=probs, temperature=temperature,
         params={"lr": cfg.lr, "image_size": cfg.image_size},
         n_train=int((~run.rows("train")["path"].isin(skipped)).sum()), fit_seconds=float(history["seconds"].sum()),
         feature_dim=int(model.get_layer("fc").units), inference_images_per_second=rate,
@@ -192,9 +197,10 @@ def scratch_run(run, cfg: ScratchConfig, log=print):
     with publishing(run.out) as stage:  # the model and its reports replace the old ones together
         model.save(stage / "model.keras")
         write_csv(history, stage / "history.csv")
-        write_reports(run, [result], {"scratch": dataclasses.asdict(cfg)}, folder=stage)
+        write_reports(run, [result], {"scratch": dataclasses.asdict(cfg), "temperature": temperature}, folder=stage)
     log(f"scratch CNN: {run.eval_split} accuracy {result.metrics()['accuracy']:.3f}, "
-        f"{result.fit_seconds:.0f} s of training ({len(history)} epochs)")
+        f"{result.fit_seconds:.0f} s of training ({len(history)} epochs); temperature {temperature:.3g} (fitted on "
+        f"{n_val} validation images)")
     return result
 
 

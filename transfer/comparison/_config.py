@@ -57,6 +57,9 @@ class CompareConfig:
             ``all``; sizes of at least 2 with the ``features`` strategy (its
             cross-validation needs 2 images per class).  Not with ``repeats``
             above 1: a learning curve runs on one split.
+        drop_duplicates: leave each test image with a copy (exact or near) in train or val out of the test
+            split, before any model is trained (the training copies are kept); k-fold keeps copies in one fold
+            whatever this says.
         protocol: ``auto`` (default): stratified k-fold cross-validation when one split would score fewer
             than :data:`~transfer.comparison.MIN_SCORED` images, else one split; ``kfold`` or ``split``
             to force either (a source's own test split is always honoured; a learning curve runs on one split).
@@ -95,6 +98,7 @@ class CompareConfig:
     train_sizes: tuple[str, ...] = ()
     protocol: str = "auto"
     folds: int = FOLDS
+    drop_duplicates: bool = False
 
     @classmethod
     def demo(cls, **options) -> CompareConfig:

@@ -89,6 +89,7 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
                 y_true, preds[r["model"]]["pred_label"].to_numpy(), classes, folder / f"confusion-{strategy}.png",
                 title=f"{r['model']}: {r['eval_split']} accuracy {r['accuracy']:.3f}"))
     made.append(plots.accuracy_vs_time_png(table, folder / "accuracy-vs-time.png"))
+    made.append(reliability_plot(table, preds, folder / "reliability.png"))
     tuned = [r for r in results if r.strategy == "finetune"]
     for res in tuned:  # a run whose stages had nothing to train has no history
         path = Path(res.run_dir) / "history.csv"
@@ -103,6 +104,25 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
             made.append(_tsne(run, cfg, backbone, reuse, log))
         made.append(_kernels([r for r in tuned if r.backbone == backbone], cfg, backbone, reuse, log))
     return [m for m in made if m is not None], reuse.inputs
+
+
+def reliability_plot(table: pd.DataFrame, preds: dict, path):
+    """The reliability diagram of each strategy's representative (the first row of each strategy), from the
+    probability each gave its predictions; None when no row has scores."""
+    from transfer.calibration import confidence_error
+    from transfer.reports import plots
+
+    models = []
+    for strategy in dict.fromkeys(table["strategy"]):
+        r = table[table["strategy"] == strategy].iloc[0]
+        rows = preds[r["model"]]
+        if "score" not in rows or rows["score"].isna().any():
+            continue
+        confidence = rows["score"].to_numpy(float)
+        correct = (rows["pred_label"] == rows["true_label"]).to_numpy()
+        models.append((r["model"], confidence, correct, float(r.get("ece_before", np.nan)),
+                       confidence_error(confidence, correct)))
+    return plots.reliability_png(models, path) if models else None
 
 
 def _tsne(run, cfg, backbone, reuse: _Previous, log):

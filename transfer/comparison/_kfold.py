@@ -71,6 +71,22 @@ def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progr
                       table_file=out / "repeats.csv", plots=(out / "plots" / "repeats.png",))
 
 
+def _copy_groups(source, cfg, progress, log) -> list[int] | None:
+    """A group per image, copies (exact, or near by strategy 2's features) in one: what keeps them in one fold.
+    None when there are none (or strategy 2, whose features find near-copies, is not compared: exact ones only)."""
+    from transfer.data import group_ids
+    from transfer.features import check_table
+
+    cfg_features = cfg.extract_config(cfg.backbones[0])
+    if "features" not in cfg.strategies:
+        cfg_features = dataclasses.replace(cfg_features, weights="none")  # no CNN pass: exact copies only
+    found = check_table(source.table.assign(split=None), cfg_features, progress=progress, log=log)
+    if found.duplicates.empty:
+        return None
+    log(f"data check: {found.line}; each image's copies are kept in one fold")
+    return group_ids(source.table["path"].tolist(), found.duplicates)
+
+
 def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log, mlflow=None):
     """One k-fold cross-validation: each fold's compare run, then the pooled report."""
     from transfer.comparison._once import _compare_once, _prefixed
@@ -78,7 +94,8 @@ def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log,
     from transfer.reports import open_run
 
     out.mkdir(parents=True, exist_ok=True)
-    splits = fold_splits(source.table, protocol.folds, cfg.seed, split_options["val_fraction"])
+    splits = fold_splits(source.table, protocol.folds, cfg.seed, split_options["val_fraction"],
+                         _copy_groups(source, cfg, progress, log))
     tables, preds, seconds = [], [], {}
     for i, split in enumerate(splits, 1):
         split.attrs["source"] = source.name
@@ -102,6 +119,7 @@ def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log,
 
 
 def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, seconds, final):
+    from transfer.comparison._figures import reliability_plot
     from transfer.comparison._verdict import verdict
     from transfer.reports import plots, publishing, write_config, write_report
     from transfer.runtime import write_csv
@@ -123,6 +141,7 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
                 stage / "plots" / f"confusion-{strategy}.png", title=f"{r['model']}: out-of-fold accuracy "
                                                                      f"{r['accuracy']:.3f}"))
         drawn.append(plots.accuracy_vs_time_png(table, stage / "plots" / "accuracy-vs-time.png"))
+        drawn += [p for p in [reliability_plot(table, pooled, stage / "plots" / "reliability.png")] if p is not None]
         write_csv(folds, stage / "folds.csv")
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)

@@ -89,6 +89,7 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
     table, preds = combine(results, run.out, seed=cfg.seed)
     line = verdict(table, preds, protocol=protocol or f"On one split ({len(preds['_y_true'])} "
                                                       f"{table['eval_split'].iloc[0]} images)")
+    check = _data_check(results, table, preds, log)
     skipped = dict(run.unused)
     for r in results:  # the first sub-run's reason for a file it could not read
         for path, reason in r.skipped.items():
@@ -103,9 +104,10 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
         settings = {**run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0]}
         use = recommended_model(table, preds)
         write_report(stage / "report.html", data=run.data, verdict=line, table=table, plots=drawn, split=run.split,
-                     classes=run.classes, roles=run.roles, seconds=seconds, settings=settings, recommended=use)
+                     classes=run.classes, roles=run.roles, seconds=seconds, settings=settings, recommended=use,
+                     data_check=check)
         write_config(stage / "config.json", {
-            **settings, "verdict": line, "recommended_model": use,
+            **settings, "verdict": line, "recommended_model": use, "duplicates": check,
             "machine_choices": _machine_choices(results, run.out),
             "subruns": list(dict.fromkeys(str(Path(r.run_dir).relative_to(run.out)) for r in results)),
             "plots": [f"plots/{p.name}" for p in drawn], "plot_inputs": inputs, "seconds": seconds,
@@ -114,6 +116,24 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
                       skipped=len(skipped), table_file=run.out / "compare.csv", report=run.out / "report.html",
                       plots=tuple(run.out / "plots" / p.name for p in drawn))
     return done, preds
+
+
+def _data_check(results, table, preds: dict, log) -> str:
+    """What the features sub-run's check for copies found (one line; empty without one), and each model's accuracy
+    without the test images that have a copy in train or val (``table``'s ``accuracy_without_leaks``, filled in)."""
+    from transfer.features import accuracy_without, leaked_test_images
+    from transfer.runtime import read_csv
+
+    checked = [Path(r.run_dir) for r in results if r.strategy == "features"]
+    if not checked or not (checked[0] / "duplicates.csv").exists():
+        return ""
+    line = str(json.loads((checked[0] / "config.json").read_text()).get("duplicates", ""))
+    leaked = leaked_test_images(read_csv(checked[0] / "duplicates.csv", dtype=str, keep_default_na=False))
+    if leaked:
+        table["accuracy_without_leaks"] = [accuracy_without(preds[m]["true_label"], preds[m]["pred_label"],
+                                                            preds[m].index, leaked) for m in table["model"]]
+    log(f"data check: {line}")
+    return line
 
 
 def _machine_choices(results, out: Path) -> dict:
@@ -140,6 +160,10 @@ def _compare_once(run, cfg: CompareConfig, progress, log, predictions: list | No
     :mod:`transfer.reports._tracking`).
     """
     results, seconds = [], {}
+    if cfg.drop_duplicates and "features" in cfg.strategies:
+        from transfer.features import drop_leaks
+
+        drop_leaks(run, cfg.extract_config(cfg.backbones[0]), progress=progress, log=log)
 
     def timed(label, step, *args):
         start = time.perf_counter()

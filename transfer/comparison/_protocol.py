@@ -73,17 +73,23 @@ def choose(table: pd.DataFrame, protocol: str, folds: int, test_fraction: float)
     return Protocol("split", reason=f"it scores {scored} images, at least {MIN_SCORED}")
 
 
-def fold_splits(table: pd.DataFrame, k: int, seed: int, val_fraction: float) -> list[pd.DataFrame]:
+def fold_splits(table: pd.DataFrame, k: int, seed: int, val_fraction: float, groups=None) -> list[pd.DataFrame]:
     """``k`` split tables: in the i-th, fold i is ``test`` and the rest is ``train`` with a stratified, seeded
-    ``val`` carved from it (as :func:`transfer.data.make_split` carves one)."""
-    from sklearn.model_selection import StratifiedKFold
+    ``val`` carved from it (as :func:`transfer.data.make_split` carves one).
+
+    ``groups``: a group number per row (copies of one image share one, see :func:`transfer.data.group_ids`):
+    each group stays in one fold, so that no fold scores a copy of an image it trained on (stratified group
+    k-fold); None, or all distinct: plain stratified k-fold.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     from transfer.data import SPLIT_COLUMNS, with_roles
 
     base = table.reset_index(drop=True)[["path", "label"]].copy()
-    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    grouped = groups is not None and len(set(groups)) < len(base)
+    folds = (StratifiedGroupKFold if grouped else StratifiedKFold)(n_splits=k, shuffle=True, random_state=seed)
     splits = []
-    for _, test in folds.split(np.zeros(len(base)), base["label"].to_numpy()):
+    for _, test in folds.split(np.zeros(len(base)), base["label"].to_numpy(), groups if grouped else None):
         t = base.assign(split="train", source_split="")
         t.loc[test, "split"] = "test"
         splits.append(with_roles(t, val_fraction, seed)[SPLIT_COLUMNS])
@@ -121,6 +127,9 @@ def _pooled_rows(tables: list, preds: list) -> tuple[pd.DataFrame, dict, dict]:
     return pd.DataFrame(rows), pooled, per_fold
 
 
+CALIBRATION = ("temperature", "ece_before", "ece", "brier", "log_loss")
+
+
 def _pooled_row(rows: pd.DataFrame, model: str, selected_on: str) -> dict:
     first = rows.iloc[0]
     same = {c: (first[c] if rows[c].nunique() == 1 else "") for c in ("backbone", "classifier", "freeze")}
@@ -129,7 +138,9 @@ def _pooled_row(rows: pd.DataFrame, model: str, selected_on: str) -> dict:
             "inference_images_per_second": float(rows["inference_images_per_second"].mean()),
             "trainable_params": int(rows["trainable_params"].max()),
             "selection_score": float(pd.to_numeric(rows["selection_score"], errors="coerce").mean()),
-            "selected_on": selected_on, "run_dir": "fold-*/" + str(first["run_dir"]), "preset": False}
+            "selected_on": selected_on, "run_dir": "fold-*/" + str(first["run_dir"]), "preset": False,
+            # each fold's model calibrated inside its fold: the mean over the folds
+            **{c: float(pd.to_numeric(rows[c], errors="coerce").mean()) for c in CALIBRATION if c in rows}}
 
 
 def pooled_table(tables: list, preds: list, k: int, seed: int = 0):

@@ -99,6 +99,7 @@ def refit_network(source, out: Path, cfg, tables: list, strategy: str, log) -> d
     model = _most_chosen(tables, strategy)
     rows = [(i, t[t["model"] == model].iloc[0]) for i, t in enumerate(tables, 1) if (t["model"] == model).any()]
     epochs = int(np.median([_kept_epochs(out / f"fold-{i}", r) for i, r in rows]))
+    temperature = _folds_temperature(out, rows)
     rows = [r for _, r in rows]
     split = source.table.assign(split="train", source_split="")[["path", "label", "split", "source_split"]]
     split.attrs["source"] = source.name
@@ -118,5 +119,23 @@ def refit_network(source, out: Path, cfg, tables: list, strategy: str, log) -> d
         scfg = sized(dataclasses.replace(cfg.scratch_config(), epochs=max(epochs, 1), patience=max(epochs, 1)),
                      run.rows("train")["path"], log=lambda _: None)
         scratch_run(run, scfg, log=log)
+    # Nothing is left to calibrate on: the folds' temperatures, each fitted inside its fold's training part.
+    from transfer.reports import write_config
+
+    config = json.loads((folder / "config.json").read_text())
+    write_config(folder / "config.json", {**config, "temperature": temperature,
+                                          "temperature_from": "the median of the folds' temperatures"})
     return {"strategy": strategy, "model": model, "run_dir": str(folder.relative_to(out)), "images": len(split),
-            "epochs": epochs}
+            "epochs": epochs, "temperature": temperature}
+
+
+def _folds_temperature(out: Path, rows) -> float:
+    """The median of the temperatures the folds' networks were calibrated with (1.0 where none was)."""
+    found = []
+    for i, row in rows:
+        try:
+            found.append(float(json.loads((out / f"fold-{i}" / row["run_dir"] / "config.json").read_text())
+                               .get("temperature") or 1.0))
+        except (OSError, ValueError):
+            continue
+    return float(np.median(found)) if found else 1.0

@@ -8,6 +8,7 @@ difference is real, at what cost.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ COMPARE_COLUMNS = [
     "role", "strategy", "backbone", "classifier", "solver", "freeze", "model", "eval_split", "n_test", "accuracy",
     "macro_f1", "accuracy_ci_low", "accuracy_ci_high", "train_seconds", "inference_images_per_second",
     "trainable_params", "selection_score", "chosen_by", "p_vs_recommended", "differs_from_recommended",
-    "run_dir",
+    "accuracy_without_leaks", "temperature", "ece_before", "ece", "brier", "log_loss", "run_dir",
 ]
 RECOMMENDED, REPRESENTATIVE, INFORMATION = "recommended", "representative", "information"
 
@@ -49,6 +50,7 @@ def _row(res, run: Path) -> dict:
         "trainable_params": int(res.trainable_params),
         "selection_score": res.selection_score, "selected_on": res.selected_on,
         "run_dir": str(Path(res.run_dir).relative_to(run)),
+        **{k: m.get(k, math.nan) for k in ("temperature", "ece_before", "ece", "brier", "log_loss")},
     }
     r["model"] = _model_name(r)
     return r
@@ -70,7 +72,8 @@ def combine(results, run: Path, *, n_boot=2000, seed=0):
     rows, preds = [], {}
     for res in results:
         r = _row(res, run)
-        preds[r["model"]] = pd.DataFrame({"true_label": res.y_true, "pred_label": res.y_pred}, index=res.paths)
+        preds[r["model"]] = pd.DataFrame({"true_label": res.y_true, "pred_label": res.y_pred, "score": res.score},
+                                         index=res.paths)
         rows.append(r)
     if not rows:
         raise TransferError("No model was trained: nothing to compare.")

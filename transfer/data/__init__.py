@@ -5,6 +5,7 @@ from __future__ import annotations
 from transfer._exports import lazy
 
 _API = {
+    "DUPLICATE_COLUMNS": "_duplicates",
     "ImageError": "_images",
     "ImageOptions": "_images",
     "RESIZE_MODES": "_images",
@@ -15,6 +16,10 @@ _API = {
     "class_names": "_imagenet",
     "decode_image": "_images",
     "evaluation_split": "_splits",
+    "exact_groups": "_duplicates",
+    "find_duplicates": "_duplicates",
+    "group_ids": "_duplicates",
+    "summary": "_duplicates",
     "forward": "_images",
     "list_images": "_images",
     "load_image": "_images",

@@ -19,6 +19,7 @@ import pandas as pd
 from transfer.data import SEED, TEST_FRACTION, VAL_FRACTION
 from transfer.errors import TransferError
 from transfer.features._saving import save_classifier
+from transfer.features._search import MAX_EXTENSIONS, grid_edges, search_sample
 from transfer.runtime import keeps_file_names
 
 
@@ -185,24 +186,9 @@ class FitResult:
     searched_on: int = 0
     cv_score: float = float("nan")  # mean cross-validated accuracy of the chosen parameters (the same folds for all)
     solver: str = ""  # what fitted it (ClassifierSpec.solver): the exact solver, or the one that scales
-
-
-CONTINUOUS = ("__C", "__alpha", "__gamma")  # log-spaced parameters whose best value may lie beyond the grid
-
-
-def grid_edges(grid: dict, best_params: dict) -> list[str]:
-    """The continuous parameters whose chosen value is the smallest or largest of its grid, in words.
-
-    Such a choice says the best value may lie beyond the grid, so the
-    search may not have found it.
-    """
-    edges = []
-    for key, values in grid.items():
-        numbers = sorted(v for v in values if isinstance(v, int | float) and not isinstance(v, bool))
-        chosen = best_params.get(key)
-        if key.endswith(CONTINUOUS) and len(numbers) >= 3 and chosen in (numbers[0], numbers[-1]):
-            edges.append(f"{key.split('__')[-1]}={chosen:g} (grid {numbers[0]:g}-{numbers[-1]:g})")
-    return edges
+    grid: dict = dataclasses.field(default_factory=dict)  # every value searched, the grid's extensions included
+    temperature: float = 1.0
+    calibrated_on: int = 0  # out-of-fold images the temperature was fitted on
 
 
 def check_search_size(value):
@@ -210,21 +196,6 @@ def check_search_size(value):
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 10):
         raise TransferError(f"search_size={value!r} is not valid: give a whole number of at least 10 (the most "
                             "training images a grid search sees), or none to search on all of them.")
-
-
-def search_sample(y, search_size, seed=0) -> np.ndarray:
-    """Row indices of about ``search_size`` of the labels ``y``: each class in proportion, at least 2 of it where
-    it has them (cross-validation needs 2), all rows when there are no more than ``search_size``."""
-    y = np.asarray(y)
-    if search_size is None or len(y) <= search_size:
-        return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    rows = []
-    for label in sorted(set(y.tolist())):
-        members = np.flatnonzero(y == label)
-        take = min(len(members), max(2, round(len(members) * search_size / len(y))))
-        rows.append(rng.choice(members, take, replace=False))
-    return np.sort(np.concatenate(rows))
 
 
 def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n_jobs=-1,
@@ -244,6 +215,8 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
+    from transfer.features._calibrated import calibrated, out_of_fold_temperature
+    from transfer.features._search import search
     from transfer.features._svm import SGDLinearSVC, record_gamma
 
     x_fit, y_fit = (x_train, y_train) if x_refit is None else (x_refit, y_refit)
@@ -254,33 +227,44 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     if smallest < 2:
         raise TransferError(f"A class has {smallest} training image(s): cross-validation needs at least 2 per class.")
     cv = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
-    grid = dict(spec.grid)
-    k_key = "kneighborsclassifier__n_neighbors"
-    if k_key in grid:  # k cannot exceed the images a CV fold trains on
-        fold_train = len(y_search) - -(-len(y_search) // cv.n_splits)
-        grid[k_key] = [k for k in grid[k_key] if k <= fold_train] or [1]
+    grid = _fold_sized(spec.grid, len(y_search), cv.n_splits)
     start = time.perf_counter()
-    search = GridSearchCV(spec.make(len(y_train)), grid, cv=cv, n_jobs=n_jobs, refit=False)
+    template = spec.make(len(y_train))
+
+    def grid_search(points):
+        return GridSearchCV(template, points, cv=cv, n_jobs=n_jobs, refit=False).fit(x_search, y_search)
+
     with warnings.catch_warnings():
         # An iteration cap reached by some grid points (the MLP's, mostly) is what cross-validation judges: the
         # score counts, not the warning, which the workers printed once per fit.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        search.fit(x_search, y_search)
-        searched = time.perf_counter() - start
+        table, best, searched = search(grid_search, grid)
+        search_seconds = time.perf_counter() - start
+        temperature, calibrated_on = out_of_fold_temperature(clone(template).set_params(**best), x_search, y_search,
+                                                             cv)
         # The same pipeline as searched (built for the training split's size); SGD's one-vs-rest problems on threads
         # (1.9x on 2 cores, 20,000 images of 2,000 features).
-        estimator = clone(spec.make(len(y_train))).set_params(**search.best_params_)
+        estimator = clone(template).set_params(**best)
         estimator.set_params(**{f"{step}__n_jobs": n_jobs for step, model in estimator.steps
                                 if isinstance(model, SGDLinearSVC)})
         estimator.fit(x_fit, y_fit)
         record_gamma(estimator, x_fit)
-    table = pd.DataFrame(search.cv_results_)
+    cv_score = float(table.loc[table["chosen"], "mean_test_score"].iloc[0])
     table["params"] = table["params"].map(str)
     table.insert(0, "classifier", name)
     table.insert(1, "searched_on", len(y_search))
-    return FitResult(name, estimator, table, search.best_params_, time.perf_counter() - start,
-                     grid_edges(grid, search.best_params_), searched, len(y_search), float(search.best_score_),
-                     spec.solver)
+    return FitResult(name, calibrated(estimator, temperature), table, best, time.perf_counter() - start,
+                     grid_edges(searched, best), search_seconds, len(y_search), cv_score, spec.solver, searched,
+                     temperature, calibrated_on)
+
+
+def _fold_sized(grid: dict, n: int, folds: int) -> dict:
+    """``grid`` with kNN's k no larger than the images a cross-validation fold trains on."""
+    key = "kneighborsclassifier__n_neighbors"
+    if key not in grid:
+        return dict(grid)
+    fold_train = n - -(-n // folds)
+    return {**grid, key: [k for k in grid[key] if k <= fold_train] or [1]}
 
 
 def class_scores(estimator, x) -> np.ndarray:
@@ -358,6 +342,7 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
         search_size: see :func:`fit_classifier`.
     """
     from transfer.features._cache import cache_root
+    from transfer.features._check import accuracy_without, check_features
     from transfer.features._extract import cached, extract_features, feature_settings
     from transfer.features._stream import streamed_classifiers, too_large
     from transfer.features._streamed import classify_streamed
@@ -377,28 +362,34 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
                                 from_cache=not held[3])
     run.check_readable(dict(feats.skipped))
     data = _feature_splits(run, feats)
+    found = check_features(run.split, feats.paths, feats.features, cfg)
+    log(f"data check: {found.line}")
     fitted = suited(names, len(data.y_train if data.y_refit is None else data.y_refit), log)
     # Each classifier goes to the staged set as soon as it is scored, and out of memory (a kNN holds a copy of the
     # features); the set replaces an earlier run's classifiers and reports together, or not at all.
     with publishing(run.out) as stage:
-        results, searches, edges, seconds, solvers = [], [], {}, {}, {}
+        results, searches, edges, seconds, solvers, grids = [], [], {}, {}, {}, {}
         for name in fitted:
             fit = _fit(name, data, run.seed, search_size, log)
             results.append(_scored(fit, data, cfg, feats, run))
+            results[-1].without_leaks = accuracy_without(data.y_eval, results[-1].y_pred, data.eval_paths, found.leaked)
             save_classifier(fit.estimator, stage / "classifiers" / f"{name}.skops")
             searches.append(fit.search)
             seconds[name] = round(fit.search_seconds, 2)
             solvers[name] = fit.solver
+            grids[name] = {key.split("__")[-1]: values for key, values in fit.grid.items()}
             if fit.at_edge:
                 edges[name] = fit.at_edge
             del fit  # before the next search starts
         write_csv(pd.concat(searches), stage / "search.csv")
-        write_reports(run, results, {
+        write_csv(found.duplicates, stage / "duplicates.csv")
+        write_reports(run, results, {**found.settings(),
             "extract": feature_settings(cfg), "engine": cfg.engine, "executor": cfg.executor, "classifiers": fitted,
             "requested_classifiers": list(names), "pipelines": pipeline_steps(names), "search_size": search_size,
             "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
             "features_from_cache": feats.from_cache, "feature_cache_key": feats.key, "features_dir": str(features_dir),
-            "search_seconds": seconds, "solvers": solvers,
+            "search_seconds": seconds, "solvers": solvers, "grids_searched": grids,
+            "temperatures": {r.classifier: r.temperature for r in results},
         }, folder=stage)
     return results
 
@@ -410,7 +401,9 @@ def _fit(name, data, seed, search_size, log) -> FitResult:
     fit = fit_classifier(name, data.x_train, data.y_train, data.x_refit, data.y_refit, seed=seed,
                          search_size=search_size)
     if fit.at_edge:
-        log(f"warning: {name} chose {', '.join(fit.at_edge)} at the edge of its grid: the best value may lie beyond it")
+        log(f"warning: {name} chose {', '.join(fit.at_edge)}, still at the edge of its grid after extending it "
+            f"{MAX_EXTENSIONS} times: the best value may lie beyond it")
+    log(f"{name}: temperature {fit.temperature:.3g} (out-of-fold on {fit.calibrated_on:,} training images)")
     return fit
 
 
@@ -455,7 +448,8 @@ def _scored(fit, data: _FeatureSplits, cfg, feats, run):
     return Result(
         strategy="features", backbone=cfg.backbone, classifier=fit.name, eval_split=run.eval_split,
         paths=data.eval_paths, y_true=data.y_eval, y_pred=pred, classes=data.classes,
-        scores=class_scores(fit.estimator, data.x_eval), layer=cfg.layer, params=fit.best_params,
+        scores=fit.estimator.predict_proba(data.x_eval), uncalibrated=fit.estimator.uncalibrated_proba(data.x_eval),
+        temperature=fit.temperature, layer=cfg.layer, params=fit.best_params,
         n_train=len(data.y_train if data.y_refit is None else data.y_refit), fit_seconds=fit.fit_seconds,
         extract_seconds=feats.seconds, feature_dim=int(feats.features.shape[1]),
         inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
@@ -467,7 +461,7 @@ def _scored(fit, data: _FeatureSplits, cfg, feats, run):
 @keeps_file_names()
 def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fraction=VAL_FRACTION,
              test_fraction=TEST_FRACTION, seed=SEED, search_size=SEARCH_SIZE, progress=True, features_dir=None,
-             log=print) -> pd.DataFrame:
+             drop_duplicates=False, log=print) -> pd.DataFrame:
     """``transfer classify``: features (cached or extracted), tuned classifiers, reports.
 
     Writes ``metrics.csv``, ``predictions.csv``, ``per_class.csv``,
@@ -482,11 +476,14 @@ def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fracti
         classifiers: comma-separated names or a list (``all``: every one).
         search_size: the grid searches see a stratified sample of at most
             this many training images (None: all); each refit sees all.
+        drop_duplicates: leave the test images with a copy in train or val out (see
+            :func:`transfer.features.drop_leaks`).
 
     Returns:
         The metrics table, one row per classifier, best first.
     """
     from transfer.backbones import fetch_weights
+    from transfer.features._check import drop_leaks
     from transfer.features._extract import ExtractConfig
     from transfer.reports import claim, metrics_table, open_run
 
@@ -496,5 +493,7 @@ def classify(data, out, cfg=None, classifiers=DEFAULT_CLASSIFIERS, *, val_fracti
     fetch_weights(cfg.backbone, cfg.weights)  # refused before the run folder is made
     with claim(out, "classify", log=log):
         run = open_run(data, out, "classify", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+        if drop_duplicates:
+            drop_leaks(run, cfg, features_dir=features_dir, progress=progress, log=log)
         return metrics_table(classify_run(run, cfg, names, features_dir=features_dir, search_size=search_size,
                                           progress=progress, log=log))

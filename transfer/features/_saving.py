@@ -23,7 +23,8 @@ SAVED_TYPES = frozenset({
     "sklearn.neighbors._ball_tree.BallTree", "sklearn.neighbors._kd_tree.KDTree",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
-    "transfer.features._stream.StreamedSGD", "transfer.features._svm.ChunkedNystroem",
+    "transfer.features._calibrated.CalibratedPipeline", "transfer.features._stream.StreamedSGD",
+    "transfer.features._svm.ChunkedNystroem",
     "transfer.features._svm.SGDLinearSVC",
 })
 

@@ -34,39 +34,43 @@ def _rows(run, paths, ids, found):
 
 
 def _search(name, store, found, train, search_size, seed, n_jobs=-1):
-    """The grid search of ``C`` on a stratified sample of the training images: ``(search, table)``."""
+    """The grid search of ``C`` on a stratified sample of the training images (extended past an edge, as in memory)
+    and the temperature from its folds: ``(chosen C, cv_results_ table, grid searched, temperature)``."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from transfer.features._classifiers import search_sample
+    from transfer.features._calibrated import out_of_fold_temperature
+    from transfer.features._search import search, search_sample
 
     ids, y, _ = train
     rows = search_sample(y, search_size, seed)
     x, y = store.read([ids[r] for r in rows], found), y[rows]
     cv = StratifiedKFold(n_splits=min(5, int(pd.Series(y).value_counts().min())), shuffle=True, random_state=seed)
-    search = GridSearchCV(StreamedSGD(loss=STREAMED[name]), {"C": C_GRID}, cv=cv, n_jobs=n_jobs, refit=False)
+
+    def grid_search(points):
+        return GridSearchCV(StreamedSGD(loss=STREAMED[name]), points, cv=cv, n_jobs=n_jobs, refit=False).fit(x, y)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        search.fit(x, y)
-    table = pd.DataFrame(search.cv_results_)
+        table, best, grid = search(grid_search, {"C": C_GRID})
+        temperature, _ = out_of_fold_temperature(StreamedSGD(loss=STREAMED[name], C=best["C"]), x, y, cv)
     table["params"] = table["params"].map(str)
     table.insert(0, "classifier", name)
     table.insert(1, "searched_on", len(y))
-    return search, table
+    return best["C"], table, grid, temperature
 
 
 def _score(model, found, evaluation):
-    """Predictions and class scores of ``model`` on the evaluation images, read a shard at a time."""
-    from transfer.features._classifiers import class_scores
-
+    """Predictions, calibrated probabilities and the probabilities before calibration of ``model`` on the evaluation
+    images, read a shard at a time."""
     ids, y, _ = evaluation
-    pred, scores = np.empty(len(ids), dtype=object), None
+    pred, scores, before = np.empty(len(ids), dtype=object), None, None
     for x, index in cached_chunks(found, ids, np.arange(len(ids))).chunks():
-        chunk_scores = class_scores(model, x)
+        chunk = model.predict_proba(x)
         if scores is None:
-            scores = np.empty((len(ids), chunk_scores.shape[1]))
-        pred[index], scores[index] = model.predict(x), chunk_scores
-    return pred.astype(np.asarray(y).dtype), scores
+            scores, before = np.empty((len(ids), chunk.shape[1])), np.empty((len(ids), chunk.shape[1]))
+        pred[index], scores[index], before[index] = model.predict(x), chunk, model.uncalibrated_proba(x)
+    return pred.astype(np.asarray(y).dtype), scores, before
 
 
 def classify_streamed(run, cfg, names, paths, cached, *, search_size, requested=None, log=print) -> list:
@@ -78,6 +82,9 @@ def classify_streamed(run, cfg, names, paths, cached, *, search_size, requested=
         paths: the images, train, val, test in turn; ``cached``: :func:`~transfer.features._extract.cached`'s
             answer for them.
     """
+    from sklearn.pipeline import Pipeline
+
+    from transfer.features._calibrated import calibrated
     from transfer.features._classifiers import grid_edges
     from transfer.features._extract import _key, cnn_timing, feature_settings
     from transfer.features._saving import save_classifier
@@ -92,23 +99,25 @@ def classify_streamed(run, cfg, names, paths, cached, *, search_size, requested=
         fit_on = (rows["train"][0] + rows["val"][0], np.concatenate([rows["train"][1], rows["val"][1]]), None)
     seconds, rate = cnn_timing(found, ids)
     with publishing(run.out) as stage:
-        results, searches, edges, searched = [], [], {}, {}
+        results, searches, edges, searched, grids = [], [], {}, {}, {}
         for name in names:
             n = len(rows["train"][0])
             log(f"fitting {name} (grid search on {min(search_size or n, n):,} of {n:,} training images, the refit "
                 "a shard at a time)...")
             start = time.perf_counter()
-            search, table = _search(name, store, found, rows["train"], search_size, run.seed)
+            c, table, grid, temperature = _search(name, store, found, rows["train"], search_size, run.seed)
             searched[name] = round(time.perf_counter() - start, 2)
-            model = StreamedSGD(loss=STREAMED[name], C=search.best_params_["C"], n_jobs=-1)
-            model.fit(cached_chunks(found, fit_on[0], fit_on[1]))
-            edge = grid_edges({"streamedsgd__C": C_GRID}, {"streamedsgd__C": search.best_params_["C"]})
+            model = StreamedSGD(loss=STREAMED[name], C=c, n_jobs=-1)
+            model = calibrated(Pipeline([("streamedsgd", model.fit(cached_chunks(found, fit_on[0], fit_on[1])))]),
+                               temperature)
+            edge = grid_edges(grid, {"C": c})
             if edge:
                 edges[name] = edge
-                log(f"warning: {name} chose {', '.join(edge)} at the edge of its grid: the best value may lie "
-                    "beyond it")
-            results.append(_result(run, cfg, name, model, search, time.perf_counter() - start, rows, fit_on, found,
-                                   (seconds, rate, skipped), int(table["searched_on"].iloc[0])))
+                log(f"warning: {name} chose {', '.join(edge)}, still at the edge of its grid after extending it: "
+                    "the best value may lie beyond it")
+            grids[name] = grid
+            results.append(_result(run, cfg, name, model, table, time.perf_counter() - start, rows, fit_on, found,
+                                   (seconds, rate, skipped)))
             save_classifier(model, stage / "classifiers" / f"{name}.skops")
             searches.append(table)
         write_csv(pd.concat(searches), stage / "search.csv")
@@ -119,27 +128,30 @@ def classify_streamed(run, cfg, names, paths, cached, *, search_size, requested=
             "search_size": search_size, "best_classifier": metrics_table(results)["classifier"].iloc[0],
             "grid_edges": edges, "features_from_cache": not missing, "feature_cache_key": _key(cfg, ids),
             "features_dir": str(store.folder.parent), "search_seconds": searched, "streamed": True,
-            "solvers": {n: SOLVER.format(loss=STREAMED[n]) for n in names},
+            "solvers": {n: SOLVER.format(loss=STREAMED[n]) for n in names}, "grids_searched": grids,
+            "temperatures": {r.classifier: r.temperature for r in results},
         }, folder=stage)
     return results
 
 
-def _result(run, cfg, name, model, search, fit_seconds, rows, fit_on, found, cnn, searched_on):
+def _result(run, cfg, name, model, table, fit_seconds, rows, fit_on, found, cnn):
     from transfer.features._classifiers import fitted_parameter_count
     from transfer.reports import Result
 
     seconds, rate, skipped = cnn
     evaluation = rows[run.eval_split]
     start = time.perf_counter()
-    pred, scores = _score(model, found, evaluation)
+    pred, scores, before = _score(model, found, evaluation)
     per_image = 1 / rate + (time.perf_counter() - start) / max(len(pred), 1)
+    chosen = table[table["chosen"]].iloc[0]
     return Result(
         strategy="features", backbone=cfg.backbone, classifier=name, eval_split=run.eval_split,
         paths=evaluation[2], y_true=evaluation[1], y_pred=pred,
-        classes=sorted(set().union(*(r[1] for r in rows.values()))),
-        scores=scores, layer=cfg.layer, params=search.best_params_, n_train=len(fit_on[0]), fit_seconds=fit_seconds,
-        extract_seconds=seconds, feature_dim=int(model.n_features_in_),
+        classes=sorted(set().union(*(r[1] for r in rows.values()))), scores=scores, uncalibrated=before,
+        temperature=model.temperature, layer=cfg.layer, params={"C": model.steps[-1][1].C}, n_train=len(fit_on[0]),
+        fit_seconds=fit_seconds, extract_seconds=seconds, feature_dim=int(model.n_features_in_),
         inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
         trainable_params=fitted_parameter_count(model), run_dir=run.out, skipped=skipped,
-        selection_score=float(search.best_score_), selected_on=f"cross-validation on {searched_on} training images",
+        selection_score=float(chosen["mean_test_score"]),
+        selected_on=f"cross-validation on {int(chosen['searched_on'])} training images",
         solver=SOLVER.format(loss=STREAMED[name]))

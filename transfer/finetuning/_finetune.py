@@ -268,6 +268,7 @@ def _train_backbone(job: _Training, model, backbone):
 
 def _scored(job: _Training, model, head: dict, body: dict):
     """The kept model on the evaluation split, as a result record."""
+    from transfer.calibration import network_temperature, scaled
     from transfer.data import timed_predict
     from transfer.reports import Result
 
@@ -280,10 +281,15 @@ def _scored(job: _Training, model, head: dict, body: dict):
         raise TransferError(f"No readable image in the {run.eval_split} split: nothing to evaluate on.")
     job.state.skipped.update(skipped)
     history = job.state.history()
+    temperature, n_val = network_temperature(
+        lambda val: timed_predict(model, val, cfg.image_size, cfg.resize, cfg.batch_size,
+                                  get_backbone(cfg.backbone).preprocess_input)[:2], run.rows("val"), run.classes)
+    job.log(f"temperature {temperature:.3g} (fitted on {n_val} validation images)")
     return Result(
         strategy="finetune", backbone=cfg.backbone, classifier="finetune", eval_split=run.eval_split,
         paths=[paths[i] for i in kept], y_true=rows["label"].to_numpy()[kept],
-        y_pred=np.array(run.classes)[probs.argmax(1)], classes=run.classes, scores=probs, layer="pooled",
+        y_pred=np.array(run.classes)[probs.argmax(1)], classes=run.classes, scores=scaled(probs, temperature),
+        uncalibrated=probs, temperature=temperature, layer="pooled",
         params={"lr": cfg.lr, "lr_mult": cfg.lr_mult, "dropout": cfg.dropout, "hidden": cfg.hidden},
         n_train=int((~run.rows("train")["path"].isin(job.state.skipped)).sum()),
         # Training time of all epochs, whichever invocations ran them (resumes included).
@@ -325,6 +331,7 @@ def _write_reports(job: _Training, result, precision: str, head: dict, body: dic
     cfg, run = job.cfg, job.run
     write_reports(run, [result], {
         "finetune": finetune_settings(cfg), "engine": cfg.engine, "precision": precision,
+        "temperature": result.temperature,
         "head_on_cached_features": bool(head["on_features"] and (job.probes or cfg.head_epochs)),
         "probe_C": head.get("probe_C"),
         "kept": {"finetune": "the best fine-tuning epoch", "head": "the stage 1 model (no fine-tuning epoch beat "

@@ -23,7 +23,8 @@ COLUMNS = {"role": "role", "model": "model", "accuracy": "accuracy", "ci95": "95
            "chosen_by": "chosen by (before the test images)",
            "p_vs_recommended": "p vs recommended", "differs_from_recommended": "differs from recommended",
            "train_seconds": "training s", "inference_images_per_second": "images/s",
-           "trainable_params": "trained parameters"}
+           "trainable_params": "trained parameters", "calibration": "ECE, scaled (before)",
+           "accuracy_without_leaks": "accuracy without leaked test images"}
 
 
 def _cell(value) -> dict:
@@ -34,12 +35,22 @@ def _cell(value) -> dict:
     return {"text": "" if value is None else str(value), "num": False}
 
 
+def _calibration(row: dict) -> str:
+    """A model's expected calibration error after temperature scaling, and before it, in one cell."""
+    after, before = row.get("ece"), row.get("ece_before")
+    if after is None or pd.isna(after):
+        return ""
+    return f"{after:.3f} ({before:.3f})" if before is not None and not pd.isna(before) else f"{after:.3f}"
+
+
 def _table(table: pd.DataFrame, recommended: str | None) -> dict:
     shown = table.assign(ci95=[f"{lo:.3f}-{hi:.3f}" for lo, hi in zip(table["accuracy_ci_low"],
-                                                                      table["accuracy_ci_high"], strict=True)])
-    shown = shown[list(COLUMNS)]
+                                                                      table["accuracy_ci_high"], strict=True)],
+                         calibration=[_calibration(r) for r in table.to_dict("records")])
+    columns = [c for c in COLUMNS if c in shown and (c != "accuracy_without_leaks" or shown[c].notna().any())]
+    shown = shown[columns]
     rows = [[_cell(v.item() if hasattr(v, "item") else v) for v in row] for row in shown.itertuples(index=False)]
-    return {"columns": list(COLUMNS.values()), "rows": rows,
+    return {"columns": [COLUMNS[c] for c in columns], "rows": rows,
             "recommended": [m == recommended for m in shown["model"]]}
 
 
@@ -63,7 +74,7 @@ def _settings(settings: dict) -> list[tuple[str, str]]:
 
 
 def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split: pd.DataFrame, classes,
-                  roles: str, seconds: dict, settings: dict, recommended: str | None = None,
+                  roles: str, seconds: dict, settings: dict, recommended: str | None = None, data_check: str = "",
                   paired_test: str = "McNemar's paired test of each model's errors against the recommended model's on "
                                      "the same images") -> str:
     """The HTML text of a compare report.
@@ -80,6 +91,7 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
         paired_test: what the table's p-values are, in words.
         seconds: phase -> seconds.
         settings: the options of the run, as ``config.json`` records them.
+        data_check: what the check for copies found, in one sentence (shown under the verdict).
     """
     import jinja2
 
@@ -94,7 +106,7 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
                 "data": base64.b64encode(Path(p).read_bytes()).decode("ascii")} for p in plots],
         split=_split(split, list(classes)), classes=list(classes), roles=roles,
         seconds=[(k, float(v), round(12 * float(v) / longest, 2)) for k, v in seconds.items()],
-        settings=_settings(settings), version=__version__, paired_test=paired_test,
+        settings=_settings(settings), version=__version__, paired_test=paired_test, data_check=data_check,
         written=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
 
 

@@ -29,7 +29,8 @@ PER_CLASS_COLUMNS = ["classifier", "label", "precision", "recall", "f1", "suppor
 SKIPPED_COLUMNS = ["path", "reason"]
 # The version of what a finished run's reports hold; a run written by another is trained again, not reused
 # (2: each model's selection score, by which compare chooses a strategy's representative).
-RESULT_SCHEMA = 2
+RESULT_SCHEMA = 3  # 3: calibrated probabilities (temperature, ECE, Brier score, log-loss before and after)
+CALIBRATION_COLUMNS = ("temperature", "ece_before", "ece", "brier_before", "brier", "log_loss_before", "log_loss")
 
 
 @dataclasses.dataclass
@@ -199,6 +200,9 @@ class Result:
         selected_on: that score in words.
         solver: for strategy 2, what fitted the classifier (the exact solver, or the one that scales; None leaves
             the column out).
+        uncalibrated: the probabilities before temperature scaling (``softmax`` of the logits), when ``scores``
+            are the calibrated ones; with ``temperature`` they give the calibration columns of the reports.
+        temperature: the model's fitted temperature (see :mod:`transfer.calibration`); None: not calibrated.
     """
 
     strategy: str
@@ -227,6 +231,10 @@ class Result:
     selection_score: float = math.nan
     selected_on: str = ""
     solver: str | None = None
+    uncalibrated: np.ndarray | None = None
+    temperature: float | None = None
+    measured: dict = dataclasses.field(default_factory=dict)  # calibration columns as read back from metrics.csv
+    without_leaks: float | None = None  # accuracy without the test images that have a copy in train or val
 
     def __post_init__(self):
         self.y_true, self.y_pred = np.asarray(self.y_true, dtype=object), np.asarray(self.y_pred, dtype=object)
@@ -259,8 +267,20 @@ class Result:
             "selection_score": round(self.selection_score, 6), "selected_on": self.selected_on,
         }
         optional = {"frozen_params": self.frozen_params, "freeze": self.freeze, "epochs_run": self.epochs_run,
-                    "solver": self.solver}
-        return {**row, **{k: v for k, v in optional.items() if v is not None}}
+                    "solver": self.solver, "accuracy_without_leaks": self.without_leaks}
+        return {**row, **self.calibration(), **{k: v for k, v in optional.items() if v is not None}}
+
+    def calibration(self) -> dict:
+        """The temperature, and ECE / Brier score / log-loss before and after it (empty for an uncalibrated model)."""
+        from transfer.calibration import calibration_metrics
+
+        if self.temperature is None or self.scores is None or self.uncalibrated is None:
+            return dict(self.measured)
+        column = {c: i for i, c in enumerate(self.classes)}
+        y = np.array([column[t] for t in self.y_true])
+        measured = calibration_metrics(self.uncalibrated, self.scores, y)
+        # 4 decimals: what a person reads, and stable across runs whose scores differ by float rounding alone
+        return {"temperature": round(float(self.temperature), 4), **{k: round(v, 4) for k, v in measured.items()}}
 
     def predictions(self) -> pd.DataFrame:
         return pd.DataFrame({"classifier": self.classifier, "path": self.paths, "true_label": self.y_true,
@@ -340,6 +360,14 @@ def finished_with(folder, settings: dict) -> bool:
     return all(saved.get(key) == value for key, value in settings.items())
 
 
+def _number_or_none(value):
+    """An optional number column as read back: a float, or None where the row has none (empty, NaN)."""
+    try:
+        return None if value is None or value == "" or math.isnan(float(value)) else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _count_or_none(value):
     """An optional count column as read back: a number, or None where the row has none (empty, NaN)."""
     try:
@@ -375,5 +403,7 @@ def read_results(folder) -> list[Result]:
             frozen_params=_count_or_none(m.get("frozen_params")), epochs_run=_count_or_none(m.get("epochs_run")),
             run_dir=folder, skipped=dict(zip(skipped["path"], skipped["reason"], strict=True)),
             selection_score=float(m.get("selection_score", math.nan)), selected_on=str(m.get("selected_on", "")),
-            solver=m.get("solver") or None))
+            solver=m.get("solver") or None,
+            measured={k: float(m[k]) for k in CALIBRATION_COLUMNS if m.get(k) not in (None, "")},
+            without_leaks=_number_or_none(m.get("accuracy_without_leaks"))))
     return results

@@ -27,6 +27,10 @@ CAPTIONS = {
              "clusters that separate better on the right are what pretraining gives a classifier on the features.",
     "conv-kernels-": "the first convolution's kernels before and after fine-tuning: little change means the early "
                      "layers kept their ImageNet filters.",
+    "reliability": "reliability of each strategy's representative after temperature scaling: its test images "
+                   "binned by the probability it gave its prediction (15 bins), each bar the share of them it got "
+                   "right; bars on the diagonal mean a score of 0.8 is right 8 times in 10 (ECE: the mean gap, "
+                   "before and after scaling).",
 }
 
 
@@ -254,4 +258,28 @@ def learning_curve_png(curve: pd.DataFrame, path) -> Path:
     ax.set_title("learning curve: the best model of each strategy at each training size", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    return _save(plt, fig, path)
+
+
+def reliability_png(models: list, path) -> Path:
+    """A reliability diagram per model: accuracy against confidence in 15 bins, the diagonal for reference.
+
+    ``models``: ``(name, confidence, correct, ece_before, ece)`` per panel, ``confidence`` each image's
+    probability of its predicted class, ``correct`` whether that prediction is right.
+    """
+    from transfer.calibration import reliability
+
+    plt, (fig, axes) = _figure(1, len(models), figsize=(3.4 * len(models) + 0.4, 3.6), squeeze=False)
+    for ax, (name, confidence, correct, ece_before, ece) in zip(axes[0], models, strict=True):
+        centres, accuracy, mean_confidence, counts = reliability(confidence, correct)
+        ax.bar(centres, accuracy, width=1 / 15, edgecolor="black", linewidth=0.4, alpha=0.8, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
+        ax.scatter(mean_confidence, accuracy, s=np.clip(counts, 4, 60), color="C3", zorder=3,
+                   label="bin (size = images)")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence (probability of the prediction)")
+        ax.set_title(f"{name}\nECE {ece:.3f} (before scaling {ece_before:.3f})", fontsize=8)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=6, loc="upper left")
     return _save(plt, fig, path)

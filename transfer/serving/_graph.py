@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from transfer.calibration import TINY
 from transfer.errors import TransferError
 from transfer.runtime import keras_module
 
@@ -92,21 +93,38 @@ def _dense(x, w, b, activation, name):
 
 
 def classifier_layers(x, estimator, name: str):
-    """The fitted pipeline ``estimator`` as Keras layers on features ``x``, giving the run's own scores.
+    """The fitted pipeline ``estimator`` as Keras layers on features ``x``, giving the run's own probabilities.
 
-    A scaler + linear model or MLP is Dense layers; an RBF SVM is :func:`_kernel_layers`.
+    Its logits (see :func:`transfer.features._calibrated.logits`: a scaler + linear model or MLP as Dense layers, an
+    RBF SVM as :func:`_kernel_layers`), divided by the run's temperature, then a softmax.
 
     Returns:
-        ``(scores tensor, what the scores are)``.
+        ``(probabilities tensor, what they are)``.
     """
-    if name == "rbf_svm":
-        return _kernel_layers(x, estimator)
-    if not hasattr(estimator, "steps"):  # fitted a cache shard at a time: its scaler inside it
-        estimator = [estimator.scaler_, estimator]
-        name = "logreg (one-vs-rest)" if estimator[1].loss == "log_loss" else name
-    else:
-        estimator = [step for _, step in estimator.steps]
-    scaler, model = estimator[0], estimator[-1]
+    keras = keras_module()
+
+    z = _kernel_layers(x, estimator) if name == "rbf_svm" else _linear_logits(x, estimator, name)
+    temperature = float(getattr(estimator, "temperature", 1.0))
+    z = keras.layers.Rescaling(1.0 / temperature, name="temperature")(z)
+    return keras.layers.Softmax(name="probabilities")(z), (f"probabilities (temperature-scaled, T={temperature:.4g})"
+                                                            if temperature != 1.0 else "probabilities")
+
+
+def _binary(w, b):
+    """A binary model's one margin ``z`` as the logits ``(0, z)``: softmax gives the logistic of ``z`` (the run's
+    ``(-z/2, z/2)``, shifted)."""
+    w, b = np.asarray(w, np.float64), np.atleast_1d(np.asarray(b, np.float64))
+    if w.shape[1] != 1:
+        return w, b
+    return np.hstack([np.zeros_like(w), w]), np.hstack([np.zeros_like(b), b])
+
+
+def _linear_logits(x, estimator, name: str):
+    """A scaler + MLP or linear model's logits: Dense layers on the raw features, the scaler folded in."""
+    steps = [step for _, step in estimator.steps] if hasattr(estimator, "steps") else [estimator]
+    if len(steps) == 1:  # fitted a cache shard at a time: its scaler inside it
+        steps = [steps[0].scaler_, steps[0]]
+    scaler, model = steps[0], steps[-1]
     mean = getattr(scaler, "mean_", None)
     scale = getattr(scaler, "scale_", None)
     mean = np.zeros(x.shape[-1]) if mean is None else mean
@@ -122,25 +140,12 @@ def classifier_layers(x, estimator, name: str):
         for i, (w_next, b_next) in enumerate(zip(ws[1:], bs[1:], strict=True)):
             x = _dense(x, w, b, model.activation, f"mlp_hidden_{i + 1}")
             w, b = w_next, b_next
-        if w.shape[1] == 1:  # binary: sigmoid(z) is the softmax of (0, z)
-            w, b = np.hstack([np.zeros_like(w), w]), np.hstack([np.zeros_like(b), b])
-        return _dense(x, w, b, "softmax", "classifier"), "probabilities"
-    coef, intercept = np.atleast_2d(model.coef_).T, np.atleast_1d(model.intercept_)
-    if name.startswith("logreg"):
-        if coef.shape[1] == 1:  # binary: sigmoid(z) is the softmax of (0, z)
-            coef, intercept = np.hstack([np.zeros_like(coef), coef]), np.hstack([0.0, intercept])
-        elif name != "logreg":  # one-vs-rest: each class's sigmoid, normalised to sum to 1 (SGDClassifier's rule)
-            each = _dense(x, *fold(coef, intercept), "sigmoid", "classifier_one_vs_rest")
-            return keras_module().ops.divide(each, keras_module().ops.sum(each, axis=-1, keepdims=True)), \
-                "probabilities"
-        return _dense(x, *fold(coef, intercept), "softmax", "classifier"), "probabilities"
-    if coef.shape[1] == 1:  # LinearSVC, binary: the run scores (-margin, margin)
-        coef, intercept = np.hstack([-coef, coef]), np.hstack([-intercept, intercept])
-    return _dense(x, *fold(coef, intercept), None, "classifier"), "decision values (LinearSVC has no probabilities)"
+        return _dense(x, *_binary(w, b), None, "classifier")
+    return _dense(x, *fold(*_binary(np.atleast_2d(model.coef_).T, model.intercept_)), None, "classifier")
 
 
 def _kernel_layers(x, estimator):
-    """``Normalizer`` then an exact ``SVC``, or then a Nystroem map and a linear SVM, as Keras layers.
+    """``Normalizer`` then an exact ``SVC``, or then a Nystroem map and a linear SVM, as Keras layers: their logits.
 
     Both are the RBF kernel against fixed rows (the support vectors; the landmark images) followed by linear maps:
     the Nystroem map's normalisation and the linear SVM fold into one Dense layer; the SVC's dual coefficients
@@ -151,15 +156,12 @@ def _kernel_layers(x, estimator):
     x = keras.layers.UnitNormalization(name="unit_length")(x)  # Normalizer: each row to unit length
     model = estimator.steps[-1][1]
     if hasattr(model, "support_vectors_"):
-        kernel = _rbf(x, model.support_vectors_, _svc_gamma(model))
-        return _one_vs_one(kernel, model), "decision values (one-vs-one votes, as scikit-learn's SVC gives them)"
+        return _one_vs_one(_rbf(x, model.support_vectors_, _svc_gamma(model)), model)
     mapping = estimator.steps[1][1]
     kernel = _rbf(x, mapping.components_, mapping.gamma_)
-    coef, intercept = np.atleast_2d(model.coef_).T, np.atleast_1d(model.intercept_)
-    if coef.shape[1] == 1:  # binary: the run scores (-margin, margin)
-        coef, intercept = np.hstack([-coef, coef]), np.hstack([-intercept, intercept])
+    coef, intercept = _binary(np.atleast_2d(model.coef_).T, model.intercept_)
     w = np.asarray(mapping.normalization_, np.float64).T @ coef
-    return _dense(kernel, w, intercept, None, "classifier"), "decision values (an SVM has no probabilities)"
+    return _dense(kernel, w, intercept, None, "classifier")
 
 
 def _svc_gamma(model) -> float:
@@ -194,8 +196,7 @@ def _one_vs_one(kernel, svc):
 
     n, dual = len(svc.classes_), np.asarray(svc.dual_coef_, np.float64)
     if n == 2:  # scikit-learn's binary coefficients give the positive class's margin
-        return _dense(kernel, np.column_stack([-dual[0], dual[0]]), [-svc.intercept_[0], svc.intercept_[0]], None,
-                      "classifier")
+        return _dense(kernel, *_binary(dual[0][:, None], svc.intercept_), None, "classifier")
     ends = np.cumsum(svc.n_support_)
     rows = [np.arange(end - count, end) for end, count in zip(ends, svc.n_support_, strict=True)]
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
@@ -284,8 +285,14 @@ def _trained_model(chosen: Chosen, antialias: bool):
     preprocess = get_backbone(backbone).preprocess_input if chosen.kind == "finetune" else None
     images, x = _image_input(cfg["image_size"], cfg["resize"], preprocess, antialias)
     network = _without_dropout(_in_float32(load_saved_model(chosen.run_dir / "model.keras")))
-    return keras.Model(images, network(x), name="transfer_export"), {
-        "classes": list(chosen.config["classes"]), "outputs": "probabilities", "image_size": cfg["image_size"],
+    temperature = float(chosen.config.get("temperature") or 1.0)
+    # The run's calibrated probabilities: softmax(log p / T), p clipped as transfer.calibration clips it.
+    z = keras.ops.log(keras.ops.maximum(network(x), TINY))
+    probs = keras.layers.Softmax(name="probabilities")(keras.layers.Rescaling(1.0 / temperature, name="temperature")(z))
+    return keras.Model(images, probs, name="transfer_export"), {
+        "classes": list(chosen.config["classes"]), "image_size": cfg["image_size"],
+        "outputs": f"probabilities (temperature-scaled, T={temperature:.4g})" if temperature != 1.0
+        else "probabilities",
         "resize": cfg["resize"], "backbone": backbone, "weights": str(cfg.get("weights", "none"))}
 
 

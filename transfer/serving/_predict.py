@@ -149,6 +149,7 @@ def _fitted_classifier(run, config: dict, classifier):
 
 
 def _predict_finetuned(run, config, paths, batch_size=None, engine="auto", log=print):
+    from transfer.calibration import scaled
     from transfer.finetuning import load_saved_model
     from transfer.runtime import frozen_model
 
@@ -167,6 +168,7 @@ def _predict_finetuned(run, config, paths, batch_size=None, engine="auto", log=p
     bs = batch_size or cfg["batch_size"]
     files, skipped = list_images(paths)
     kept, probs, bad = predict_images(model, files, cfg["image_size"], cfg["resize"], bs, row.preprocess_input)
+    probs = scaled(probs, float(config.get("temperature") or 1.0))  # the run's calibrated probabilities
     rows = [(str(files[i]), classes[p.argmax()], float(p.max()), "finetune") for i, p in zip(kept, probs, strict=True)]
     skipped += list(bad.items())
     return (pd.DataFrame(rows, columns=RUN_PREDICTION_COLUMNS), pd.DataFrame(skipped, columns=SKIPPED_COLUMNS))
