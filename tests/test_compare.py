@@ -85,7 +85,7 @@ def test_compare_writes_every_plot(tiny_run):
     assert names == {
         "confusion-features.png", "confusion-finetune.png", "confusion-scratch.png", "accuracy-vs-time.png",
         "curves-efficientnet_lite0-finetune-none.png", "tsne-efficientnet_lite0.png",
-        "conv-kernels-efficientnet_lite0.png",
+        "conv-kernels-efficientnet_lite0.png", "reliability.png",
     }
     for name in names:
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -307,3 +307,27 @@ def test_k_fold_keeps_the_copies_of_an_image_in_one_fold():
             assert len(members & tested) in (0, len(members))
     plain = fold_splits(table, 5, 0, 0.15)
     assert [len(s) for s in plain] == [20] * 5
+
+
+def test_transfer_check_lists_copies_and_two_labels_without_a_cnn_pass_for_exact_ones(tmp_path, monkeypatch):
+    """A folder without splits: an exact copy within a class and one under the other class's name; with random
+    weights only exact copies are looked for, and no feature is computed for them."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    import cli
+    from tests.conftest import colour_folder
+    from transfer.features import _extract
+
+    data = colour_folder(tmp_path / "d", n=6, splits=("",))
+    shutil.copy(data / "red" / "0.png", data / "red" / "again.png")
+    shutil.copy(data / "red" / "1.png", data / "blue" / "mislabelled.png")
+    monkeypatch.setattr(_extract, "extract_features", lambda *a, **k: pytest.fail("a CNN pass for exact copies"))
+    out = tmp_path / "check"
+    result = CliRunner().invoke(cli.main, ["check", "--data", str(data), "--out", str(out), "--weights", "none"])
+    assert result.exit_code == 0, result.output
+    assert "1 image carries two labels" in result.output and "exact copies only: random backbone weights" in \
+        result.output
+    dups = pd.read_csv(out / "duplicates.csv")
+    assert len(dups) == 2 and dups["label_conflict"].sum() == 1 and set(dups["kind"]) == {"exact"}

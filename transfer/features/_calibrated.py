@@ -1,8 +1,11 @@
 """Strategy 2's calibration: each fitted pipeline's logits, out-of-fold on its training images, and its temperature.
 
 classify refits on train + val, so no image the final model did not train on is left for calibration: the
-temperature is fitted on out-of-fold logits of the images the grid search cross-validated (each from a model of the
-chosen parameters that did not train on it), then carried by the saved pipeline (:class:`CalibratedPipeline`).
+temperature is fitted on out-of-fold logits of the images it is refit on (10 folds, each from a model of the chosen
+parameters that did not train on it; a stratified sample of ``--search-size`` of them above that), then carried by
+the saved pipeline (:class:`CalibratedPipeline`). Folds as large as possible: a model trained on fewer images is
+less sure of itself, and its temperature too soft for the refit (measured on the digits demo's features, the
+temperature of the training split's 5 folds left linear_svm's test ECE at 0.169, train + val's 10 folds at 0.118).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from transfer.calibration import fit_temperature, log_probabilities, margins_as_logits, smoothed_votes, softmax
+
+CALIBRATION_FOLDS = 10
 
 
 def logits(estimator, x) -> np.ndarray:
@@ -61,19 +66,42 @@ def calibrated(estimator, temperature: float) -> CalibratedPipeline:
     return CalibratedPipeline(estimator.steps, temperature=float(temperature))
 
 
-def out_of_fold_temperature(template, x, y, cv) -> tuple[float, int]:
+def _fold_logits(template, x, y, train, held):
+    model = clone(template).fit(x[train], y[train])
+    return list(model.classes_), logits(model, x[held])
+
+
+def out_of_fold_temperature(template, x, y, cv, n_jobs=None) -> tuple[float, int]:
     """The temperature of ``template``'s parameters, from logits each of which a model that did not train on that
-    image gave (the folds ``cv`` of the grid search). Returns ``(temperature, images it was fitted on)``."""
+    image gave (the folds ``cv``, fitted ``n_jobs`` at a time). Returns ``(temperature, images it was fitted on)``."""
+    from joblib import Parallel, delayed
+
     y = np.asarray(y)
+    folds = list(cv.split(x, y))
+    found = Parallel(n_jobs=n_jobs)(delayed(_fold_logits)(template, x, y, train, held) for train, held in folds)
+    every = sorted(set(y.tolist()))
     z, truth = [], []
-    for train, held in cv.split(x, y):
-        model = clone(template).fit(x[train], y[train])
-        classes = list(model.classes_)
-        if len(classes) < len(set(y.tolist())):  # a fold that lacks a class gives logits of fewer columns
+    for (classes, fold_z), (_, held) in zip(found, folds, strict=True):
+        if classes != every:  # a fold that lacks a class gives logits of fewer columns
             continue
-        z.append(logits(model, x[held]))
+        z.append(fold_z)
         truth.append(np.searchsorted(classes, y[held]))
     if not z:
         return 1.0, 0
     z, truth = np.concatenate(z), np.concatenate(truth)
     return fit_temperature(z, truth), len(truth)
+
+
+def refit_temperature(template, x, y, search_size, seed, n_jobs=None) -> tuple[float, int]:
+    """The temperature of the chosen parameters (``template``), out-of-fold on the images refit on (``x``, ``y``),
+    or a stratified sample of ``search_size`` of them: :data:`CALIBRATION_FOLDS` folds (fewer where a class has
+    fewer images)."""
+    import pandas as pd
+    from sklearn.model_selection import StratifiedKFold
+
+    from transfer.features._search import search_sample
+
+    rows = search_sample(y, search_size, seed)
+    x, y = x[rows], np.asarray(y)[rows]
+    folds = min(CALIBRATION_FOLDS, int(pd.Series(y).value_counts().min()))
+    return out_of_fold_temperature(template, x, y, StratifiedKFold(folds, shuffle=True, random_state=seed), n_jobs)

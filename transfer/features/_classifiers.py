@@ -215,7 +215,7 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    from transfer.features._calibrated import calibrated, out_of_fold_temperature
+    from transfer.features._calibrated import calibrated, refit_temperature
     from transfer.features._search import search
     from transfer.features._svm import SGDLinearSVC, record_gamma
 
@@ -240,8 +240,8 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
         warnings.simplefilter("ignore", ConvergenceWarning)
         table, best, searched = search(grid_search, grid)
         search_seconds = time.perf_counter() - start
-        temperature, calibrated_on = out_of_fold_temperature(clone(template).set_params(**best), x_search, y_search,
-                                                             cv)
+        temperature, calibrated_on = refit_temperature(clone(template).set_params(**best), x_fit, y_fit,
+                                                       search_size, seed, n_jobs)
         # The same pipeline as searched (built for the training split's size); SGD's one-vs-rest problems on threads
         # (1.9x on 2 cores, 20,000 images of 2,000 features).
         estimator = clone(template).set_params(**best)

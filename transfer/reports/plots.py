@@ -28,9 +28,9 @@ CAPTIONS = {
     "conv-kernels-": "the first convolution's kernels before and after fine-tuning: little change means the early "
                      "layers kept their ImageNet filters.",
     "reliability": "reliability of each strategy's representative after temperature scaling: its test images "
-                   "binned by the probability it gave its prediction (15 bins), each bar the share of them it got "
-                   "right; bars on the diagonal mean a score of 0.8 is right 8 times in 10 (ECE: the mean gap, "
-                   "before and after scaling).",
+                   "binned by the probability it gave its prediction (15 bins), each point the share of them it got "
+                   "right; on the diagonal a score of 0.8 is right 8 times in 10 (ECE: the mean gap, before and "
+                   "after scaling).",
 }
 
 
@@ -262,24 +262,25 @@ def learning_curve_png(curve: pd.DataFrame, path) -> Path:
 
 
 def reliability_png(models: list, path) -> Path:
-    """A reliability diagram per model: accuracy against confidence in 15 bins, the diagonal for reference.
+    """A reliability diagram: for each model, accuracy against confidence over 15 bins, the diagonal for reference.
 
-    ``models``: ``(name, confidence, correct, ece_before, ece)`` per panel, ``confidence`` each image's
+    ``models``: ``(name, confidence, correct, ece_before, ece)`` per model, ``confidence`` each image's
     probability of its predicted class, ``correct`` whether that prediction is right.
     """
     from transfer.calibration import reliability
 
-    plt, (fig, axes) = _figure(1, len(models), figsize=(3.4 * len(models) + 0.4, 3.6), squeeze=False)
-    for ax, (name, confidence, correct, ece_before, ece) in zip(axes[0], models, strict=True):
-        centres, accuracy, mean_confidence, counts = reliability(confidence, correct)
-        ax.bar(centres, accuracy, width=1 / 15, edgecolor="black", linewidth=0.4, alpha=0.8, label="accuracy")
-        ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfect calibration")
-        ax.scatter(mean_confidence, accuracy, s=np.clip(counts, 4, 60), color="C3", zorder=3,
-                   label="bin (size = images)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.set_xlabel("confidence (probability of the prediction)")
-        ax.set_title(f"{name}\nECE {ece:.3f} (before scaling {ece_before:.3f})", fontsize=8)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=6, loc="upper left")
+    plt, (fig, ax) = _figure(figsize=(6.4, 5.2))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=0.8, label="perfectly calibrated")
+    for i, (name, confidence, correct, ece_before, ece) in enumerate(models):
+        _, accuracy, mean_confidence, counts = reliability(confidence, correct)
+        ax.plot(mean_confidence, accuracy, marker="o", color=f"C{i}", linewidth=1.2,
+                label=f"{name}: ECE {ece:.3f} (before scaling {ece_before:.3f})")
+        ax.scatter(mean_confidence, accuracy, s=np.clip(counts, 6, 120), color=f"C{i}", alpha=0.35)
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("confidence: the probability each model gave its prediction (15 bins)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title("reliability after temperature scaling (dot size: images in the bin)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
     return _save(plt, fig, path)
