@@ -19,7 +19,7 @@ import pandas as pd
 from transfer.data import SEED, TEST_FRACTION, VAL_FRACTION
 from transfer.errors import TransferError
 from transfer.features._saving import save_classifier
-from transfer.features._search import MAX_EXTENSIONS, grid_edges, search_sample
+from transfer.features._search import MAX_EXTENSIONS, fold_sized, grid_edges, search_sample
 from transfer.runtime import keeps_file_names
 
 
@@ -227,7 +227,7 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     if smallest < 2:
         raise TransferError(f"A class has {smallest} training image(s): cross-validation needs at least 2 per class.")
     cv = StratifiedKFold(n_splits=min(5, smallest), shuffle=True, random_state=seed)
-    grid = _fold_sized(spec.grid, len(y_search), cv.n_splits)
+    grid = fold_sized(spec.grid, len(y_search), cv.n_splits)
     start = time.perf_counter()
     template = spec.make(len(y_train))
 
@@ -256,15 +256,6 @@ def fit_classifier(name, x_train, y_train, x_refit=None, y_refit=None, seed=0, n
     return FitResult(name, calibrated(estimator, temperature), table, best, time.perf_counter() - start,
                      grid_edges(searched, best), search_seconds, len(y_search), cv_score, spec.solver, searched,
                      temperature, calibrated_on)
-
-
-def _fold_sized(grid: dict, n: int, folds: int) -> dict:
-    """``grid`` with kNN's k no larger than the images a cross-validation fold trains on."""
-    key = "kneighborsclassifier__n_neighbors"
-    if key not in grid:
-        return dict(grid)
-    fold_train = n - -(-n // folds)
-    return {**grid, key: [k for k in grid[key] if k <= fold_train] or [1]}
 
 
 def class_scores(estimator, x) -> np.ndarray:
@@ -342,7 +333,7 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
         search_size: see :func:`fit_classifier`.
     """
     from transfer.features._cache import cache_root
-    from transfer.features._check import accuracy_without, check_features
+    from transfer.features._check import check_features
     from transfer.features._extract import cached, extract_features, feature_settings
     from transfer.features._stream import streamed_classifiers, too_large
     from transfer.features._streamed import classify_streamed
@@ -368,30 +359,33 @@ def classify_run(run, cfg, names, *, features_dir=None, search_size=SEARCH_SIZE,
     # Each classifier goes to the staged set as soon as it is scored, and out of memory (a kNN holds a copy of the
     # features); the set replaces an earlier run's classifiers and reports together, or not at all.
     with publishing(run.out) as stage:
-        results, searches, edges, seconds, solvers, grids = [], [], {}, {}, {}, {}
+        results, searches, kept = [], [], {"grid_edges": {}, "search_seconds": {}, "solvers": {}, "grids_searched": {}}
         for name in fitted:
             fit = _fit(name, data, run.seed, search_size, log)
-            results.append(_scored(fit, data, cfg, feats, run))
-            results[-1].without_leaks = accuracy_without(data.y_eval, results[-1].y_pred, data.eval_paths, found.leaked)
+            results.append(_scored(fit, data, cfg, feats, run, found.leaked))
             save_classifier(fit.estimator, stage / "classifiers" / f"{name}.skops")
             searches.append(fit.search)
-            seconds[name] = round(fit.search_seconds, 2)
-            solvers[name] = fit.solver
-            grids[name] = {key.split("__")[-1]: values for key, values in fit.grid.items()}
-            if fit.at_edge:
-                edges[name] = fit.at_edge
+            _record(kept, fit)
             del fit  # before the next search starts
         write_csv(pd.concat(searches), stage / "search.csv")
         write_csv(found.duplicates, stage / "duplicates.csv")
-        write_reports(run, results, {**found.settings(),
+        write_reports(run, results, {**found.settings(), **kept,
             "extract": feature_settings(cfg), "engine": cfg.engine, "executor": cfg.executor, "classifiers": fitted,
             "requested_classifiers": list(names), "pipelines": pipeline_steps(names), "search_size": search_size,
-            "best_classifier": metrics_table(results)["classifier"].iloc[0], "grid_edges": edges,
-            "features_from_cache": feats.from_cache, "feature_cache_key": feats.key, "features_dir": str(features_dir),
-            "search_seconds": seconds, "solvers": solvers, "grids_searched": grids,
+            "best_classifier": metrics_table(results)["classifier"].iloc[0], "features_from_cache": feats.from_cache,
+            "feature_cache_key": feats.key, "features_dir": str(features_dir),
             "temperatures": {r.classifier: r.temperature for r in results},
         }, folder=stage)
     return results
+
+
+def _record(kept: dict, fit: FitResult):
+    """What config.json keeps of one classifier's fit: its search's time, solver, grid searched, edges left."""
+    kept["search_seconds"][fit.name] = round(fit.search_seconds, 2)
+    kept["solvers"][fit.name] = fit.solver
+    kept["grids_searched"][fit.name] = {key.split("__")[-1]: values for key, values in fit.grid.items()}
+    if fit.at_edge:
+        kept["grid_edges"][fit.name] = fit.at_edge
 
 
 def _fit(name, data, seed, search_size, log) -> FitResult:
@@ -438,7 +432,8 @@ def _feature_splits(run, feats) -> _FeatureSplits:
     return data
 
 
-def _scored(fit, data: _FeatureSplits, cfg, feats, run):
+def _scored(fit, data: _FeatureSplits, cfg, feats, run, leaked: set):
+    from transfer.features._check import accuracy_without
     from transfer.reports import Result
 
     start = time.perf_counter()
@@ -455,7 +450,8 @@ def _scored(fit, data: _FeatureSplits, cfg, feats, run):
         inference_images_per_second=1 / per_image if per_image > 0 else float("nan"),
         trainable_params=fitted_parameter_count(fit.estimator), run_dir=run.out, skipped=dict(feats.skipped),
         selection_score=fit.cv_score, selected_on=f"cross-validation on {fit.searched_on} training images",
-        solver=fit.solver or None)
+        solver=fit.solver or None,
+        without_leaks=accuracy_without(data.y_eval, pred, data.eval_paths, leaked) if leaked else None)
 
 
 @keeps_file_names()

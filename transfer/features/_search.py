@@ -116,3 +116,12 @@ def search_sample(y, search_size, seed=0) -> np.ndarray:
         take = min(len(members), max(2, round(len(members) * search_size / len(y))))
         rows.append(rng.choice(members, take, replace=False))
     return np.sort(np.concatenate(rows))
+
+
+def fold_sized(grid: dict, n: int, folds: int) -> dict:
+    """``grid`` with kNN's k no larger than the images a cross-validation fold trains on."""
+    key = "kneighborsclassifier__n_neighbors"
+    if key not in grid:
+        return dict(grid)
+    fold_train = n - -(-n // folds)
+    return {**grid, key: [k for k in grid[key] if k <= fold_train] or [1]}
