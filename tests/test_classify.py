@@ -40,7 +40,8 @@ def test_classify_writes_every_report(run):
     assert (metrics["n_train"] == 16).all() and (metrics["n_test"] == 16).all()
     assert (metrics["accuracy"] >= 0.9).all()  # red vs blue
     preds = pd.read_csv(out / "predictions.csv")
-    assert list(preds.columns) == ["classifier", "path", "true_label", "pred_label", "score"]
+    assert list(preds.columns) == ["classifier", "path", "true_label", "pred_label", "score",
+                                   "score_before"]
     assert len(preds) == 16 * len(CLASSIFIERS)
     search = pd.read_csv(out / "search.csv")
     assert {"classifier", "params", "mean_test_score", "rank_test_score"} <= set(search.columns)

@@ -130,6 +130,19 @@ def _pooled_rows(tables: list, preds: list) -> tuple[pd.DataFrame, dict, dict]:
 CALIBRATION = ("temperature", "ece_before", "ece", "brier", "log_loss")
 
 
+def _pooled_calibration(frame: pd.DataFrame, pooled: dict):
+    """Each row's ECE before and after scaling over its pooled out-of-fold predictions (a fold's few test images
+    alone give a noisy ECE; their mean is biased up), where every prediction kept its probabilities."""
+    from transfer.calibration import confidence_error
+
+    for i, model in enumerate(frame["model"]):
+        p = pooled[model]
+        correct = (p["pred_label"] == p["true_label"]).to_numpy()
+        for column, source in (("ece", "score"), ("ece_before", "score_before")):
+            if source in p and p[source].notna().all() and len(p):
+                frame.loc[frame.index[i], column] = confidence_error(p[source].to_numpy(float), correct)
+
+
 def _pooled_row(rows: pd.DataFrame, model: str, selected_on: str) -> dict:
     first = rows.iloc[0]
     same = {c: (first[c] if rows[c].nunique() == 1 else "") for c in ("backbone", "classifier", "freeze")}
@@ -154,6 +167,7 @@ def pooled_table(tables: list, preds: list, k: int, seed: int = 0):
     from transfer.comparison._verdict import scored_table
 
     frame, pooled, per_fold = _pooled_rows(tables, preds)
+    _pooled_calibration(frame, pooled)
     common = sorted(set.intersection(*(set(p.index) for p in pooled.values())))
     aligned = {m: p.loc[common] for m, p in pooled.items()}
     aligned["_y_true"] = next(iter(aligned.values()))["true_label"].to_numpy()

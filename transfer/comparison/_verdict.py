@@ -72,7 +72,8 @@ def combine(results, run: Path, *, n_boot=2000, seed=0):
     rows, preds = [], {}
     for res in results:
         r = _row(res, run)
-        preds[r["model"]] = pd.DataFrame({"true_label": res.y_true, "pred_label": res.y_pred, "score": res.score},
+        preds[r["model"]] = pd.DataFrame({"true_label": res.y_true, "pred_label": res.y_pred, "score": res.score,
+                                          "score_before": np.nan if res.score_before is None else res.score_before},
                                          index=res.paths)
         rows.append(r)
     if not rows:

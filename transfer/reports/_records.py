@@ -24,7 +24,9 @@ from transfer.errors import TransferError
 from transfer.runtime import read_csv, write_csv, write_text_atomic
 
 STRATEGIES = ("features", "finetune", "scratch")
-PREDICTION_COLUMNS = ["classifier", "path", "true_label", "pred_label", "score"]
+# score: the calibrated probability of the predicted class; score_before: before temperature scaling (empty for a
+# model that has none)
+PREDICTION_COLUMNS = ["classifier", "path", "true_label", "pred_label", "score", "score_before"]
 PER_CLASS_COLUMNS = ["classifier", "label", "precision", "recall", "f1", "support"]
 SKIPPED_COLUMNS = ["path", "reason"]
 # The version of what a finished run's reports hold; a run written by another is trained again, not reused
@@ -235,12 +237,16 @@ class Result:
     temperature: float | None = None
     measured: dict = dataclasses.field(default_factory=dict)  # calibration columns as read back from metrics.csv
     without_leaks: float | None = None  # accuracy without the test images that have a copy in train or val
+    score_before: np.ndarray | None = None  # each prediction's own probability before calibration
 
     def __post_init__(self):
         self.y_true, self.y_pred = np.asarray(self.y_true, dtype=object), np.asarray(self.y_pred, dtype=object)
         if self.score is None and self.scores is not None:
             column = {c: i for i, c in enumerate(self.classes)}
             self.score = self.scores[np.arange(len(self.y_pred)), [column[p] for p in self.y_pred]]
+        if self.score_before is None and self.uncalibrated is not None:
+            column = {c: i for i, c in enumerate(self.classes)}
+            self.score_before = self.uncalibrated[np.arange(len(self.y_pred)), [column[p] for p in self.y_pred]]
 
     @property
     def n_test(self) -> int:
@@ -284,7 +290,9 @@ class Result:
 
     def predictions(self) -> pd.DataFrame:
         return pd.DataFrame({"classifier": self.classifier, "path": self.paths, "true_label": self.y_true,
-                             "pred_label": self.y_pred, "score": self.score})[PREDICTION_COLUMNS]
+                             "pred_label": self.y_pred, "score": self.score,
+                             "score_before": np.nan if self.score_before is None else self.score_before})[
+            PREDICTION_COLUMNS]
 
     def per_class(self) -> pd.DataFrame:
         from transfer.reports._metrics import per_class
@@ -389,13 +397,15 @@ def read_results(folder) -> list[Result]:
                                                             "selection_score": [""]})
     preds = read_csv(folder / "predictions.csv", dtype=str, keep_default_na=False)
     preds["score"] = pd.to_numeric(preds["score"], errors="coerce")
+    preds["score_before"] = pd.to_numeric(preds.get("score_before", np.nan), errors="coerce")
     results = []
     for m in metrics.to_dict("records"):
         p = preds[preds["classifier"] == m["classifier"]]
         results.append(Result(
             strategy=m["strategy"], backbone=m["backbone"], classifier=m["classifier"], eval_split=m["eval_split"],
             paths=p["path"].tolist(), y_true=p["true_label"].to_numpy(), y_pred=p["pred_label"].to_numpy(),
-            classes=classes, score=p["score"].to_numpy(), layer=m["layer"], params=json.loads(m["best_params"]),
+            classes=classes, score=p["score"].to_numpy(), score_before=p["score_before"].to_numpy(),
+            layer=m["layer"], params=json.loads(m["best_params"]),
             n_train=int(m["n_train"]), fit_seconds=float(m["fit_seconds"]),
             extract_seconds=float(m["extract_seconds"]), feature_dim=int(m["feature_dim"]),
             inference_images_per_second=float(m["inference_images_per_second"]),
