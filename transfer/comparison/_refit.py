@@ -73,9 +73,11 @@ def refit_features(source, out: Path, cfg, tables: list, log) -> dict | None:
         write_config(stage / "config.json", {
             "command": "classify", "data": source.name, "extract": feature_settings(ecfg), "classifiers": [fit.name],
             "best_classifier": fit.name, "best_params": fit.best_params, "classes": sorted(set(labels)),
-            "refit_on": int(len(labels)), "refit_of": model, "scored": "none here: the folds scored every image"})
+            "refit_on": int(len(labels)), "refit_of": model, "scored": "none here: the folds scored every image",
+            "temperatures": {fit.name: fit.temperature}, "grids_searched": {fit.name: fit.grid}})
     return {"strategy": "features", "model": model, "run_dir": "final", "classifier": fit.name,
-            "images": int(len(labels)), "params": {k: str(v) for k, v in fit.best_params.items()}}
+            "images": int(len(labels)), "params": {k: str(v) for k, v in fit.best_params.items()},
+            "temperature": fit.temperature}
 
 
 def _kept_epochs(fold: Path, row) -> int:
