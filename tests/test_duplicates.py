@@ -331,3 +331,18 @@ def test_transfer_check_lists_copies_and_two_labels_without_a_cnn_pass_for_exact
         result.output
     dups = pd.read_csv(out / "duplicates.csv")
     assert len(dups) == 2 and dups["label_conflict"].sum() == 1 and set(dups["kind"]) == {"exact"}
+
+
+def test_compare_says_what_the_check_found_and_scores_every_model_without_the_leaks(tmp_path):
+    from transfer.comparison import CompareConfig, compare
+
+    data = _leaky_folder(tmp_path / "d")
+    cfg = CompareConfig(strategies="features,scratch", classifiers="logreg", image_size=32, batch_size=8,
+                        scratch_size=16, scratch_epochs=1, weights="none")
+    done = compare(data, tmp_path / "run", cfg, progress=False, log=lambda *_: None)
+    table = pd.read_csv(tmp_path / "run" / "compare.csv")
+    assert table["accuracy_without_leaks"].notna().all() and set(table["strategy"]) == {"features", "scratch"}
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "Data check:" in page and "2 of 18 test images have a copy in train" in page
+    assert "accuracy without leaked test images" in page
+    assert len(pd.read_csv(tmp_path / "run" / "duplicates.csv")) == 2 and done.table is not None

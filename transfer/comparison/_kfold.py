@@ -71,9 +71,10 @@ def cross_validated(source, out: Path, cfg, protocol, split_options: dict, progr
                       table_file=out / "repeats.csv", plots=(out / "plots" / "repeats.png",))
 
 
-def _copy_groups(source, cfg, progress, log) -> list[int] | None:
-    """A group per image, copies (exact, or near by strategy 2's features) in one: what keeps them in one fold.
-    None when there are none (or strategy 2, whose features find near-copies, is not compared: exact ones only)."""
+def _copy_groups(source, cfg, progress, log) -> tuple[list[int] | None, object]:
+    """A group per image, copies (exact, or near by strategy 2's features) in one: what keeps them in one fold
+    (None when there are none; strategy 2, whose features find near-copies, not compared: exact ones only); and
+    the :class:`~transfer.features.Check` (its line says the groups are kept in one fold)."""
     from transfer.data import group_ids
     from transfer.features import check_table
 
@@ -81,10 +82,11 @@ def _copy_groups(source, cfg, progress, log) -> list[int] | None:
     if "features" not in cfg.strategies:
         cfg_features = dataclasses.replace(cfg_features, weights="none")  # no CNN pass: exact copies only
     found = check_table(source.table.assign(split=None), cfg_features, progress=progress, log=log)
+    log(f"data check: {found.line}")
     if found.duplicates.empty:
-        return None
-    log(f"data check: {found.line}; each image's copies are kept in one fold")
-    return group_ids(source.table["path"].tolist(), found.duplicates)
+        return None, found
+    found.line += "; each image's copies are kept in one fold, so that no fold scores a copy of its training"
+    return group_ids(source.table["path"].tolist(), found.duplicates), found
 
 
 def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log, mlflow=None):
@@ -94,8 +96,8 @@ def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log,
     from transfer.reports import open_run
 
     out.mkdir(parents=True, exist_ok=True)
-    splits = fold_splits(source.table, protocol.folds, cfg.seed, split_options["val_fraction"],
-                         _copy_groups(source, cfg, progress, log))
+    groups, checked = _copy_groups(source, cfg, progress, log)
+    splits = fold_splits(source.table, protocol.folds, cfg.seed, split_options["val_fraction"], groups)
     tables, preds, seconds = [], [], {}
     for i, split in enumerate(splits, 1):
         split.attrs["source"] = source.name
@@ -115,10 +117,10 @@ def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log,
     start = time.perf_counter()
     final = refit(source, out, cfg, tables, str(table["strategy"].iloc[0]), log)
     seconds["refit on every image"] = round(time.perf_counter() - start, 1)
-    return _pooled_report(source, out, cfg, protocol, splits, (table, pooled, paired), seconds, final)
+    return _pooled_report(source, out, cfg, protocol, splits, (table, pooled, paired), seconds, (final, checked))
 
 
-def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, seconds, final):
+def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, seconds, shipped):
     from transfer.comparison._figures import reliability_plot
     from transfer.comparison._verdict import verdict
     from transfer.reports import plots, publishing, write_config, write_report
@@ -126,6 +128,7 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
 
     start = time.perf_counter()
     table, pooled, paired = pooled_table
+    final, checked = shipped
     line = verdict(table, pooled, protocol.describe(len(pooled["_y_true"])), paired) + _shipped(table, final)
     folds = pd.concat([s.loc[s["split"] == "test", ["path", "label"]].assign(fold=i)
                        for i, s in enumerate(splits, 1)], ignore_index=True)
@@ -152,8 +155,9 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
                      split=folds.assign(split=[f"fold-{f}" for f in folds["fold"]]), classes=classes, roles=roles,
                      seconds=seconds, settings=settings, recommended=str(table["model"].iloc[0]),
                      paired_test="Nadeau & Bengio's corrected resampled t-test of each model's accuracy in each fold "
-                                 "against the recommended model's")
-        write_config(stage / "config.json", {**settings, "verdict": line, "final": final,
+                                 "against the recommended model's", data_check=checked.line)
+        write_csv(checked.duplicates, stage / "duplicates.csv")
+        write_config(stage / "config.json", {**settings, "verdict": line, "final": final, "duplicates": checked.line,
                                              "recommended_model": str(table["model"].iloc[0]),
                                              "subruns": [f"fold-{i}" for i in range(1, len(splits) + 1)],
                                              "plots": [f"plots/{p.name}" for p in drawn], "seconds": seconds})

@@ -89,7 +89,7 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
     table, preds = combine(results, run.out, seed=cfg.seed)
     line = verdict(table, preds, protocol=protocol or f"On one split ({len(preds['_y_true'])} "
                                                       f"{table['eval_split'].iloc[0]} images)")
-    check = _data_check(results, table, preds, log)
+    check, duplicates = _data_check(results, table, preds, log)
     skipped = dict(run.unused)
     for r in results:  # the first sub-run's reason for a file it could not read
         for path, reason in r.skipped.items():
@@ -99,6 +99,8 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
         drawn, inputs = make_plots(run.out, table, preds, results, cfg, run.classes, stage / "plots",
                                    log=log, previous=_previous_report(run.out).get("plot_inputs"))
         write_skipped(skipped, stage / "skipped.csv")
+        if duplicates is not None:
+            write_csv(duplicates, stage / "duplicates.csv")
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)
         settings = {**run.settings(), "compare": dataclasses.asdict(cfg), "eval_split": table["eval_split"].iloc[0]}
@@ -118,22 +120,24 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
     return done, preds
 
 
-def _data_check(results, table, preds: dict, log) -> str:
-    """What the features sub-run's check for copies found (one line; empty without one), and each model's accuracy
-    without the test images that have a copy in train or val (``table``'s ``accuracy_without_leaks``, filled in)."""
+def _data_check(results, table, preds: dict, log):
+    """What the features sub-run's check for copies found: ``(one line, its duplicates.csv)`` (``("", None)``
+    without one); each model's accuracy without the test images that have a copy in train or val is filled into
+    ``table``'s ``accuracy_without_leaks``."""
     from transfer.features import accuracy_without, leaked_test_images
     from transfer.runtime import read_csv
 
     checked = [Path(r.run_dir) for r in results if r.strategy == "features"]
     if not checked or not (checked[0] / "duplicates.csv").exists():
-        return ""
+        return "", None
     line = str(json.loads((checked[0] / "config.json").read_text()).get("duplicates", ""))
-    leaked = leaked_test_images(read_csv(checked[0] / "duplicates.csv", dtype=str, keep_default_na=False))
+    duplicates = read_csv(checked[0] / "duplicates.csv", dtype=str, keep_default_na=False)
+    leaked = leaked_test_images(duplicates)
     if leaked:
         table["accuracy_without_leaks"] = [accuracy_without(preds[m]["true_label"], preds[m]["pred_label"],
                                                             preds[m].index, leaked) for m in table["model"]]
     log(f"data check: {line}")
-    return line
+    return line, duplicates
 
 
 def _machine_choices(results, out: Path) -> dict:

@@ -6,6 +6,7 @@ from transfer._exports import lazy
 
 _API = {
     "CLASSIFIERS": "_classifiers",
+    "Check": "_check",
     "DEFAULT_CLASSIFIERS": "_classifiers",
     "ExtractConfig": "_extract",
     "SEARCH_SIZE": "_classifiers",
