@@ -36,6 +36,7 @@ from transfer.finetuning import (
     SCHEDULES,
     FinetuneConfig,
 )
+from transfer.inspection import IMAGES
 from transfer.reports import DEFAULT_URI as TRACKING_DEFAULT
 from transfer.runtime import ENGINES, announce_to, keeps_file_names
 from transfer.serving import FORMATS as EXPORT_FORMATS
@@ -377,6 +378,37 @@ def export(run_dir, model, fmt, out):
     click.echo(f"Input: {meta['input']}; output: {meta['outputs']} of {len(meta['classes'])} classes "
                f"({', '.join(meta['classes'][:10])}{', ...' if len(meta['classes']) > 10 else ''}).")
     click.echo(f"Try it: transfer predict --model {out} IMAGES")
+
+
+@main.command("inspect")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--backbone", "-b", help="Instead of a run: pass IMAGE files through this pretrained backbone "
+              "(activation maps only).")
+@click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="With --backbone: an image to pass through it (repeat for more).")
+@WEIGHTS
+@IMAGE_SIZE
+@click.option("--layer", "layers", multiple=True, help="A layer whose maps to draw (repeat; default: one per stage, "
+              "from the stem to the last convolutional block).")
+@click.option("--images", "n_images", type=click.IntRange(1), default=IMAGES, show_default=True,
+              help="Test images per model for Grad-CAM: some right, and the most confident mistakes.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the PNG files go (default: RUN/inspect; needed with --backbone).")
+def inspect_command(run_dir, backbone, images, weights, image_size, layers, n_images, out):
+    """Inside the networks of a run: Grad-CAM of each model that ships on test images, one image's activation maps
+    per stage, the first layer's kernels and how far fine-tuning moved each block (PNG files)."""
+    from transfer.inspection import inspect_backbone, inspect_run
+
+    if (run_dir is None) == (backbone is None):
+        raise click.UsageError("give either RUN_DIR (a run of compare, finetune, classify or scratch) or --backbone "
+                               "NAME with --image files.")
+    if backbone is not None:
+        if out is None or not images:
+            raise click.UsageError("--backbone needs --image FILE (one or more) and --out FOLDER.")
+        done = inspect_backbone(backbone, images, out, weights=weights, image_size=image_size, layers=layers or None)
+    else:
+        done = inspect_run(run_dir, out, images=n_images, layers=layers or None, log=click.echo)
+    click.echo(str(done))
 
 
 def _finish_predict(preds, skipped, output, how, run_dir):

@@ -27,6 +27,17 @@ CAPTIONS = {
              "clusters that separate better on the right are what pretraining gives a classifier on the features.",
     "conv-kernels-": "the first convolution's kernels before and after fine-tuning: little change means the early "
                      "layers kept their ImageNet filters.",
+    "gradcam-": "Grad-CAM: where in each test image the evidence for the predicted class lies (red: most), by the "
+                "last convolutional map's channels weighted by the class score's gradient; a model right for the "
+                "wrong reason looks at the background. Titles: true -> predicted (probability); red titles are "
+                "mistakes, the most confident ones.",
+    "activations-": "one image through the network: a row per stage (layer name, output size, receptive field: the "
+                    "yellow square on the image is what one position of that layer sees), its most active "
+                    "channels: edges and colours early, parts of objects late.",
+    "kernels": "the first convolution's kernels as colour tiles (mid-grey 0): pretrained and fine-tuned on one "
+               "scale, their difference beside them, the scratch CNN's on its own scale.",
+    "block-change": "how far fine-tuning moved each block's weights, relative to their pretrained size: frozen "
+                    "blocks (grey) stay at 0; the trained ones moved most near the head.",
     "reliability": "reliability of each strategy's representative after temperature scaling: its test images "
                    "binned by the probability it gave its prediction (15 bins), each point the share of them it got "
                    "right; on the diagonal a score of 0.8 is right 8 times in 10 (ECE: the mean gap, before and "
@@ -283,4 +294,91 @@ def reliability_png(models: list, path) -> Path:
     ax.set_title("reliability after temperature scaling (dot size: images in the bin)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left")
+    return _save(plt, fig, path)
+
+
+def _mosaic(kernels, scale: float, cols: int = 8, max_kernels: int = 32) -> np.ndarray:
+    """Kernels ``(kh, kw, 3, n)`` as one RGB picture of tiles (1-pixel white gaps), 0 at mid-grey, +-``scale`` at
+    the ends."""
+    kernels = np.asarray(kernels, np.float64)[..., :3, :max_kernels]
+    kh, kw, _, n = kernels.shape
+    rows = int(np.ceil(n / cols))
+    out = np.ones((rows * (kh + 1) - 1, min(n, cols) * (kw + 1) - 1, 3))
+    for k in range(n):
+        r, c = divmod(k, cols)
+        out[r * (kh + 1):r * (kh + 1) + kh, c * (kw + 1):c * (kw + 1) + kw] = np.clip(
+            kernels[..., k] / (2 * max(scale, 1e-12)) + 0.5, 0, 1)
+    return out
+
+
+def kernels_png(panels: list, path) -> Path:
+    """First-layer kernels as RGB tiles, one panel per ``(title, kernels (kh, kw, 3, n), scale)``: panels given the
+    same ``scale`` share one colour scale (mid-grey is 0)."""
+    plt, (fig, axes) = _figure(1, len(panels), figsize=(3.3 * len(panels), 3.0), squeeze=False)
+    for ax, (title, kernels, scale) in zip(axes[0], panels, strict=True):
+        ax.imshow(_mosaic(kernels, scale), interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    return _save(plt, fig, path)
+
+
+def block_change_png(table: pd.DataFrame, path, title: str = "") -> Path:
+    """A bar per block of how far fine-tuning moved its weights (``relative_change``); frozen blocks in grey."""
+    plt, (fig, ax) = _figure(figsize=(max(5.0, 0.32 * len(table) + 1.5), 3.4))
+    colours = ["C0" if t else "0.7" for t in table["trained"]]
+    ax.bar(range(len(table)), table["relative_change"], color=colours)
+    ax.set_xticks(range(len(table)), table["block"], rotation=90, fontsize=7)
+    ax.set_ylabel("||after - before|| / ||before||")
+    ax.set_title(title or "how far fine-tuning moved each block's weights (grey: frozen)", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def activations_png(image, layers: list, path, title: str = "", channels: int = 8) -> Path:
+    """One image's maps through a CNN: a row per layer (name, output shape, receptive field), its ``channels``
+    most active channels, each on its own colour scale; the first column shows the image with one position's
+    receptive field drawn at its centre.
+
+    ``layers``: ``(name, maps (h, w, c), receptive field)`` per layer.
+    """
+    from matplotlib.patches import Rectangle
+
+    plt, (fig, axes) = _figure(len(layers), channels + 1, figsize=(1.25 * (channels + 1), 1.45 * len(layers)),
+                               squeeze=False)
+    side = image.shape[0]
+    for row, (name, maps, field) in zip(axes, layers, strict=True):
+        row[0].imshow(image)
+        low = max(side / 2 - field / 2, -0.5)
+        row[0].add_patch(Rectangle((low, low), min(field, side), min(field, side), fill=False, edgecolor="yellow",
+                                   linewidth=1))
+        row[0].set_title(f"{name}\n{'x'.join(str(n) for n in maps.shape)}, field {field} px", fontsize=6,
+                         loc="left")
+        order = np.argsort(-maps.mean(axis=(0, 1)), kind="stable")[:channels]
+        for ax, c in zip(row[1:], order, strict=False):
+            ax.imshow(maps[..., c], cmap="viridis", interpolation="nearest")
+            ax.set_title(f"ch {c}", fontsize=6)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in row[1 + len(order):]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(plt, fig, path)
+
+
+def gradcam_png(pixels, heat, titles: list, right: list, path, title: str = "", cols: int = 4) -> Path:
+    """Images with their Grad-CAM heat overlaid (jet, red = most evidence), each titled (green: right, red:
+    wrong)."""
+    n = len(pixels)
+    rows = int(np.ceil(n / cols))
+    plt, (fig, axes) = _figure(rows, cols, figsize=(2.3 * cols, 2.45 * rows + 0.3), squeeze=False)
+    for k, ax in enumerate(axes.ravel()):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(pixels[k])
+            ax.imshow(heat[k], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+            ax.set_title(titles[k], fontsize=7, color="green" if right[k] else "red")
+    if title:
+        fig.suptitle(title, fontsize=9)
     return _save(plt, fig, path)

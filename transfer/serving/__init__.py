@@ -6,6 +6,9 @@ from transfer._exports import lazy
 
 _API = {
     "FORMATS": "_export",
+    "FOLDABLE": "_graph",
+    "choose": "_export",
+    "classifier_logits": "_graph",
     "export_model": "_export",
     "load_exported": "_export",
     "predict_exported": "_predict",

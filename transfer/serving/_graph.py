@@ -103,11 +103,17 @@ def classifier_layers(x, estimator, name: str):
     """
     keras = keras_module()
 
-    z = _kernel_layers(x, estimator) if name == "rbf_svm" else _linear_logits(x, estimator, name)
+    z = classifier_logits(x, estimator, name)
     temperature = float(getattr(estimator, "temperature", 1.0))
     z = keras.layers.Rescaling(1.0 / temperature, name="temperature")(z)
     return keras.layers.Softmax(name="probabilities")(z), (f"probabilities (temperature-scaled, T={temperature:.4g})"
                                                             if temperature != 1.0 else "probabilities")
+
+
+def classifier_logits(x, estimator, name: str):
+    """The fitted pipeline ``estimator``'s logits on features ``x`` as Keras layers, before its temperature: what
+    :func:`classifier_layers` turns into probabilities, and what Grad-CAM differentiates (``transfer inspect``)."""
+    return _kernel_layers(x, estimator) if name == "rbf_svm" else _linear_logits(x, estimator, name)
 
 
 def _binary(w, b):
