@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from transfer.runtime import keras_module, tensorflow
+from transfer.inspection._layers import Field, fields
+from transfer.runtime import tensorflow
 
 
 def grad_cam(network, pixels, classes=None, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +38,6 @@ def grad_cam(network, pixels, classes=None, batch: int = 8) -> tuple[np.ndarray,
 
 def _batch(network, x, wanted):
     tf = tensorflow()
-    keras = keras_module()
 
     maps = tf.cast(network.body(x, training=False), tf.float32)
     with tf.GradientTape() as tape:
@@ -51,9 +51,8 @@ def _batch(network, x, wanted):
         chosen = tf.gather(scores, wanted, axis=1, batch_dims=1)
     gradients = tape.gradient(chosen, maps)
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # one weight per channel
-    heat = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))[..., None]
-    size = x.shape[1:3]
-    heat = keras.ops.image.resize(heat, size, interpolation="bilinear").numpy()[..., 0]
+    heat = aligned(tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1)).numpy(), output_field(network.body),
+                   x.shape[1])
     top = heat.reshape(len(heat), -1).max(axis=1)
     heat = np.where(top[:, None, None] > 0, heat / np.maximum(top, 1e-12)[:, None, None], 0.0)
     return np.clip(heat, 0, 1), tf.nn.softmax(scores).numpy()
@@ -64,3 +63,24 @@ def heat_share(heat: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
     total = heat.reshape(len(heat), -1).sum(axis=1)
     inside = heat[:, box[0], box[1]].reshape(len(heat), -1).sum(axis=1)
     return np.where(total > 0, inside / np.maximum(total, 1e-12), 0.0)
+
+
+def output_field(body) -> Field:
+    """Where ``body``'s output map lies on its input (:class:`~transfer.inspection._layers.Field`)."""
+    last = next(layer for layer in reversed(body.layers) if layer.output is body.output)
+    return fields(body)[last.name]
+
+
+def aligned(heat: np.ndarray, field: Field, size: int) -> np.ndarray:
+    """Maps ``(n, h, w)`` brought to ``(n, size, size)`` image pixels, each position at the centre of its field
+    (bilinear between centres, the edge value beyond them): a resize that stretched the map over the whole image
+    would shift it by up to half a field where the network pads less than its windows (``valid`` convolutions)."""
+    def axis(m):
+        u = np.clip((np.arange(size) - field.start) / field.jump, 0, m - 1)
+        low = np.floor(u).astype(int)
+        return low, np.minimum(low + 1, m - 1), u - low
+
+    r0, r1, fr = axis(heat.shape[1])
+    rows = heat[:, r0] * (1 - fr)[None, :, None] + heat[:, r1] * fr[None, :, None]
+    c0, c1, fc = axis(heat.shape[2])
+    return rows[:, :, c0] * (1 - fc)[None, None, :] + rows[:, :, c1] * fc[None, None, :]

@@ -6,47 +6,77 @@ tensors, and its ``get_config()``; a nested model (a fine-tuned model's backbone
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+
 from transfer.runtime import keras_module
 
 
-def _window(layer) -> tuple[int, int]:
-    """``(kernel extent, stride)`` of ``layer`` along one axis: 1, 1 for a layer that works pixel by pixel."""
+def _window(layer) -> tuple[int, int, float]:
+    """``(kernel extent, stride, padding before)`` of ``layer`` along one axis, in its input's positions: 1, 1, 0
+    for a layer that works position by position."""
     config = layer.get_config()
+    if type(layer).__name__ == "ZeroPadding2D":
+        return 1, 1, float(np.ravel(config["padding"])[0])
     size = config.get("kernel_size", config.get("pool_size"))
-    if size is None:  # padding, normalisation, activations, adds: no window (global pooling ends the maps)
-        return 1, 1
+    if size is None:  # normalisation, activations, adds: no window (global pooling ends the maps)
+        return 1, 1, 0.0
     size = size[0] if isinstance(size, (list, tuple)) else size
     strides = config.get("strides") or size
     stride = strides[0] if isinstance(strides, (list, tuple)) else strides
     dilation = config.get("dilation_rate", 1)
     dilation = dilation[0] if isinstance(dilation, (list, tuple)) else dilation
-    return dilation * (size - 1) + 1, stride
+    extent = dilation * (size - 1) + 1
+    if config.get("padding") != "same":
+        return extent, stride, 0.0
+    side = layer.input.shape[1] or 0  # TensorFlow's "same": the total padding split, the smaller half first
+    total = max(extent - (stride if side % stride == 0 else side % stride), 0)
+    return extent, stride, float(total // 2)
 
 
 def _inputs(layer) -> list:
     return layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
 
 
-def receptive_fields(model) -> dict[str, int]:
-    """Each layer's theoretical receptive field in input pixels (one side), by layer name.
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """Where a layer's map lies on its input image, along one axis (Araujo et al. 2019, "Computing receptive
+    fields of convolutional neural networks").
 
-    Along every path from the input a ``k``-wide window with stride ``s`` adds ``(k - 1)`` times the product of the
-    strides before it (Araujo et al. 2019, "Computing receptive fields of convolutional neural networks"); where
-    paths merge (a residual add) the widest counts.
+    Attributes:
+        size: the receptive field of one position, in input pixels.
+        jump: input pixels between neighbouring positions (the product of the strides).
+        start: the input pixel at the centre of the first position's field (negative where padding lies under it).
     """
-    seen = {id(t): (1, 1) for t in model.inputs}
-    fields = {}
+
+    size: int
+    jump: int
+    start: float
+
+
+def fields(model) -> dict[str, Field]:
+    """Each layer's :class:`Field`, by layer name; where paths merge (a residual add) the widest counts."""
+    seen = {id(t): Field(1, 1, 0.0) for t in model.inputs}
+    found = {}
     for layer in model.layers:
         if type(layer).__name__ == "InputLayer":
             continue
-        size, jump = max((seen.get(id(t), (1, 1)) for t in _inputs(layer)), key=lambda f: f[0])
-        kernel, stride = _window(layer)
-        size, jump = size + (kernel - 1) * jump, jump * stride
+        before = max((seen.get(id(t), Field(1, 1, 0.0)) for t in _inputs(layer)), key=lambda f: f.size)
+        kernel, stride, pad = _window(layer)
+        field = Field(before.size + (kernel - 1) * before.jump, before.jump * stride,
+                      before.start + ((kernel - 1) / 2 - pad) * before.jump)
         outputs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
         for t in outputs:
-            seen[id(t)] = (size, jump)
-        fields[layer.name] = size
-    return fields
+            seen[id(t)] = field
+        found[layer.name] = field
+    return found
+
+
+def receptive_fields(model) -> dict[str, int]:
+    """Each layer's theoretical receptive field in input pixels (one side), by layer name: a ``k``-wide window with
+    stride ``s`` adds ``(k - 1)`` times the product of the strides before it."""
+    return {name: field.size for name, field in fields(model).items()}
 
 
 def _is_conv(layer) -> bool:
@@ -63,23 +93,21 @@ def spatial_layers(model) -> list:
 
 def stage_layers(model) -> list[str]:
     """One layer per stage, from the stem to the last convolutional block: the stem's last layer (after the first
-    convolution, at its resolution, before the next convolution or pooling), then the last layer at each
-    resolution the network passes through."""
+    convolution, before the next convolution or pooling), then the last layer before each downsampling (where the
+    product of the strides changes) and the last spatial layer."""
     layers = spatial_layers(model)
     convs = [i for i, layer in enumerate(layers) if _is_conv(layer)]
     if not convs:
         return []
-    first = convs[0]
-    side = layers[first].output.shape[1]
-    stem = first
-    while (stem + 1 < len(layers) and layers[stem + 1].output.shape[1] == side and not _is_conv(layers[stem + 1])
+    stem = convs[0]
+    while (stem + 1 < len(layers) and not _is_conv(layers[stem + 1])
            and "Pooling" not in type(layers[stem + 1]).__name__):
         stem += 1
+    jumps = fields(model)
     names = [layers[stem].name]
-    for i, layer in enumerate(layers[first:], start=first):
-        last_at_side = i + 1 == len(layers) or layers[i + 1].output.shape[1] != layer.output.shape[1]
-        if last_at_side and layer.name not in names:
-            names.append(layer.name)
+    for here, after in zip(layers[convs[0]:], [*layers[convs[0] + 1:], None], strict=True):
+        if (after is None or jumps[after.name].jump != jumps[here.name].jump) and here.name not in names:
+            names.append(here.name)
     return names
 
 

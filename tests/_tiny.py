@@ -1,0 +1,52 @@
+"""A tiny CNN as a backbone registry row, for tests where ImageNet features are not the point: four 3x3 'valid'
+convolutions (no padding, so a blank image's maps are constant across space), BatchNorm, ReLU, two poolings;
+a few thousand parameters, random weights (or a weights file saved from it)."""
+
+from __future__ import annotations
+
+from transfer.backbones import Backbone
+from transfer.backbones._registry import LazyFn
+
+
+def tiny_net(include_top=False, weights=None, input_shape=None, pooling=None):
+    """Built as a keras.applications class is: ``weights`` None or a weights file."""
+    from transfer.runtime import keras_module
+
+    keras = keras_module()
+    layers = keras.layers
+    inputs = keras.Input(input_shape or (32, 32, 3), name="input_layer")
+    x = inputs
+    for name, width, pool in (("stem", 8, False), ("block1", 16, True), ("block2", 24, True), ("top", 32, False)):
+        x = layers.Conv2D(width, 3, padding="valid", use_bias=False, name=f"{name}_conv")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = layers.Activation("relu", name=f"{name}_activation")(x)
+        if pool:
+            x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name="tiny")
+    if weights not in (None, "none"):
+        model.load_weights(weights)
+    return model
+
+
+def preprocess_input(x):
+    return x / 127.5 - 1.0
+
+
+ROW = Backbone(name="tiny", family="keras.applications", builder=LazyFn("tests._tiny", "tiny_net"),
+               preprocess_input=LazyFn("tests._tiny", "preprocess_input"), input_size=32, feature_size=32,
+               params=0, weights_source="random, or a weights file (tests only)", weights_file="tiny.weights.h5",
+               min_input_size=16)
+
+
+def weights_file(path, size: int = 48, seed: int = 0):
+    """A weights file for the tiny backbone at ``size``, from a seeded random start: a run can be rebuilt from it."""
+    from transfer.runtime import keras_module
+
+    keras = keras_module()
+    keras.utils.set_random_seed(seed)
+    tiny_net(input_shape=(size, size, 3)).save_weights(path)
+    return path
