@@ -13,8 +13,16 @@ from transfer import ExtractConfig, FinetuneConfig
 from transfer.backbones import REGISTRY
 from transfer.features import classify
 from transfer.finetuning import finetune
-from transfer.inspection import Model, activation_maps, grad_cam, heat_share, inspect_run, network, pretrained
-from transfer.inspection import receptive_fields
+from transfer.inspection import (
+    Model,
+    activation_maps,
+    grad_cam,
+    heat_share,
+    inspect_run,
+    network,
+    pretrained,
+    receptive_fields,
+)
 
 SIZE = 48  # the tiny backbone's last map is 8 x 8 here
 

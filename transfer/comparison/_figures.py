@@ -106,6 +106,22 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
     return [m for m in made if m is not None], reuse.inputs
 
 
+def inside_pictures(folder: Path, table: pd.DataFrame | None, stage: Path, log=print) -> tuple[list, list]:
+    """``transfer inspect``'s pictures of the models in ``folder`` (a comparison, its ``table``; None: read from
+    it) into ``stage/inspect``: ``(files, lines said)``; a model that cannot be looked inside costs only its own
+    pictures, said in a line."""
+    from transfer.inspection import IMAGES, draw_models, models_of
+
+    try:
+        _, models = models_of(folder, table, log=log)
+        files, said = draw_models(models, Path(stage) / "inspect", images=IMAGES)
+    except TransferError as e:
+        return [], [f"no pictures of inside the networks: {e}"]
+    for line in said:
+        log(line)
+    return files, said
+
+
 def reliability_plot(table: pd.DataFrame, preds: dict, path):
     """The reliability diagram of each strategy's representative (the first row of each strategy), from the
     probability each gave its predictions; None when no row has scores."""

@@ -121,7 +121,7 @@ def _kfold(source, out: Path, cfg, protocol, split_options: dict, progress, log,
 
 
 def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, seconds, shipped):
-    from transfer.comparison._figures import reliability_plot
+    from transfer.comparison._figures import inside_pictures, reliability_plot
     from transfer.comparison._verdict import verdict
     from transfer.reports import plots, publishing, write_config, write_report
     from transfer.runtime import write_csv
@@ -145,6 +145,7 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
                                                                      f"{r['accuracy']:.3f}"))
         drawn.append(plots.accuracy_vs_time_png(table, stage / "plots" / "accuracy-vs-time.png"))
         drawn += [p for p in [reliability_plot(table, pooled, stage / "plots" / "reliability.png")] if p is not None]
+        inside = inside_pictures(out / "fold-1", None, stage, print)
         write_csv(folds, stage / "folds.csv")
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)
@@ -155,7 +156,8 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
                      split=folds.assign(split=[f"fold-{f}" for f in folds["fold"]]), classes=classes, roles=roles,
                      seconds=seconds, settings=settings, recommended=str(table["model"].iloc[0]),
                      paired_test="Nadeau & Bengio's corrected resampled t-test of each model's accuracy in each fold "
-                                 "against the recommended model's", data_check=checked.line)
+                                 "against the recommended model's", data_check=checked.line,
+                     inside=inside)
         write_csv(checked.duplicates, stage / "duplicates.csv")
         write_config(stage / "config.json", {**settings, "verdict": line, "final": final, "duplicates": checked.line,
                                              "recommended_model": str(table["model"].iloc[0]),

@@ -80,7 +80,7 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
 
     ``seconds``: the time each sub-run took here, recorded with the report's own in ``config.json``.
     """
-    from transfer.comparison._figures import make_plots
+    from transfer.comparison._figures import inside_pictures, make_plots
     from transfer.comparison._verdict import combine, recommended_model, verdict
     from transfer.reports import publishing, write_config, write_report, write_skipped
     from transfer.runtime import write_csv
@@ -98,6 +98,7 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
     with publishing(run.out) as stage:
         drawn, inputs = make_plots(run.out, table, preds, results, cfg, run.classes, stage / "plots",
                                    log=log, previous=_previous_report(run.out).get("plot_inputs"))
+        inside = inside_pictures(run.out, table, stage, log)
         write_skipped(skipped, stage / "skipped.csv")
         if duplicates is not None:
             write_csv(duplicates, stage / "duplicates.csv")
@@ -107,7 +108,7 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
         use = recommended_model(table, preds)
         write_report(stage / "report.html", data=run.data, verdict=line, table=table, plots=drawn, split=run.split,
                      classes=run.classes, roles=run.roles, seconds=seconds, settings=settings, recommended=use,
-                     data_check=check)
+                     data_check=check, inside=inside)
         write_config(stage / "config.json", {
             **settings, "verdict": line, "recommended_model": use, "duplicates": check,
             "machine_choices": _machine_choices(results, run.out),

@@ -13,6 +13,7 @@ _API = {
     "Network": "_networks",
     "activation_maps": "_activations",
     "block_change": "_kernels",
+    "draw_models": "_drawing",
     "first_conv": "_kernels",
     "grad_cam": "_gradcam",
     "heat_share": "_gradcam",

@@ -10,8 +10,9 @@ import pandas as pd
 from transfer.errors import TransferError
 
 
-def draw(models: list, folder: Path, *, images: int, layers=None) -> tuple[list, list]:
-    """Every picture of ``models`` into ``folder``: ``(files in reading order, lines said)``."""
+def draw_models(models: list, folder: Path, *, images: int, layers=None) -> tuple[list, list]:
+    """Every picture of ``models`` (:class:`~transfer.inspection.Model`, from :func:`models_of`) into ``folder``:
+    ``(files in reading order, lines said)``."""
     from transfer.inspection._activations import check_layers
     from transfer.inspection._inspect import network
 

@@ -69,19 +69,18 @@ def models_of(run_dir, table: pd.DataFrame | None = None, log=print) -> tuple[Pa
     its best classifier. kNN has no gradient: the most accurate other classifier stands in, and is said so.
     """
     run = Path(run_dir)
+    if table is not None:
+        return run, [_representative(run, table[table["strategy"] == s], log) for s in dict.fromkeys(table["strategy"])]
     config = _config(run)
     command = config.get("command")
     if command == "compare" and (config.get("protocol") or {}).get("name") == "kfold":
         log(f"{run} was scored by cross-validation: looking inside fold 1's models (trained on the other folds)")
         return models_of(run / "fold-1", log=log)
     if command == "compare":
-        if table is None:
-            if not (run / "compare.csv").exists():
-                raise TransferError(f"{run} holds several comparisons (--repeats or --train-sizes): inspect one of "
-                                    f"them, e.g. {run / 'repeat-1'}.")
-            table = pd.read_csv(run / "compare.csv", keep_default_na=False)
-        return run, [_representative(run, table[table["strategy"] == s], log)
-                     for s in dict.fromkeys(table["strategy"])]
+        if not (run / "compare.csv").exists():
+            raise TransferError(f"{run} holds several comparisons (--repeats or --train-sizes): inspect one of them, "
+                                f"e.g. {run / 'repeat-1'}.")
+        return models_of(run, pd.read_csv(run / "compare.csv", keep_default_na=False), log)
     if command == "classify":
         name = config["best_classifier"]
         if name == "knn":
@@ -160,7 +159,7 @@ def inspect_run(run_dir, out=None, *, images: int = IMAGES, layers=None, log=pri
     Raises:
         TransferError: not a finished run folder, or nothing in it to look inside.
     """
-    from transfer.inspection._drawing import draw
+    from transfer.inspection._drawing import draw_models
     from transfer.reports import publishing
 
     if not isinstance(images, int) or isinstance(images, bool) or images < 1:
@@ -170,7 +169,7 @@ def inspect_run(run_dir, out=None, *, images: int = IMAGES, layers=None, log=pri
     folder, models = models_of(run, log=log)
     target = Path(out) if out is not None else run / "inspect"
     with publishing(target.parent) as stage:
-        files, said = draw(models, stage / target.name, images=images, layers=layers)
+        files, said = draw_models(models, stage / target.name, images=images, layers=layers)
     files = [target / Path(f).name for f in files]
     return Inspection(target, tuple(files), tuple(said), images, round(time.perf_counter() - start, 1))
 

@@ -63,6 +63,18 @@ def _split(split: pd.DataFrame, classes) -> dict:
     return {"columns": columns, "rows": rows}
 
 
+SHOWN_INSIDE = ("gradcam-", "kernels", "block-change")  # on the page; the rest is named, in RUN/inspect/
+
+
+def _inside(files, said) -> dict:
+    names = [Path(f).name for f in files]
+    shown = [Path(f) for f in files if Path(f).name.startswith(SHOWN_INSIDE) and Path(f).suffix == ".png"]
+    pictures = [{"name": p.name, "caption": caption(p.name),
+                 "data": base64.b64encode(p.read_bytes()).decode("ascii")} for p in shown]
+    return {"said": list(said), "pictures": pictures,
+            "others": [n for n in names if n not in {p.name for p in shown}]}
+
+
 def _settings(settings: dict) -> list[tuple[str, str]]:
     flat = []
     for key, value in settings.items():
@@ -75,6 +87,7 @@ def _settings(settings: dict) -> list[tuple[str, str]]:
 
 def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split: pd.DataFrame, classes,
                   roles: str, seconds: dict, settings: dict, recommended: str | None = None, data_check: str = "",
+                  inside: tuple = ((), ()),
                   paired_test: str = "McNemar's paired test of each model's errors against the recommended model's on "
                                      "the same images") -> str:
     """The HTML text of a compare report.
@@ -92,6 +105,8 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
         seconds: phase -> seconds.
         settings: the options of the run, as ``config.json`` records them.
         data_check: what the check for copies found, in one sentence (shown under the verdict).
+        inside: ``(files, lines)`` of ``transfer inspect`` (under ``inspect/``): Grad-CAM and the kernels' and
+            blocks' pictures are shown, the others named.
     """
     import jinja2
 
@@ -106,7 +121,8 @@ def render_report(*, data: str, verdict: str, table: pd.DataFrame, plots, split:
                 "data": base64.b64encode(Path(p).read_bytes()).decode("ascii")} for p in plots],
         split=_split(split, list(classes)), classes=list(classes), roles=roles,
         seconds=[(k, float(v), round(12 * float(v) / longest, 2)) for k, v in seconds.items()],
-        settings=_settings(settings), version=__version__, paired_test=paired_test, data_check=data_check,
+        settings=_settings(settings), version=__version__, inside=_inside(*inside),
+        activations_caption=caption("activations-"), paired_test=paired_test, data_check=data_check,
         written=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"))
 
 

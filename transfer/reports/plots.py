@@ -37,7 +37,7 @@ CAPTIONS = {
     "kernels": "the first convolution's kernels as colour tiles (mid-grey 0): pretrained and fine-tuned on one "
                "scale, their difference beside them, the scratch CNN's on its own scale.",
     "block-change": "how far fine-tuning moved each block's weights, relative to their pretrained size: frozen "
-                    "blocks (grey) stay at 0; the trained ones moved most near the head.",
+                    "blocks (grey) stay at 0.",
     "reliability": "reliability of each strategy's representative after temperature scaling: its test images "
                    "binned by the probability it gave its prediction (15 bins), each point the share of them it got "
                    "right; on the diagonal a score of 0.8 is right 8 times in 10 (ECE: the mean gap, before and "
