@@ -6,6 +6,7 @@ The public API, re-exported from the subpackage of each stage::
     features/    strategy 2: features -> classifiers finetuning/  strategy 1: new head, frozen layers, training
     scratch      the from-scratch CNN baseline       comparison/  all three on the same images: the verdict
     reports/     run folders, records, plots, HTML   serving/     export and predict
+    inspection/  inside the networks: activations, kernels, Grad-CAM
     runtime/     this machine and TensorFlow's start-up
 
 Importing changes nothing global and imports nothing heavy: each name is
@@ -59,6 +60,8 @@ _API = {
     "learning_curve_png": "transfer.reports",
     "render_report": "transfer.reports",
     "log_compare": "transfer.reports",
+    "inspect_run": "transfer.inspection",
+    "inspect_backbone": "transfer.inspection",
     "export_model": "transfer.serving",
     "load_exported": "transfer.serving",
     "read_metadata": "transfer.serving",
