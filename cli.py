@@ -578,6 +578,10 @@ def _echo_compare(result):
                    f"{result.out / 'skipped.csv'}")
     click.echo(f"Report: {result.report} (open it in a browser); the table: {result.table_file}")
     click.echo(f"Plots:  {result.out / 'plots'}/ ({', '.join(sorted(p.name for p in result.plots))})")
+    inside = sorted(p.name for p in (result.out / "inspect").glob("*.png"))
+    if inside:
+        click.echo(f"Inside the networks: {result.out / 'inspect'}/ ({', '.join(inside)}); report.html shows "
+                   "Grad-CAM and the kernels")
 
 
 def _echo_repeats(result):

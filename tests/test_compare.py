@@ -396,7 +396,11 @@ def test_report_html_shows_the_verdict_table_plots_and_split(tiny_run):
     marked = re.findall(r'<tr class="[^"]*recommended">(.*?)</tr>', text, re.S)
     assert len(marked) == 1 and f"<td>{html.escape(use)}</td>" in marked[0], "the verdict's model is marked"
     plots = sorted(p.name for p in (run / "plots").glob("*.png"))
-    assert sorted(i["alt"] for i in page.images) == plots
+    inside = sorted(p.name for p in (run / "inspect").glob("*.png") if p.name.startswith(("gradcam-", "kernels",
+                                                                                           "block-change")))
+    # Inside the network: Grad-CAM of each strategy's representative, the kernels and the blocks' change
+    assert {"gradcam-features.png", "gradcam-finetune.png", "gradcam-scratch.png", "kernels.png"} <= set(inside)
+    assert sorted(i["alt"] for i in page.images) == sorted(plots + inside)
     for img in page.images:  # embedded: the page needs no other file
         assert base64.b64decode(img["src"].removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(c.strip() for c in page.captions) and len(page.captions) >= 2 * len(plots)
