@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from tests.conftest import ROOT, cached_images, colour_folder
+from tests.conftest import ROOT, cached_images, colour_folder, patch_stage
 from transfer import CompareConfig, compare
 from transfer.comparison._verdict import COMPARE_COLUMNS, recommended_model, scored_table, verdict
 from transfer.errors import TransferError
@@ -84,8 +84,7 @@ def test_compare_writes_every_plot(tiny_run):
     # freeze all with the (default) probe head trains no epoch: no training curves to draw for it
     assert names == {
         "confusion-features.png", "confusion-finetune.png", "confusion-scratch.png", "accuracy-vs-time.png",
-        "curves-efficientnet_lite0-finetune-none.png", "tsne-efficientnet_lite0.png",
-        "conv-kernels-efficientnet_lite0.png", "reliability.png",
+        "curves-efficientnet_lite0-finetune-none.png", "tsne-efficientnet_lite0.png", "reliability.png",
     }
     for name in names:
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -100,6 +99,7 @@ def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
     from transfer.features import _extract as features
     from transfer.finetuning import _finetune as finetuning
     from transfer.finetuning import _model as finetune_model
+    from transfer.inspection import _drawing as inspection
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished sub-run was trained, evaluated or drawn again")
@@ -109,10 +109,11 @@ def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
     monkeypatch.setattr(scratch, "scratch_run", must_not_run)
     monkeypatch.setattr(finetuning, "finetune_run", must_not_run)
     monkeypatch.setattr(finetune_model, "build_model", must_not_run)  # no backbone rebuilt
-    monkeypatch.setattr(backbones, "build_backbone", must_not_run)
+    patch_stage(monkeypatch, backbones, "build_backbone", must_not_run)
     monkeypatch.setattr(compare_plots, "tsne_plot", must_not_run)  # the slow plots, drawn from the same inputs
-    monkeypatch.setattr(compare_plots, "conv_kernels_plot", must_not_run)
+    patch_stage(monkeypatch, inspection, "draw_models", must_not_run)  # inside the networks: the same models
     plots_before = {p.name: p.read_bytes() for p in (run / "plots").glob("*.png") if "curves" not in p.name}
+    inside_before = {p.name: p.read_bytes() for p in (run / "inspect").iterdir()}
     lines = []
     again, _ = compare(data, run, CompareConfig(freeze="all,none", **TINY), progress=False, log=lines.append)
     assert sum("reusing" in line for line in lines) == 4  # classify, both fine-tunings, scratch
@@ -121,7 +122,7 @@ def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
     after = {p.name: p.read_bytes() for p in (run / "plots").glob("*.png") if "curves" not in p.name}
     assert after.keys() == plots_before.keys()
     assert after[f"tsne-{TINY_BACKBONE}.png"] == plots_before[f"tsne-{TINY_BACKBONE}.png"]
-    assert any(line.startswith("first conv layer") for line in lines)  # said again, from the record
+    assert {p.name: p.read_bytes() for p in (run / "inspect").iterdir()} == inside_before  # copied, not redrawn
     seconds = json.loads((run / "config.json").read_text())["seconds"]
     assert list(seconds) == [f"{TINY_BACKBONE} features", f"{TINY_BACKBONE} finetune-all",
                              f"{TINY_BACKBONE} finetune-none", "scratch", "report and plots"]
@@ -429,8 +430,11 @@ def test_compare_without_pretrained_weights_skips_the_kernel_plot(tmp_path):
     lines = []
     compare(data, tmp_path / "run", CompareConfig(**dict(TINY, strategies="finetune", freeze="none", weights="none",
                                                          epochs=1)), progress=False, log=lines.append)
-    assert any(line.startswith("no conv-kernels plot for efficientnet_lite0: with --weights none") for line in lines)
-    assert not list((tmp_path / "run" / "plots").glob("conv-kernels-*.png"))
+    said = "efficientnet_lite0 fine-tuned (freeze none) started from random weights: no pretrained kernels to compare"
+    assert any(line.startswith(said) for line in lines)
+    assert not (tmp_path / "run" / "inspect" / "kernels.png").exists()
+    assert (tmp_path / "run" / "inspect" / "gradcam-finetune.png").exists() and said in (
+        tmp_path / "run" / "report.html").read_text()
     assert (tmp_path / "run" / "compare.csv").exists()
 
 

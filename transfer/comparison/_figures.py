@@ -14,24 +14,8 @@ import pandas as pd
 
 from transfer.errors import TransferError
 from transfer.reports import STRATEGIES
-from transfer.runtime import keras_module
 
 TSNE_VERSION = 2  # bump when the t-SNE plot is drawn otherwise (2: PCA to 50 dimensions first), so it is redrawn
-
-def _first_conv_kernel(model):
-    """The kernel of the first convolution that reads the RGB input, searching nested models."""
-    keras = keras_module()
-
-    stack = [model]
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D):
-            kernel = np.asarray(layer.kernel)
-            if kernel.shape[2] == 3:
-                return layer.name, kernel
-        stack[0:0] = list(getattr(layer, "layers", []))
-    return None, None
-
 
 class _Previous:
     """The plots of the report being replaced: one whose inputs are unchanged is copied, not drawn again.
@@ -68,8 +52,8 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
         table, preds: from :func:`transfer.comparison._verdict.combine`.
         results: the records of every sub-run.
         cfg: the validated :class:`~transfer.comparison.CompareConfig`.
-        previous: the ``plot_inputs`` of the report being replaced: the t-SNE and conv-kernels plots (the
-            slow ones) are copied from ``run/plots`` when drawn from the same inputs.
+        previous: the ``plot_inputs`` of the report being replaced: the t-SNE plots (the slow ones) are copied
+            from ``run/plots`` when drawn from the same inputs.
 
     Returns:
         ``(paths, inputs)``: ``inputs`` for the new report's ``plot_inputs``.
@@ -102,24 +86,52 @@ def make_plots(run: Path, table: pd.DataFrame, preds: dict, results, cfg, classe
     for backbone in cfg.backbones:
         if "features" in cfg.strategies:
             made.append(_tsne(run, cfg, backbone, reuse, log))
-        made.append(_kernels([r for r in tuned if r.backbone == backbone], cfg, backbone, reuse, log))
     return [m for m in made if m is not None], reuse.inputs
 
 
-def inside_pictures(folder: Path, table: pd.DataFrame | None, stage: Path, log=print) -> tuple[list, list]:
+def inside_pictures(folder: Path, table: pd.DataFrame | None, stage: Path, log=print,
+                    previous: dict | None = None) -> tuple[list, list, dict]:
     """``transfer inspect``'s pictures of the models in ``folder`` (a comparison, its ``table``; None: read from
-    it) into ``stage/inspect``: ``(files, lines said)``; a model that cannot be looked inside costs only its own
-    pictures, said in a line."""
+    it) into ``stage/inspect``; copied from ``folder/inspect`` when ``previous`` (what the report being replaced
+    drew them from) shows the same models. A model that cannot be looked inside costs only its own pictures.
+
+    Returns:
+        ``(files, lines said, inputs)``: ``inputs`` for the new report's ``plot_inputs``.
+    """
     from transfer.inspection import IMAGES, draw_models, models_of
 
+    target = Path(stage) / "inspect"
     try:
         _, models = models_of(folder, table, log=log)
-        files, said = draw_models(models, Path(stage) / "inspect", images=IMAGES)
+        key = f"{IMAGES}|" + "|".join(_stamp(m.run_dir / name) for m in models for name in
+                                      ("model.keras", "predictions.csv", f"classifiers/{m.classifier}.skops"))
+        files, said = _reused_inside(Path(folder) / "inspect", target, previous or {}, key)
+        if files is None:
+            files, said = draw_models(models, target, images=IMAGES)
     except TransferError as e:
-        return [], [f"no pictures of inside the networks: {e}"]
+        return [], [f"no pictures of inside the networks: {e}"], {}
     for line in said:
         log(line)
-    return files, said
+    return files, said, {"key": key, "files": [Path(f).name for f in files], "said": list(said)}
+
+
+def _stamp(path: Path) -> str:
+    stat = path.stat() if path.is_file() else None
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{path}:-"
+
+
+def _reused_inside(old: Path, target: Path, previous: dict, key: str):
+    """The previous report's inside pictures copied into ``target`` when drawn from ``key``: ``(files, said)``;
+    ``(None, None)`` when they must be drawn."""
+    import shutil
+
+    names = previous.get("files") or []
+    if previous.get("key") != key or not names or not all((old / n).is_file() for n in names):
+        return None, None
+    target.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(old / name, target / name)
+    return [target / n for n in names], list(previous.get("said", []))
 
 
 def reliability_plot(table: pd.DataFrame, preds: dict, path):
@@ -157,31 +169,6 @@ def _tsne(run, cfg, backbone, reuse: _Previous, log):
     png = tsne_plot(run, ecfg, reuse.folder / name, seed=cfg.seed)
     if png is None:
         log(f"no t-SNE plot for {backbone}: fewer than 5 readable evaluation images")
-    return png
-
-
-def _kernels(tuned, cfg, backbone, reuse: _Previous, log):
-    if not tuned:
-        return None
-    if cfg.weights == "none":
-        log(f"no conv-kernels plot for {backbone}: with --weights none there are no pretrained kernels to "
-            "compare with")
-        return None
-    res = max(tuned, key=lambda r: r.trainable_params)  # the run that trained the most shows the most change
-    model = Path(res.run_dir) / "model.keras"
-    stat = model.stat() if model.exists() else None
-    name = f"conv-kernels-{backbone}.png"
-    png, said = reuse.get(name, f"{model}:{stat.st_size}:{stat.st_mtime_ns}" if stat else "no model")
-    if png is None:
-        try:
-            png, layer, change = conv_kernels_plot(res.run_dir, reuse.folder / name)
-        except TransferError as e:  # a missing plot must not cost the report of everything trained
-            log(f"no conv-kernels plot for {backbone}: {e}")
-            return None
-        said = {"layer": layer, "change": change}
-        reuse.said(name, **said)
-    log(f"first conv layer {said['layer']} of {backbone}: its largest weight change in {Path(res.run_dir).name} is "
-        f"{said['change']:.2%} of its largest weight")
     return png
 
 
@@ -247,6 +234,7 @@ def conv_kernels_plot(run_dir, path):
 
     from transfer.backbones import build_backbone
     from transfer.finetuning import load_saved_model
+    from transfer.inspection import first_conv
     from transfer.reports import plots
 
     run_dir = Path(run_dir)
@@ -256,8 +244,8 @@ def conv_kernels_plot(run_dir, path):
         raise TransferError(f"{run_dir} was fine-tuned from random weights (weights='none'): there are no "
                             "pretrained kernels to compare with.")
     weights = cfg["weights"]
-    _, before = _first_conv_kernel(build_backbone(cfg["backbone"], weights=weights, image_size=cfg["image_size"]))
-    name, after = _first_conv_kernel(load_saved_model(run_dir / "model.keras"))
+    _, before = first_conv(build_backbone(cfg["backbone"], weights=weights, image_size=cfg["image_size"]))
+    name, after = first_conv(load_saved_model(run_dir / "model.keras"))
     if before is None or after is None:
         raise TransferError(f"{cfg['backbone']} has no convolution that reads the RGB input: no kernels to plot.")
     change = float(np.abs(after - before).max() / max(np.abs(before).max(), 1e-12))

@@ -145,7 +145,7 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
                                                                      f"{r['accuracy']:.3f}"))
         drawn.append(plots.accuracy_vs_time_png(table, stage / "plots" / "accuracy-vs-time.png"))
         drawn += [p for p in [reliability_plot(table, pooled, stage / "plots" / "reliability.png")] if p is not None]
-        inside = inside_pictures(out / "fold-1", None, stage, log=lambda *_: None)
+        *inside, _ = inside_pictures(out / "fold-1", None, stage, log=lambda *_: None)
         write_csv(folds, stage / "folds.csv")
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)

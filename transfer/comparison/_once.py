@@ -96,9 +96,10 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
             skipped.setdefault(path, reason)
     # Plots of models an earlier compare here had and this one has not are removed with the old set.
     with publishing(run.out) as stage:
+        previous = _previous_report(run.out).get("plot_inputs") or {}
         drawn, inputs = make_plots(run.out, table, preds, results, cfg, run.classes, stage / "plots",
-                                   log=log, previous=_previous_report(run.out).get("plot_inputs"))
-        inside = inside_pictures(run.out, table, stage, log)
+                                   log=log, previous=previous)
+        *inside, inputs["inspect"] = inside_pictures(run.out, table, stage, log, previous.get("inspect"))
         write_skipped(skipped, stage / "skipped.csv")
         if duplicates is not None:
             write_csv(duplicates, stage / "duplicates.csv")
