@@ -104,6 +104,10 @@ def test_sixty_images_of_five_classes_are_all_scored_by_every_model(cross_valida
     saved = json.loads((run / "config.json").read_text())
     assert saved["protocol"]["name"] == "kfold" and saved["recommended_model"] == table["model"].iloc[0]
     assert (run / "report.html").exists() and (run / "plots" / "accuracy-vs-time.png").exists()
+    # inside the networks: fold 1's models, as fold 1 drew them
+    inside = sorted(p.name for p in (run / "inspect").iterdir())
+    assert "gradcam-features.png" in inside and inside == sorted(p.name for p in (run / "fold-1" / "inspect").iterdir())
+    assert (run / "inspect" / "gradcam.csv").read_bytes() == (run / "fold-1" / "inspect" / "gradcam.csv").read_bytes()
     assert list(cached_images(pd.read_csv(run / "folds.csv")["path"]).values()) == [60], "one CNN pass for all folds"
 
 

@@ -16,6 +16,7 @@ feature cache: the CNN runs once per image.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -145,7 +146,9 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
                                                                      f"{r['accuracy']:.3f}"))
         drawn.append(plots.accuracy_vs_time_png(table, stage / "plots" / "accuracy-vs-time.png"))
         drawn += [p for p in [reliability_plot(table, pooled, stage / "plots" / "reliability.png")] if p is not None]
-        *inside, _ = inside_pictures(out / "fold-1", None, stage, log=lambda *_: None)
+        drawn_in_fold = json.loads((out / "fold-1" / "config.json").read_text()).get("plot_inputs", {})
+        *inside, _ = inside_pictures(out / "fold-1", None, stage, log=lambda *_: None,
+                                     previous=drawn_in_fold.get("inspect"))  # fold 1's own, copied
         write_csv(folds, stage / "folds.csv")
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)
