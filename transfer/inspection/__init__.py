@@ -6,10 +6,10 @@ from __future__ import annotations
 from transfer._exports import lazy
 
 _API = {
-    "IMAGES": "_inspect",
+    "IMAGES": "_models",
     "Inspection": "_inspect",
     "LayerMaps": "_activations",
-    "Model": "_inspect",
+    "Model": "_models",
     "Network": "_networks",
     "activation_maps": "_activations",
     "block_change": "_kernels",
@@ -19,8 +19,8 @@ _API = {
     "heat_share": "_gradcam",
     "inspect_backbone": "_inspect",
     "inspect_run": "_inspect",
-    "models_of": "_inspect",
-    "network": "_inspect",
+    "models_of": "_models",
+    "network": "_networks",
     "pretrained": "_networks",
     "receptive_fields": "_layers",
     "stage_layers": "_layers",

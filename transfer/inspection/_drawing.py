@@ -14,7 +14,7 @@ def draw_models(models: list, folder: Path, *, images: int, layers=None) -> tupl
     """Every picture of ``models`` (:class:`~transfer.inspection.Model`, from :func:`models_of`) into ``folder``:
     ``(files in reading order, lines said)``."""
     from transfer.inspection._activations import check_layers
-    from transfer.inspection._inspect import network
+    from transfer.inspection._networks import network
 
     folder.mkdir(parents=True, exist_ok=True)
     said, files, nets = [], [], {}
@@ -46,7 +46,7 @@ def draw_models(models: list, folder: Path, *, images: int, layers=None) -> tupl
 def gradcam_of(model, net, folder: Path, images: int):
     """Grad-CAM of ``net`` on its shown test images: ``(png, their rows)``."""
     from transfer.inspection._gradcam import grad_cam
-    from transfer.inspection._inspect import shown_images
+    from transfer.inspection._models import shown_images
     from transfer.reports.plots import gradcam_png
 
     rows = shown_images(model, images)

@@ -15,6 +15,7 @@ import numpy as np
 
 from transfer.errors import TransferError
 from transfer.inspection._layers import head_after, last_map_layer, nested_network
+from transfer.inspection._models import Model, run_config
 from transfer.runtime import keras_module
 
 
@@ -115,6 +116,16 @@ def features(run_dir, config: dict, name: str, classifier: str) -> Network:
     head = keras.Model(inputs, classifier_logits(x, estimator, classifier), name=f"{classifier}_head")
     return Network(name, "features", body, head, tuple(str(c) for c in estimator.classes_), cfg.image_size,
                    cfg.resize, get_backbone(cfg.backbone).preprocess_input)
+
+
+def network(model: Model):
+    """``model`` as a :class:`~transfer.inspection.Network`."""
+    config = run_config(model.run_dir)
+    if model.kind == "features":
+        return features(model.run_dir, config, model.name, model.classifier)
+    if model.kind == "finetune":
+        return fine_tuned(model.run_dir, config, model.name)
+    return scratch(model.run_dir, config, model.name)
 
 
 def _saved_model(run_dir):
