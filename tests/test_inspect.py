@@ -154,3 +154,18 @@ def test_knn_has_no_gradient_so_the_most_accurate_other_classifier_stands_in(tmp
     _, models = models_of(tmp_path, table, log=said.append)
     assert [(m.kind, m.classifier) for m in models] == [("features", "mlp"), ("scratch", None)]
     assert said == ["kNN has no gradient: Grad-CAM shows f + mlp, the most accurate other classifier"]
+
+
+def test_images_through_a_backbone_alone(tiny, tmp_path):
+    image = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image)
+    result = CliRunner().invoke(cli.main, ["inspect", "--backbone", "tiny", "--weights", "none", "--image-size",
+                                           str(SIZE), "--image", str(image), "--out", str(tmp_path / "maps")])
+    assert result.exit_code == 0 and (tmp_path / "maps" / "activations-noise.png").is_file(), result.output
+    result = CliRunner().invoke(cli.main, ["inspect", "--backbone", "tiny", "--out", str(tmp_path / "m2")])
+    assert result.exit_code == 2 and "--backbone needs --image" in result.output
+    (tmp_path / "notes.png").write_text("not an image")
+    result = CliRunner().invoke(cli.main, ["inspect", "--backbone", "tiny", "--image", str(tmp_path / "notes.png"),
+                                           "--out", str(tmp_path / "m3")])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "notes.png: not an image" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "m3").exists()

@@ -75,7 +75,7 @@ def inspect_backbone(backbone: str, paths, out, *, weights="imagenet", image_siz
     Raises:
         TransferError: an unknown backbone or layer, or an image that cannot be read (before any is drawn).
     """
-    from transfer.data import decode_image
+    from transfer.data import ImageError, decode_image
     from transfer.inspection._activations import activation_maps, check_layers
     from transfer.inspection._networks import pretrained
     from transfer.reports import publishing
@@ -85,6 +85,11 @@ def inspect_backbone(backbone: str, paths, out, *, weights="imagenet", image_siz
     paths = [Path(p) for p in paths]
     if not paths:
         raise TransferError("no images given: name one or more image files to pass through the backbone.")
+    for path in paths:  # every image readable before the backbone is built
+        try:
+            decode_image(path, 32, resize)
+        except ImageError as e:
+            raise TransferError(f"--image {path}: {e}; give image files (JPEG, PNG, ...).") from None
     net = pretrained(backbone, weights=weights, image_size=image_size, resize=resize)
     names = check_layers(net.body, layers)
     pixels = np.stack([decode_image(p, net.image_size, resize) for p in paths])

@@ -100,7 +100,7 @@ def shown_images(model: Model, n: int = IMAGES) -> pd.DataFrame:
     rows = pd.read_csv(model.run_dir / "predictions.csv", keep_default_na=False)
     if model.classifier is not None and "classifier" in rows:
         rows = rows[rows["classifier"] == model.classifier]
-    rows = rows.reset_index(drop=True)
+    rows = rows[[Path(p).is_file() for p in rows["path"]]].reset_index(drop=True)  # moved since the run: not shown
     wrong = rows[rows["true_label"].astype(str) != rows["pred_label"].astype(str)]
     wrong = wrong.sort_values("score", ascending=False, kind="stable").head(n // 2)
     right = rows.drop(wrong.index)

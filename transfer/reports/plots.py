@@ -34,8 +34,9 @@ CAPTIONS = {
     "activations-": "one image through the network: a row per stage (layer name, output size, receptive field: the "
                     "yellow square on the image is what one position of that layer sees), its most active "
                     "channels: edges and colours early, parts of objects late.",
-    "kernels": "the first convolution's kernels as colour tiles (mid-grey 0): pretrained and fine-tuned on one "
-               "scale, their difference beside them, the scratch CNN's on its own scale.",
+    "kernels": "the first convolution's kernels as colour tiles (mid-grey 0): pretrained; where fine-tuning trained "
+               "the stem, the fine-tuned ones on the same scale and their difference; the scratch CNN's on its own "
+               "scale.",
     "block-change": "how far fine-tuning moved each block's weights, relative to their pretrained size: frozen "
                     "blocks (grey) stay at 0.",
     "reliability": "reliability of each strategy's representative after temperature scaling: its test images "
