@@ -385,7 +385,8 @@ def export(run_dir, model, fmt, out):
 @click.option("--backbone", "-b", help="Instead of a run: pass IMAGE files through this pretrained backbone "
               "(activation maps only).")
 @click.option("--image", "images", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="With --backbone: an image to pass through it (repeat for more).")
+              help="An image whose activation maps to draw (repeat for more): through --backbone, or through each "
+                   "network of RUN_DIR (default there: the first test image shown).")
 @WEIGHTS
 @IMAGE_SIZE
 @click.option("--layer", "layers", multiple=True, help="A layer whose maps to draw (repeat; default: one per stage, "
@@ -407,7 +408,7 @@ def inspect_command(run_dir, backbone, images, weights, image_size, layers, n_im
             raise click.UsageError("--backbone needs --image FILE (one or more) and --out FOLDER.")
         done = inspect_backbone(backbone, images, out, weights=weights, image_size=image_size, layers=layers or None)
     else:
-        done = inspect_run(run_dir, out, images=n_images, layers=layers or None, log=click.echo)
+        done = inspect_run(run_dir, out, images=n_images, layers=layers or None, through=images, log=click.echo)
     click.echo(str(done))
 
 

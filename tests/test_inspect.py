@@ -129,9 +129,12 @@ def test_a_frozen_stem_is_said_in_one_line_and_only_the_trained_blocks_moved(tra
 
 
 def test_the_cli_inspects_a_run_and_refuses_a_wrong_layer_before_writing(trained):
-    root, _, _ = trained
-    result = CliRunner().invoke(cli.main, ["inspect", str(root / "features"), "--images", "2"])
+    root, data, _ = trained
+    mine = sorted((data / "val" / "red").iterdir())[:2]
+    result = CliRunner().invoke(cli.main, ["inspect", str(root / "features"), "--images", "2", "--image",
+                                           str(mine[0]), "--image", str(mine[1])])
     assert result.exit_code == 0 and "gradcam-features.png" in result.output, result.output
+    assert (root / "features" / "inspect" / f"activations-pretrained-{mine[1].stem}.png").is_file()
     result = CliRunner().invoke(cli.main, ["inspect", str(root / "tuned"), "--layer", "stem_cnv",
                                            "--out", str(root / "elsewhere")])
     assert result.exit_code != 0 and result.output.count("\n") == 1 and "close matches: stem_conv" in result.output

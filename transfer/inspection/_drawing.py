@@ -10,9 +10,10 @@ import pandas as pd
 from transfer.errors import TransferError
 
 
-def draw_models(models: list, folder: Path, *, images: int, layers=None) -> tuple[list, list]:
+def draw_models(models: list, folder: Path, *, images: int, layers=None, through=None) -> tuple[list, list]:
     """Every picture of ``models`` (:class:`~transfer.inspection.Model`, from :func:`models_of`) into ``folder``:
-    ``(files in reading order, lines said)``."""
+    ``(files in reading order, lines said)``. ``through``: image files whose activation maps to draw (default: the
+    first test image shown)."""
     from transfer.inspection._activations import check_layers
     from transfer.inspection._networks import network
 
@@ -38,7 +39,10 @@ def draw_models(models: list, folder: Path, *, images: int, layers=None) -> tupl
         kernel_files, lines = kernels_of(tuned, nets[tuned], nets, folder)
         files += kernel_files
         said += lines
-    if first is not None:
+    if through:
+        for path in through:
+            files += activations_of(bodies, path, folder, layers, f"-{Path(path).stem}")
+    elif first is not None:
         files += activations_of(bodies, first, folder, layers)
     return files, said
 
@@ -61,9 +65,9 @@ def gradcam_of(model, net, folder: Path, images: int):
     return png, rows[["path", "true_label", "pred_label", "score"]].assign(model=model.name)
 
 
-def activations_of(bodies: dict, path: str, folder: Path, layers=None) -> list:
+def activations_of(bodies: dict, path: str, folder: Path, layers=None, suffix: str = "") -> list:
     """One image's maps through the pretrained backbone (strategy 2's network) and each trained network (``bodies``:
-    kind -> ``(network, name)``): their PNG files."""
+    kind -> ``(network, name)``): their PNG files, ``activations-KIND{suffix}.png``."""
     from transfer.inspection._activations import activation_maps
     from transfer.reports.plots import activations_png
 
@@ -73,7 +77,7 @@ def activations_of(bodies: dict, path: str, folder: Path, layers=None) -> list:
         maps = activation_maps(net, pixels, layers if kind != "scratch" else None)
         title = (f"{name.split(' ')[0]} pretrained" if kind == "pretrained" else name) + f": {Path(path).name}"
         files.append(activations_png(pixels[0], [(m.layer, m.maps[0], m.field) for m in maps],
-                                     folder / f"activations-{kind}.png", title=title))
+                                     folder / f"activations-{kind}{suffix}.png", title=title))
     return files
 
 

@@ -40,7 +40,24 @@ class Inspection:
         return "\n".join(lines + [f"  {Path(f).name}" for f in self.files])
 
 
-def inspect_run(run_dir, out=None, *, images: int = IMAGES, layers=None, log=print) -> Inspection:
+def readable(paths) -> list[Path]:
+    """``paths`` as paths, once each is known to decode as an image.
+
+    Raises:
+        TransferError: the first that does not, with why.
+    """
+    from transfer.data import ImageError, decode_image
+
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        try:
+            decode_image(path, 32)
+        except ImageError as e:
+            raise TransferError(f"--image {path}: {e}; give image files (JPEG, PNG, ...).") from None
+    return paths
+
+
+def inspect_run(run_dir, out=None, *, images: int = IMAGES, layers=None, through=None, log=print) -> Inspection:
     """Look inside the networks of a run: Grad-CAM, activation maps, kernels (see the module's docstring).
 
     Args:
@@ -48,10 +65,12 @@ def inspect_run(run_dir, out=None, *, images: int = IMAGES, layers=None, log=pri
         out: where the files go (default ``RUN/inspect``); replaced as a whole only when every file is written.
         images: test images per model for Grad-CAM.
         layers: layers for the activation maps (None: one per stage).
+        through: image files to draw the activation maps of, through each network (None: the first test image
+            shown), as ``activations-KIND-NAME.png``.
         log: where progress lines go.
 
     Raises:
-        TransferError: not a finished run folder, or nothing in it to look inside.
+        TransferError: not a finished run folder, nothing in it to look inside, or an image that cannot be read.
     """
     from transfer.inspection._drawing import draw_models
     from transfer.reports import publishing
@@ -60,10 +79,11 @@ def inspect_run(run_dir, out=None, *, images: int = IMAGES, layers=None, log=pri
         raise TransferError(f"images={images!r} is not valid: give a positive whole number of test images per model.")
     start = time.perf_counter()
     run = Path(run_dir)
-    folder, models = models_of(run, log=log)
+    through = readable(through or [])
+    _, models = models_of(run, log=log)
     target = Path(out) if out is not None else run / "inspect"
     with publishing(target.parent) as stage:
-        files, said = draw_models(models, stage / target.name, images=images, layers=layers)
+        files, said = draw_models(models, stage / target.name, images=images, layers=layers, through=through)
     files = [target / Path(f).name for f in files]
     return Inspection(target, tuple(files), tuple(said), images, round(time.perf_counter() - start, 1))
 
@@ -75,21 +95,16 @@ def inspect_backbone(backbone: str, paths, out, *, weights="imagenet", image_siz
     Raises:
         TransferError: an unknown backbone or layer, or an image that cannot be read (before any is drawn).
     """
-    from transfer.data import ImageError, decode_image
+    from transfer.data import decode_image
     from transfer.inspection._activations import activation_maps, check_layers
     from transfer.inspection._networks import pretrained
     from transfer.reports import publishing
     from transfer.reports.plots import activations_png
 
     start = time.perf_counter()
-    paths = [Path(p) for p in paths]
     if not paths:
         raise TransferError("no images given: name one or more image files to pass through the backbone.")
-    for path in paths:  # every image readable before the backbone is built
-        try:
-            decode_image(path, 32, resize)
-        except ImageError as e:
-            raise TransferError(f"--image {path}: {e}; give image files (JPEG, PNG, ...).") from None
+    paths = readable(paths)  # every image readable before the backbone is built
     net = pretrained(backbone, weights=weights, image_size=image_size, resize=resize)
     names = check_layers(net.body, layers)
     pixels = np.stack([decode_image(p, net.image_size, resize) for p in paths])
