@@ -128,15 +128,16 @@ def test_compare_again_reuses_the_runs(tiny_run, monkeypatch):
                              f"{TINY_BACKBONE} finetune-none", "scratch", "report and plots"]
 
 
-def test_compare_trains_again_what_changed(tiny_run):
-    data, run, table, _ = tiny_run
+def test_compare_trains_again_what_changed(tiny_run, tmp_path):
+    import shutil
+
+    data, shared, table, _ = tiny_run
+    run = shutil.copytree(shared, tmp_path / "run")  # a copy: the fixture's run stays as the other tests see it
     lines = []
     again, _ = compare(data, run, CompareConfig(freeze="all", strategies="features,scratch",
                                                 **dict(TINY, scratch_epochs=1)), progress=False, log=lines.append)
     assert any(line.startswith("baseline: a small CNN from random init") for line in lines)
     assert any("reusing" in line and "classify" in line for line in lines)
-    # Restore the fixture's run for the tests after this one.
-    compare(data, run, CompareConfig(freeze="all,none", **TINY), progress=False, log=quiet)
 
 
 def test_a_classify_sub_run_made_by_other_pipelines_is_fitted_again(tmp_path):

@@ -67,3 +67,20 @@ def test_the_readmes_layout_names_every_module_of_the_tree():
                if path.name != "__init__.py" and path.name not in layout]
     stages = [p.name + "/" for p in (ROOT / "transfer").iterdir() if p.is_dir() and (p / "__init__.py").exists()]
     assert missing == [] and all(stage in layout for stage in stages)
+
+
+def test_every_function_that_asserts_in_a_test_module_runs():
+    """A module-level function with an ``assert`` in it is either collected (``test_`` prefix) or called by
+    something: one without either never runs, and its checks pass silently."""
+    import ast
+
+    sources = {path: path.read_text() for path in sorted((ROOT / "tests").glob("*.py"))}
+    called = set()
+    for text in sources.values():
+        called |= {node.id for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Name)}
+        called |= {node.attr for node in ast.walk(ast.parse(text)) if isinstance(node, ast.Attribute)}
+    idle = [f"{path.name}:{node.lineno} {node.name}" for path, text in sources.items()
+            for node in ast.parse(text).body
+            if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_") and node.name not in called
+            and any(isinstance(inner, ast.Assert) for inner in ast.walk(node))]
+    assert idle == [], "functions that assert but are never collected nor called"
