@@ -390,8 +390,10 @@ def digit_files(tmp_path_factory):
 
 def test_the_shard_streaming_fit_predicts_as_the_in_memory_fit(digit_files, tmp_path, monkeypatch):
     """A linear SVM fitted a cache shard at a time (a shard of 200 images: 7 shards, read 4 at a time) against the
-    same fitted on the features in memory (all shuffled, in chunks of a shard's size): the same test predictions
-    for at least 99 % of the images."""
+    same fitted on the features in memory (all shuffled, in chunks of a shard's size): as accurate within noise
+    (McNemar), agreeing on nearly every image. Two SGD fits that read the rows in other orders agree on 98-99 % of
+    digits' test images (measured; one of three runs gave 98.99 %): the claim is "the same model, within noise",
+    not bit for bit."""
     from transfer import fit_streamed
     from transfer.features import StreamedSGD, extract_features
     from transfer.features import _cache as feature_cache
@@ -409,9 +411,12 @@ def test_the_shard_streaming_fit_predicts_as_the_in_memory_fit(digit_files, tmp_
     assert len(list(cache.rglob("shard-*.npz"))) >= 7
     streamed = fit_streamed([paths[i] for i in train], y[train], TINY, C=0.01, cache_dir=cache, progress=False)
     in_memory = StreamedSGD(C=0.01).fit(ArrayChunks(x_train, y[train], chunk=200))  # chunks of a shard's size
-    agree = (streamed.predict(x_test) == in_memory.predict(x_test)).mean()
-    assert agree >= 0.99 and streamed.skipped_ == [], agree
-    assert (streamed.predict(x_test) == y[test]).mean() > 0.5  # it learned the digits, not a constant
+    from transfer.reports import mcnemar_pvalue
+
+    ours, theirs = streamed.predict(x_test), in_memory.predict(x_test)
+    agree = (ours == theirs).mean()
+    assert mcnemar_pvalue(y[test], ours, theirs) > 0.05 and agree >= 0.97 and streamed.skipped_ == [], agree
+    assert (ours == y[test]).mean() > 0.5  # it learned the digits, not a constant
 
 
 def test_a_streamed_logistic_model_gives_probabilities_and_saves_as_a_run_does(digit_files, tmp_path):
