@@ -147,8 +147,8 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
         drawn.append(plots.accuracy_vs_time_png(table, stage / "plots" / "accuracy-vs-time.png"))
         drawn += [p for p in [reliability_plot(table, pooled, stage / "plots" / "reliability.png")] if p is not None]
         drawn_in_fold = json.loads((out / "fold-1" / "config.json").read_text()).get("plot_inputs", {})
-        *inside, _ = inside_pictures(out / "fold-1", None, stage, log=lambda *_: None,
-                                     previous=drawn_in_fold.get("inspect"))  # fold 1's own, copied
+        inside_files, inside_said, _ = inside_pictures(out / "fold-1", None, stage, log=lambda *_: None,
+                                                       previous=drawn_in_fold.get("inspect"))  # fold 1's, copied
         write_csv(folds, stage / "folds.csv")
         write_csv(table, stage / "compare.csv")
         seconds["report and plots"] = round(time.perf_counter() - start, 1)
@@ -160,7 +160,7 @@ def _pooled_report(source, out: Path, cfg, protocol, splits, pooled_table, secon
                      seconds=seconds, settings=settings, recommended=str(table["model"].iloc[0]),
                      paired_test="Nadeau & Bengio's corrected resampled t-test of each model's accuracy in each fold "
                                  "against the recommended model's", data_check=checked.line,
-                     inside=inside)
+                     inside=(inside_files, inside_said))
         write_csv(checked.duplicates, stage / "duplicates.csv")
         write_config(stage / "config.json", {**settings, "verdict": line, "final": final, "duplicates": checked.line,
                                              "recommended_model": str(table["model"].iloc[0]),

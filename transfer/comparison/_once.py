@@ -99,7 +99,8 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
         previous = _previous_report(run.out).get("plot_inputs") or {}
         drawn, inputs = make_plots(run.out, table, preds, results, cfg, run.classes, stage / "plots",
                                    log=log, previous=previous)
-        *inside, inputs["inspect"] = inside_pictures(run.out, table, stage, log, previous.get("inspect"))
+        inside_files, inside_said, inputs["inspect"] = inside_pictures(run.out, table, stage, log,
+                                                                       previous.get("inspect"))
         write_skipped(skipped, stage / "skipped.csv")
         if duplicates is not None:
             write_csv(duplicates, stage / "duplicates.csv")
@@ -109,7 +110,7 @@ def _write_report(run, cfg: CompareConfig, results, log, seconds: dict, protocol
         use = recommended_model(table, preds)
         write_report(stage / "report.html", data=run.data, verdict=line, table=table, plots=drawn, split=run.split,
                      classes=run.classes, roles=run.roles, seconds=seconds, settings=settings, recommended=use,
-                     data_check=check, inside=inside)
+                     data_check=check, inside=(inside_files, inside_said))
         write_config(stage / "config.json", {
             **settings, "verdict": line, "recommended_model": use, "duplicates": check,
             "machine_choices": _machine_choices(results, run.out),
