@@ -7,9 +7,13 @@ from __future__ import annotations
 from transfer.backbones import Backbone
 from transfer.backbones._registry import LazyFn
 
+# Its "ImageNet" weights: a file the tests make once per session (:func:`pretrained_weights_file`), found where a
+# keras.applications class finds its cached file; None until then (a backbone whose weights cannot be had).
+IMAGENET = None
+
 
 def tiny_net(include_top=False, weights=None, input_shape=None, pooling=None):
-    """Built as a keras.applications class is: ``weights`` None or a weights file."""
+    """Built as a keras.applications class is: ``weights`` None, ``"imagenet"`` or a weights file."""
     from transfer.runtime import keras_module
 
     keras = keras_module()
@@ -22,13 +26,22 @@ def tiny_net(include_top=False, weights=None, input_shape=None, pooling=None):
         x = layers.Activation("relu", name=f"{name}_activation")(x)
         if pool:
             x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
-    if pooling == "avg":
+    body = keras.Model(inputs, x, name="tiny")
+    if weights == "imagenet":
+        if IMAGENET is None:  # the message Keras gives for a weights file it cannot download
+            raise OSError("URL fetch failure on https://example.invalid/tiny.weights.h5: None -- offline (tests)")
+        body.load_weights(IMAGENET)
+    elif weights not in (None, "none"):
+        body.load_weights(weights)
+    if include_top:  # a 1000-way classifier (random, seeded) in place of ImageNet's, so `transfer predict` runs
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        head = layers.Dense(1000, activation="softmax", name="predictions",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=0))
+        return keras.Model(inputs, head(x), name="tiny")
+    if pooling in ("avg", "max"):
+        pool = layers.GlobalAveragePooling2D if pooling == "avg" else layers.GlobalMaxPooling2D
+        x = pool(name=f"{pooling}_pool")(x)
     model = keras.Model(inputs, x, name="tiny")
-    if weights not in (None, "none"):
-        model.load_weights(weights)
     return model
 
 

@@ -161,3 +161,27 @@ def write_tensor_pth(path, monkeypatch, offset, size, stride, values, declared=N
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("archive/data.pkl", dumps({"weight": Tensor()}))
             zf.writestr("archive/data/0", raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet(tmp_path_factory):
+    """The tiny test backbone's stand-in for ImageNet weights (tests/_tiny.py), pretrained once per session."""
+    from tests import _tiny
+
+    return _tiny.pretrained_weights_file(tmp_path_factory.mktemp("tiny-imagenet") / "tiny.weights.h5")
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tiny_imagenet):
+    """The registry row ``tiny`` for one test module, its "ImageNet" weights at hand as Keras's cache holds a
+    keras.applications row's: for the tests where ImageNet features are not the point (seconds, not minutes)."""
+    import dataclasses
+
+    from tests import _tiny
+    from transfer.backbones import REGISTRY
+
+    row = dataclasses.replace(_tiny.ROW, weights_file=str(tiny_imagenet))
+    REGISTRY["tiny"], _tiny.IMAGENET = row, tiny_imagenet
+    yield row
+    REGISTRY.pop("tiny", None)
+    _tiny.IMAGENET = None

@@ -1,7 +1,7 @@
 """Odd and hostile input: each kind used correctly (pixels checked), skipped and listed with its reason, or refused
 with a one-line error; crafted model files refused without running their payload.
 
-The README's "What is refused, skipped and guaranteed" section points here.
+The docs' page "Refused, skipped, guaranteed" (docs/guarantees.md) points here.
 """
 
 import io

@@ -59,9 +59,9 @@ def test_only_public_names_cross_stages_and_only_kerass_public_api_is_used():
     assert crossing == [] and private_keras == []
 
 
-def test_the_readmes_layout_names_every_module_of_the_tree():
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## How the code is laid out"):]
+def test_the_contributing_pages_layout_names_every_module_of_the_tree():
+    page = (ROOT / "docs" / "contributing.md").read_text()
+    layout = page[page.index("## How the code is laid out"):]
     layout = layout[:layout.index("\n## ")] if "\n## " in layout else layout
     missing = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "transfer").rglob("*.py"))
                if path.name != "__init__.py" and path.name not in layout]

@@ -111,7 +111,7 @@ def test_grid_searches_run_on_ray_through_joblib(local_ray):
     y = np.repeat(["a", "b"], 30)
     x = rng.normal(size=(60, 8)) + (y == "b")[:, None] * 2.0
     register_ray()
-    with joblib.parallel_config(backend="ray"):  # what the README tells a user with a cluster to write
+    with joblib.parallel_config(backend="ray"):  # what the docs tell a user with a cluster to write
         on_ray = fit_classifier("logreg", x, y)
     here = fit_classifier("logreg", x, y)
     assert on_ray.best_params == here.best_params

@@ -16,7 +16,7 @@ from transfer.runtime import keeps_file_names, keras_module
 MIN_SIZE = 16  # two 2x poolings leave a 4x4 map
 # The automatic input size: the images' own, within these bounds. Below 32 px (LeNet-5's input) the two poolings
 # leave too small a map; above 64 px this small network gains little and each step costs the square of the side
-# (README, "The scratch CNN's input size": 32 against 64 px on digits and a fashion-mnist subset).
+# (the docs, "The scratch CNN's input size": 32 against 64 px on digits and a fashion-mnist subset).
 AUTO_SIZES = (32, 64)
 
 

@@ -32,7 +32,7 @@ SIGNIFICANCE = 0.05
 # keeps every training image and cannot be exported, last.
 SIMPLER_FIRST = ("logreg", "linear_svm", "rbf_svm", "mlp", "knn")
 NOT_EXPORTABLE = ("knn",)  # transfer export refuses these (see transfer.serving._export.NOT_FOLDABLE)
-# The strategies from the cheapest to train to the dearest, as measured on every set at hand (README, "How the
+# The strategies from the cheapest to train to the dearest, as measured on every set at hand (the docs, "How the
 # verdict is made": digits, hymenoptera, a fashion-mnist subset, 60 photos; training seconds, the features' CNN
 # pass included): frozen features + a classifier, then the scratch CNN, then fine-tuning.
 COST_ORDER = ("features", "scratch", "finetune")

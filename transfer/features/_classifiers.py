@@ -29,7 +29,7 @@ def _linear_svm(n_samples):
     from sklearn.svm import LinearSVC
 
     # The dual solver, also where images outnumber features (where dual="auto" takes the primal): measured on 4,000
-    # fashion-mnist features, dual took 1.9-17 s over the grid's C, the primal 9-176 s (README, "Scaling out").
+    # fashion-mnist features, dual took 1.9-17 s over the grid's C, the primal 9-176 s (the docs, "Scaling out").
     return make_pipeline(StandardScaler(), LinearSVC(dual=True, max_iter=5000))
 
 
@@ -38,7 +38,7 @@ def _rbf_svm(n_samples):
     from sklearn.preprocessing import Normalizer
     from sklearn.svm import SVC
 
-    # Distances between unit-length features (cosine geometry): README, "feature normalisation", measured
+    # Distances between unit-length features (cosine geometry): the docs, "feature normalisation", measured
     # better than standardised features by cross-validation on all three sets at hand.
     # break_ties: a tie of votes goes to decision_function's argmax, not to the first tied class: the run predicts
     # by the scores export ships (libsvm's first-of-the-tied differed on 3 of the digits demo's 270 test images).
@@ -109,18 +109,18 @@ class ClassifierSpec:
         return self
 
 
-# The grid search sees a stratified sample of at most this many training images; the refit sees all. README,
+# The grid search sees a stratified sample of at most this many training images; the refit sees all. The docs,
 # "Scaling out": on a 7,000-image fashion-mnist split, samples of 2,000 and 5,000 chose the same parameters for four
 # classifiers of five (kNN's k differed, test accuracy within 0.003) where 1,000 moved logreg's C (-0.017), and the
 # search cost 3-7x less; on all 51,000 training images logreg chose the same C from 1,000 to 10,000.
 SEARCH_SIZE = 2000
 # Above these sizes a classifier's refit costs more than the CNN pass over the same images, or more memory than
-# the rest of the run (README, "Scaling out", measured on fashion-mnist features): the RBF SVM's fit grew as n^2.3
+# the rest of the run (the docs, "Scaling out", measured on fashion-mnist features): the RBF SVM's fit grew as n^2.3
 # (1.1 s at 2,500 images, 15.4 s at 10,000: ~190 s at 30,000, the CNN's time for them here); LinearSVC's
 # liblinear peaked at 3.7 GiB refitting 60,000.
 RBF_MAX_TRAIN = 20000
 LINEAR_SVM_MAX_TRAIN = 20000
-# Landmark images of the RBF kernel's Nystroem map above RBF_MAX_TRAIN (README, "Scaling out"). Its grid searches
+# Landmark images of the RBF kernel's Nystroem map above RBF_MAX_TRAIN (the docs, "Scaling out"). Its grid searches
 # gamma="scale" alone: on unit-length features |x - r|^2 <= 4, so the exact grid's 1e-4 and 1e-3 make the kernel
 # 1 - gamma |x - r|^2 to within 1e-5, a linear kernel (linear_svm's), and SGD took 2x the epochs on them.
 NYSTROEM_COMPONENTS = 2000

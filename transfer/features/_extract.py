@@ -37,7 +37,7 @@ class ExtractConfig(BackboneOptions):
         flip_average: each image's features are the mean of its own and its
             mirror image's (test-time augmentation; twice the CNN time).  Off
             by default: measured, it helps on some sets and hurts on others
-            (README, strategy 2), and a mirrored digit or letter is another one.
+            (the docs, strategy 2), and a mirrored digit or letter is another one.
         executor: where the CNN pass runs: ``local``, ``ray`` (a Ray of this
             machine's own) or ``ray:ADDRESS`` (see :mod:`transfer.features._executors`).
         actors, actor_cpus, actor_gpus: with Ray, the actor pool's size
@@ -182,7 +182,7 @@ def store_settings(cfg: ExtractConfig) -> dict:
             "image_size": cfg.image_size, "resize": cfg.resize, "flip_average": cfg.flip_average}
 
 
-# The local CNN pass runs in a process of its own from this many images to extract (README, "Scaling out"):
+# The local CNN pass runs in a process of its own from this many images to extract (the docs, "Scaling out"):
 # TensorFlow keeps what the pass allocated until its process ends (0.75 GiB after 70,000 fashion-mnist images
 # here), which the classifier search after it would pay for beside its own memory; a child process gives it back.
 # Below this, the child's start (TensorFlow's import and the model's build, ~10 s here) costs more than it saves.

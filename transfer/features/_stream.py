@@ -114,7 +114,8 @@ def fit_streamed(paths, labels, cfg=None, *, loss="squared_hinge", C=1.0, cache_
     memory at once.
 
     Args:
-        paths, labels: the training images and their labels.
+        paths: the training images.
+        labels: their labels, one per path.
         cfg: an :class:`~transfer.features.ExtractConfig` (default: the default one).
         loss: ``squared_hinge`` (a linear SVM, LinearSVC's loss) or ``log_loss`` (a logistic model by SGD).
         C: the inverse of the L2 penalty, as LinearSVC's and LogisticRegression's.

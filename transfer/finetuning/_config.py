@@ -45,7 +45,7 @@ class FinetuneConfig(BackboneOptions):
         train_bn: let BatchNorm layers train, in training mode.
     """
 
-    # The first half of the backbone's layers stays frozen: measured on every set at hand (README, "The depth
+    # The first half of the backbone's layers stays frozen: measured on every set at hand (the docs, "The depth
     # rule"), freezing them lost nothing against training everything (the same test accuracy on digits,
     # hymenoptera and a fashion-mnist subset) while each epoch ran 1.5x faster (bench/finetune.py); freezing
     # three quarters lost 3 points on digits, far from ImageNet. Early layers are the general ones
@@ -55,7 +55,7 @@ class FinetuneConfig(BackboneOptions):
     head_epochs: int = 5
     epochs: int = 10
     lr: float = 1e-3
-    # Stage 2 at 1e-4: the rate swept on hymenoptera, digits and a fashion-mnist subset (README, strategy 1):
+    # Stage 2 at 1e-4: the rate swept on hymenoptera, digits and a fashion-mnist subset (the docs, strategy 1):
     # 1e-5 leaves far-from-ImageNet data where the probe left it, 1e-3 unlearns the pretrained features.
     lr_mult: float = 10.0
     dropout: float = 0.2

@@ -22,7 +22,7 @@ from transfer.backbones import get_backbone
 from transfer.runtime import tensorflow
 
 # The frozen layers' outputs for the training and validation images are kept in memory up to this much
-# (README, "How long compare takes"): at freeze 0.5 those layers were 63 % (96 px) and 75 % (224 px) of
+# (the docs, "How long compare takes"): at freeze 0.5 those layers were 63 % (96 px) and 75 % (224 px) of
 # Lite0's forward pass here, and an epoch on their kept outputs ran 1.45x (digits, 96 px) and 1.57x
 # (hymenoptera, 224 px) faster than on the images, same run.
 PREFIX_CACHE_BYTES = 1024 * 2**20

@@ -100,7 +100,8 @@ def log_compare(uri, out: Path, table: pd.DataFrame, results, verdict: str, reco
         out: the compare run folder.
         table: the compare table (``compare.csv``), one nested run per row.
         results: the sub-runs' records (their chosen hyper-parameters become parameters).
-        verdict, recommended: the report's verdict and the model it says to use.
+        verdict: the report's verdict.
+        recommended: the model the verdict says to use.
 
     Raises:
         TransferError: MLflow refused (an unreachable server, a bad URI), in one line; the reports stay.

@@ -152,7 +152,7 @@ def model_key(identity: dict) -> str:
 
 # Timing rounds: the engines take turns, each keeping its best, so that the host's drift hits all alike; a round
 # runs the batch until ROUND_SECONDS have passed (one call of a fast engine is noise). The rates differ by 1.7-5x
-# between TensorFlow and a runtime on every model timed here (README, "What runs the CNN"), so short rounds choose
+# between TensorFlow and a runtime on every model timed here (the docs, "What runs the CNN"), so short rounds choose
 # as long ones did; timed once per machine, on the first model exported there.
 ROUNDS = 3
 ROUND_SECONDS = 0.2

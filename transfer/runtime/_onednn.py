@@ -32,7 +32,7 @@ STARTUP_SECONDS = 120  # a child that has not built its model by then is given u
 
 # The child: Lite0's forward pass (random weights, 224 px, a batch of 16); after one traced pass, one timed pass
 # per line read, its seconds written back. A forward pass, not a training step: its trace takes seconds where a
-# training step's takes tens of them, and here both moved the same way (README, "How long compare takes").
+# training step's takes tens of them, and here both moved the same way (the docs, "How long compare takes").
 _CHILD = """
 import os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
