@@ -96,3 +96,17 @@ def pretrained_weights_file(path, size: int = 48, seed: int = 0, n: int = 600, e
     model.fit(preprocess_input(images.astype("float32")), labels, batch_size=32, epochs=epochs, verbose=0)
     body.save_weights(path)
     return path
+
+
+def run_cli(imagenet: str, argv: list[str]) -> None:
+    """The CLI in a fresh process with the tiny row registered and its "ImageNet" weights at ``imagenet``:
+    ``python -c "from tests import _tiny; _tiny.run_cli(WEIGHTS, ARGS)"``, as a user's ``transfer ARGS``."""
+    import dataclasses
+
+    import cli
+    from transfer.backbones import REGISTRY
+
+    global IMAGENET
+    IMAGENET = imagenet
+    REGISTRY["tiny"] = dataclasses.replace(ROW, weights_file=str(imagenet))
+    cli.main(argv)

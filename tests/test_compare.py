@@ -17,8 +17,11 @@ from transfer import CompareConfig, compare
 from transfer.comparison._verdict import COMPARE_COLUMNS, recommended_model, scored_table, verdict
 from transfer.errors import TransferError
 
-TINY_BACKBONE = "efficientnet_lite0"
-TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False,
+# The tiny test backbone (tests/_tiny.py; its 32 features): what is tested here is the comparison, not ImageNet.
+pytestmark = pytest.mark.usefixtures("tiny_backbone")
+TINY_BACKBONE, FEATURES = "tiny", 32
+TINY = dict(backbones=TINY_BACKBONE, image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1,
+            augment=False,
             scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
 
 
@@ -59,10 +62,10 @@ def test_compare_report_rows_and_statistics(tiny_run):
     assert (table["trainable_params"] > 0).all()
     assert (table["train_seconds"] > 0).all()
     # Features rows are a classifier on the frozen CNN: their trainable parameters are the classifier's:
-    # the scaler's mean, var and scale (3 x 1280) and a binary logistic regression's coef (1280) + intercept.
-    assert table.loc[table["classifier"] == "logreg", "trainable_params"].iloc[0] == 3 * 1280 + 1280 + 1
-    # The head alone: a dense 1280 -> 2 softmax layer.
-    assert table.loc[table["freeze"] == "all", "trainable_params"].iloc[0] == 1280 * 2 + 2
+    # the scaler's mean, var and scale (3 x 32) and a binary logistic regression's coef (32) + intercept.
+    assert table.loc[table["classifier"] == "logreg", "trainable_params"].iloc[0] == 3 * FEATURES + FEATURES + 1
+    # The head alone: a dense 32 -> 2 softmax layer.
+    assert table.loc[table["freeze"] == "all", "trainable_params"].iloc[0] == FEATURES * 2 + 2
     assert line.endswith(".") and "\n" not in line
     assert json.loads((run / "config.json").read_text())["verdict"] == line
 
@@ -75,7 +78,7 @@ def test_compare_shares_one_split_and_one_feature_cache(tiny_run):
     # classify, the head stage of both fine-tuning runs and the t-SNE all used the same cached CNN pass.
     split = pd.read_csv(run / "split.csv")
     assert list(cached_images(split["path"]).values()) == [len(split)]
-    assert not (run / "features").exists() and not (run / "efficientnet_lite0" / "classify" / "features").exists()
+    assert not (run / "features").exists() and not (run / TINY_BACKBONE / "classify" / "features").exists()
 
 
 def test_compare_writes_every_plot(tiny_run):
@@ -84,7 +87,7 @@ def test_compare_writes_every_plot(tiny_run):
     # freeze all with the (default) probe head trains no epoch: no training curves to draw for it
     assert names == {
         "confusion-features.png", "confusion-finetune.png", "confusion-scratch.png", "accuracy-vs-time.png",
-        "curves-efficientnet_lite0-finetune-none.png", "tsne-efficientnet_lite0.png", "reliability.png",
+        f"curves-{TINY_BACKBONE}-finetune-none.png", f"tsne-{TINY_BACKBONE}.png", "reliability.png",
     }
     for name in names:
         assert (run / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -145,7 +148,7 @@ def test_a_classify_sub_run_made_by_other_pipelines_is_fitted_again(tmp_path):
     run = tmp_path / "run"
     options = dict(TINY, strategies="features", classifiers="knn")
     compare(data, run, CompareConfig(**options), progress=False, log=quiet)
-    config = run / "efficientnet_lite0" / "classify" / "config.json"
+    config = run / TINY_BACKBONE / "classify" / "config.json"
     saved = json.loads(config.read_text())
     saved["pipelines"]["knn"][0] = "StandardScaler"  # as a version before kNN moved to unit-length features wrote
     config.write_text(json.dumps(saved))
@@ -331,7 +334,8 @@ def test_cli_compare_errors_are_one_line_and_fast(tmp_path, args, message):
 def test_cli_compare_prints_table_verdict_and_paths(tmp_path):
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val"))
     out = tmp_path / "run"
-    args = ["compare", "--data", str(data), "--out", str(out), "--image-size", "32", "--batch-size", "8",
+    args = ["compare", "--data", str(data), "--out", str(out), "--backbone", "tiny", "--image-size", "32",
+            "--batch-size", "8",
             "--classifier", "logreg", "--head-epochs", "1", "--epochs", "0", "--freeze", "all",
             "--no-augment", "--precision", "float32", "--scratch-size", "16", "--scratch-epochs", "1"]
     result = CliRunner().invoke(cli.main, args)
@@ -340,7 +344,7 @@ def test_cli_compare_prints_table_verdict_and_paths(tmp_path):
     assert "protocol: one split (the source's own test split is honoured)" in result.output
     assert "Verdict: " in result.output
     assert f"Report: {out / 'report.html'} (open it in a browser); the table: {out / 'compare.csv'}" in result.output
-    assert f"Plots:  {out / 'plots'}/" in result.output and "tsne-efficientnet_lite0.png" in result.output
+    assert f"Plots:  {out / 'plots'}/" in result.output and "tsne-tiny.png" in result.output
     assert len(pd.read_csv(out / "compare.csv")) == 3
 
 
@@ -431,7 +435,7 @@ def test_compare_without_pretrained_weights_skips_the_kernel_plot(tmp_path):
     lines = []
     compare(data, tmp_path / "run", CompareConfig(**dict(TINY, strategies="finetune", freeze="none", weights="none",
                                                          epochs=1)), progress=False, log=lines.append)
-    said = "efficientnet_lite0 fine-tuned (freeze none) started from random weights: no pretrained kernels to compare"
+    said = "tiny fine-tuned (freeze none) started from random weights: no pretrained kernels to compare"
     assert any(line.startswith(said) for line in lines)
     assert not (tmp_path / "run" / "inspect" / "kernels.png").exists()
     assert (tmp_path / "run" / "inspect" / "gradcam-finetune.png").exists() and said in (
@@ -507,22 +511,24 @@ def test_no_conv_kernels_plot_of_a_run_that_kept_its_first_conv_layer_frozen(tin
     assert not (tmp_path / "k.png").exists()
 
 
-def test_the_same_compare_in_two_fresh_processes_gives_the_same_numbers(tmp_path):
+def test_the_same_compare_in_two_fresh_processes_gives_the_same_numbers(tmp_path, tiny_imagenet):
     """Seeds for the split, the shuffles, the initial weights and (stateless, per batch) the augmentations: the
     same command gives the same compare.csv, augmentation on, also when the first run is a machine's first (it
     exports and times the frozen layers' engines before training; that moved Keras's random layers' stream)."""
     import os
 
     data = colour_folder(tmp_path / "data", n=16, splits=("train", "val", "test"))
-    args = ["compare", "--data", str(data), "--image-size", "64", "--batch-size", "8", "--classifier", "logreg,knn",
+    args = ["compare", "--data", str(data), "--backbone", TINY_BACKBONE, "--image-size", "64", "--batch-size", "8",
+            "--classifier", "logreg,knn",
             "--epochs", "3", "--patience", "0", "--augment", "--precision", "float32", "--scratch-size", "16",
             "--scratch-epochs", "2"]
     tables = []
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras-home")}  # empty for the first run: nothing kept yet
     for k in (1, 2):
         out = tmp_path / f"run-{k}"
-        subprocess.run([sys.executable, "cli.py", *args, "--out", str(out)], cwd=ROOT, check=True,
-                       capture_output=True, env=env)
+        code = "import sys; from tests import _tiny; _tiny.run_cli(sys.argv[1], sys.argv[2:])"
+        subprocess.run([sys.executable, "-c", code, str(tiny_imagenet), *args, "--out", str(out)], cwd=ROOT,
+                       check=True, capture_output=True, env=env)
         tables.append(pd.read_csv(out / "compare.csv").drop(columns=["train_seconds", "inference_images_per_second"]))
         history = pd.read_csv(out / TINY_BACKBONE / "finetune-0.5" / "history.csv")
         assert len(history) == 3, "fine-tuning trained on augmented images"

@@ -3,7 +3,7 @@
 The rule is written on docs/contributing.md ("Commands in the docs"): each line of a ```bash block in README.md and
 docs/ runs here, a page's lines in order in one empty folder, so that a page's later commands read the runs its
 earlier ones made; `transfer` lines through the CLI with every backbone the tiny test row under the name the line
-gives, `data/fashion-sample` cut to 12 images per class and `digits` to 70; install lines name an extra that
+gives, `data/fashion-sample` cut to 3 classes of 12 images and `digits` to 70 images per class; install lines name an extra that
 pyproject.toml defines; `tensorboard --logdir DIR` runs as `tensorboard --inspect --logdir DIR`; `ray start`
 starts a one-CPU Ray, stopped afterwards. Any other command fails this test.
 """
@@ -25,7 +25,7 @@ import cli
 from tests.conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-FASHION_PER_CLASS, DIGITS_PER_CLASS = 12, 70
+FASHION_CLASSES, FASHION_PER_CLASS, DIGITS_PER_CLASS = ("bag", "sneaker", "trouser"), 12, 70
 
 
 def bash_lines(page: Path) -> list[str]:
@@ -58,8 +58,14 @@ def test_the_docs_show_commands_and_every_one_has_a_rule():
     assert DOC_PAGES and unknown == []
 
 
+@pytest.fixture(scope="module")
+def docs_keras_home(tmp_path_factory):
+    """One Keras home for the docs' pages, as one machine keeps its measurements and exports between commands."""
+    return tmp_path_factory.mktemp("docs-keras-home")
+
+
 @pytest.fixture
-def small_world(tmp_path, monkeypatch, tiny_backbone, keras_cache):
+def small_world(tmp_path, monkeypatch, tiny_backbone, docs_keras_home):
     """An empty folder with the repository's data made small, and every backbone the tiny one."""
     import numpy as np
     import sklearn.datasets
@@ -69,12 +75,12 @@ def small_world(tmp_path, monkeypatch, tiny_backbone, keras_cache):
 
     for name in list(REGISTRY):
         monkeypatch.setitem(REGISTRY, name, dataclasses.replace(tiny_backbone, name=name))
-    for folder in sorted((ROOT / "data" / "fashion-sample").iterdir()):
-        if folder.is_dir():
-            target = tmp_path / "data" / "fashion-sample" / folder.name
-            target.mkdir(parents=True)
-            for image in sorted(folder.iterdir())[:FASHION_PER_CLASS]:
-                shutil.copy(image, target / image.name)
+    monkeypatch.setenv("KERAS_HOME", str(docs_keras_home))
+    for name in FASHION_CLASSES:
+        target = tmp_path / "data" / "fashion-sample" / name
+        target.mkdir(parents=True)
+        for image in sorted((ROOT / "data" / "fashion-sample" / name).iterdir())[:FASHION_PER_CLASS]:
+            shutil.copy(image, target / image.name)
     digits = sklearn.datasets.load_digits()
     keep = np.concatenate([np.flatnonzero(digits.target == k)[:DIGITS_PER_CLASS] for k in range(10)])
     small = sklearn.utils.Bunch(images=digits.images[keep], target=digits.target[keep])

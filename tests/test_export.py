@@ -14,7 +14,10 @@ from transfer.data import decode_image
 from transfer.errors import TransferError
 from transfer.serving import FORMATS, export_model, load_exported, read_metadata
 
-TINY = dict(image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1, augment=False, freeze="none",
+# The tiny test backbone (tests/_tiny.py): what is tested here is the export, not ImageNet.
+pytestmark = pytest.mark.usefixtures("tiny_backbone")
+TINY = dict(backbones="tiny", image_size=32, batch_size=8, precision="float32", head_epochs=1, epochs=1,
+            augment=False, freeze="none",
             scratch_size=16, scratch_epochs=2, classifiers="logreg,linear_svm,rbf_svm,mlp,knn", search_size=None)
 
 
@@ -61,7 +64,7 @@ def check_round_trip(path, meta):
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
-@pytest.mark.parametrize("model", ["efficientnet_lite0 fine-tuned (freeze none)", "logreg"])
+@pytest.mark.parametrize("model", ["tiny fine-tuned (freeze none)", "logreg"])
 def test_every_format_predicts_as_the_run(run, tmp_path, fmt, model):
     path = out_path(tmp_path, fmt)
     meta = export_model(run, path, model=model, fmt=fmt, log=lambda *_: None)
@@ -90,7 +93,8 @@ def test_an_svm_above_the_exact_limit_exports_as_the_run_predicts(tmp_path, monk
         monkeypatch.setitem(classifiers.CLASSIFIERS, name,
                             dataclasses.replace(classifiers.CLASSIFIERS[name], max_train=10))
     data = colour_folder(tmp_path / "d", n=8, splits=("train", "val", "test"))
-    classify(data, tmp_path / "run", ExtractConfig(image_size=32), "linear_svm,rbf_svm", progress=False,
+    classify(data, tmp_path / "run", ExtractConfig(backbone="tiny", image_size=32), "linear_svm,rbf_svm",
+             progress=False,
              log=lambda *_: None)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["solvers"]["rbf_svm"].startswith("Nystroem")
     for name in ("rbf_svm", "linear_svm"):
@@ -115,7 +119,7 @@ def test_the_default_is_the_model_the_verdict_recommends(run, tmp_path):
     meta = export_model(run, tmp_path / "m.keras", log=lambda *_: None)
     assert meta["model"] == json.loads((run / "config.json").read_text())["recommended_model"]
     split = pd.read_csv(run / "split.csv")
-    assert len(meta["training_data_sha256"]) == 64 and meta["backbone"] in ("efficientnet_lite0", "none")
+    assert len(meta["training_data_sha256"]) == 64 and meta["backbone"] in ("tiny", "none")
     assert meta["image_size"] in (32, 16) and (split["split"] == "test").sum() == 16
 
 
@@ -222,7 +226,7 @@ def test_a_recommended_knn_falls_back_to_the_best_model_that_exports(run, tmp_pa
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     config = json.loads((copy / "config.json").read_text())
-    (copy / "config.json").write_text(json.dumps({**config, "recommended_model": "efficientnet_lite0 features + knn"}))
+    (copy / "config.json").write_text(json.dumps({**config, "recommended_model": "tiny features + knn"}))
     said = []
     meta = export_model(copy, tmp_path / "m.keras", log=said.append)
     table = pd.read_csv(copy / "compare.csv", keep_default_na=False)
@@ -255,7 +259,8 @@ def test_a_mixed_precision_run_exports_in_float32(tmp_path):
     from transfer import FinetuneConfig, finetune
 
     data = colour_folder(tmp_path / "data", n=6, splits=("train", "val", "test"))
-    finetune(data, tmp_path / "run", FinetuneConfig(image_size=32, batch_size=8, precision="mixed_bfloat16",
+    finetune(data, tmp_path / "run", FinetuneConfig(backbone="tiny", image_size=32, batch_size=8,
+                                                    precision="mixed_bfloat16",
                                                     head_epochs=1, epochs=1, augment=False, freeze="0.5"),
              log=lambda *_: None)
     meta = export_model(tmp_path / "run", tmp_path / "m.onnx", fmt="onnx", log=lambda *_: None)

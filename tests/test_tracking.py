@@ -13,8 +13,10 @@ from transfer.errors import TransferError
 
 pytest.importorskip("mlflow")
 
-TINY = dict(image_size=32, batch_size=8, precision="float32", head="train", head_epochs=2, epochs=1, augment=False,
-            freeze="none", scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
+# The tiny test backbone (tests/_tiny.py): what is tested here is the logging, not ImageNet.
+pytestmark = pytest.mark.usefixtures("tiny_backbone")
+TINY = dict(backbones="tiny", image_size=32, batch_size=8, precision="float32", head="train", head_epochs=2, epochs=1,
+            augment=False, freeze="none", scratch_size=16, scratch_epochs=2, classifiers="logreg,knn")
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +75,16 @@ def test_trained_models_log_their_settings_epochs_and_reports(logged):
     assert {"finetune-none/history.csv", "finetune-none/metrics.csv", "finetune-none/config.json"} <= artefacts
     logreg = next(r for r in runs if r.data.tags.get("transfer.classifier") == "logreg")
     assert "chosen.logisticregression__C" in logreg.data.params  # what the grid search chose
-    assert logreg.data.params["extract.backbone"] == "efficientnet_lite0"
+    assert logreg.data.params["extract.backbone"] == "tiny"
 
 
 def test_cli_mlflow_alone_logs_to_mlflows_default_store(logged, tmp_path, monkeypatch):
     root, data, _, table, _ = logged
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    args = ["compare", "--data", str(data), "--out", str(root / "run"), "--mlflow", "--image-size", "32",
-            "--batch-size", "8", "--precision", "float32", "--head", "train", "--head-epochs", "2", "--epochs", "1",
+    args = ["compare", "--data", str(data), "--out", str(root / "run"), "--mlflow", "--backbone", "tiny",
+            "--image-size", "32", "--batch-size", "8", "--precision", "float32", "--head", "train", "--head-epochs",
+            "2", "--epochs", "1",
             "--no-augment", "--freeze", "none", "--scratch-size", "16", "--scratch-epochs", "2",
             "--classifier", "logreg,knn"]
     result = CliRunner().invoke(cli.main, args)

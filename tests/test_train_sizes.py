@@ -100,12 +100,12 @@ def test_cli_names_the_flag(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_learning_curve_end_to_end_on_tiny_data(tmp_path):
+def test_learning_curve_end_to_end_on_tiny_data(tmp_path, tiny_backbone):
     data = colour_folder(tmp_path / "data", n=8, splits=("train", "val", "test"))
     out = tmp_path / "run"
     args = ["compare", "--data", str(data), "--out", str(out), "--train-sizes", "all,10,2,4", "--strategies",
             "features,finetune", "--classifier", "logreg", "--freeze", "all", "--head-epochs", "1", "--epochs", "0",
-            "--image-size", "32", "--batch-size", "8", "--no-augment", "--precision", "float32"]
+            "--image-size", "32", "--batch-size", "8", "--no-augment", "--precision", "float32", "--backbone", "tiny"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 0, result.output
     assert "learning curve, every size scored on the same 16 test images:" in result.output
@@ -128,9 +128,9 @@ def test_learning_curve_end_to_end_on_tiny_data(tmp_path):
     trains = {s: set(t.loc[t["split"] == "train", "path"]) for s, t in splits.items()}
     assert trains["2"] < trains["4"] < trains["all"], "nested"
     for s in ("2", "4", "all"):  # what each model was scored on and trained on, from its own sub-run
-        for sub in ("efficientnet_lite0/classify", "efficientnet_lite0/finetune-all"):
+        for sub in ("tiny/classify", "tiny/finetune-all"):
             assert set(pd.read_csv(out / f"size-{s}" / sub / "predictions.csv")["path"]) == tests["all"]
-        n_train = pd.read_csv(out / f"size-{s}" / "efficientnet_lite0" / "finetune-all" / "metrics.csv")["n_train"]
+        n_train = pd.read_csv(out / f"size-{s}" / "tiny" / "finetune-all" / "metrics.csv")["n_train"]
         assert n_train.iloc[0] == len(trains[s])
     assert list(cached_images(splits["all"]["path"]).values()) == [len(splits["all"])], "one CNN pass for every size"
     assert (out / "plots" / "learning-curve.png").read_bytes()[:4] == b"\x89PNG"
