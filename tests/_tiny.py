@@ -110,3 +110,10 @@ def run_cli(imagenet: str, argv: list[str]) -> None:
     IMAGENET = imagenet
     REGISTRY["tiny"] = dataclasses.replace(ROW, weights_file=str(imagenet))
     cli.main(argv)
+
+
+if __name__ == "__main__":  # python -m tests._tiny ARGS...: `transfer ARGS` with the tiny row, for tests' processes
+    import os
+    import sys
+
+    run_cli(os.environ["TRANSFER_TINY_IMAGENET"], sys.argv[1:])

@@ -3,9 +3,9 @@
 The rule is written on docs/contributing.md ("Commands in the docs"): each line of a ```bash block in README.md and
 docs/ runs here, a page's lines in order in one empty folder, so that a page's later commands read the runs its
 earlier ones made; `transfer` lines through the CLI with every backbone the tiny test row under the name the line
-gives, `data/fashion-sample` cut to 3 classes of 12 images and `digits` to 70 images per class; install lines name an extra that
-pyproject.toml defines; `tensorboard --logdir DIR` runs as `tensorboard --inspect --logdir DIR`; `ray start`
-starts a one-CPU Ray, stopped afterwards. Any other command fails this test.
+gives, `data/fashion-sample` cut to 3 classes of 12 images and `digits` to 70 images per class; install lines
+name an extra that pyproject.toml defines; `tensorboard --logdir DIR` runs as `tensorboard --inspect --logdir
+DIR`; `ray start` starts a one-CPU Ray, stopped afterwards. Any other command fails this test.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import cli
 from tests.conftest import ROOT, cached_images, colour_folder
 
 PAUSE = """
-import runpy, sys, time
+import os, sys, time
 import transfer.{module} as module
 real, calls = module.{function}, []
 def paused(*args, **kwargs):
@@ -33,8 +33,8 @@ def paused(*args, **kwargs):
         time.sleep(600)
     return real(*args, **kwargs)
 module.{function} = paused
-sys.argv = ["cli.py", *sys.argv[1:]]
-runpy.run_path("cli.py", run_name="__main__")
+from tests import _tiny
+_tiny.run_cli(os.environ["TRANSFER_TINY_IMAGENET"], sys.argv[1:])
 """
 
 
@@ -64,31 +64,38 @@ def _leftovers(folder):
     return [p for p in folder.rglob("*") if p.name.startswith((".tmp-", ".staging-"))]
 
 
+@pytest.fixture
+def tiny_processes(tiny_backbone, tiny_imagenet, monkeypatch):
+    """The CLI's processes these tests start, and this one, on the tiny test backbone (tests/_tiny.py)."""
+    monkeypatch.setenv("TRANSFER_TINY_IMAGENET", str(tiny_imagenet))
+
+
 def _transfer(*args):
-    return [sys.executable, "cli.py", *map(str, args)]
+    """``transfer ARGS --backbone tiny`` as a process of its own (with :func:`tiny_processes`)."""
+    return [sys.executable, "-m", "tests._tiny", *map(str, args), "--backbone", "tiny"]
 
 
-def test_a_kill_during_extraction_leaves_no_cache_and_the_run_finishes_after(tmp_path):
+def test_a_kill_during_extraction_leaves_no_cache_and_the_run_finishes_after(tmp_path, tiny_processes):
     data = colour_folder(tmp_path / "data", n=40, splits=("",))
     out = tmp_path / "run"
-    args = ["extract", "--data", data, "--out", out, "--image-size", "64", "--batch-size", "8"]
+    args = ["extract", "--data", data, "--out", out, "--image-size", "64", "--batch-size", "8", "--backbone", "tiny"]
     _kill_at(args, "data._images", "forward", "len(calls) == 4")  # the warm-up batch, then the third of ten batches
     assert not cached_images(data.rglob("*.png"))  # no cache of a part of the images (one shard holds all 80)
     again = subprocess.run(_transfer(*args), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "taking over from an earlier run that did not finish" in again.stdout + again.stderr
-    assert "80 images -> 1280 features each" in again.stdout
+    assert "80 images -> 32 features each" in again.stdout
     assert _leftovers(out) == []
 
 
-def test_a_kill_during_classification_keeps_the_earlier_results_whole(tmp_path):
+def test_a_kill_during_classification_keeps_the_earlier_results_whole(tmp_path, tiny_processes):
     data = colour_folder(tmp_path / "data", n=30, splits=("",))
     out = tmp_path / "run"
     first = CliRunner().invoke(cli.main, ["classify", "--data", str(data), "--out", str(out), "-c", "logreg",
-                                          "--image-size", "32"])
+                                          "--image-size", "32", "--backbone", "tiny"])
     assert first.exit_code == 0, first.output
     before = {name: (out / name).read_bytes() for name in ("config.json", "metrics.csv", "predictions.csv")}
-    args = ["classify", "--data", data, "--out", out, "-c", "logreg,mlp", "--image-size", "32"]
+    args = ["classify", "--data", data, "--out", out, "-c", "logreg,mlp", "--image-size", "32", "--backbone", "tiny"]
     _kill_at(args, "features._classifiers", "fit_classifier", "args[0] == 'mlp'")  # logreg fitted, mlp not yet
     assert {name: (out / name).read_bytes() for name in before} == before  # the earlier run, whole
     assert sorted(p.name for p in (out / "classifiers").iterdir()) == ["logreg.skops"]
@@ -180,7 +187,7 @@ def test_a_second_run_on_a_busy_folder_refuses_and_a_killed_ones_lock_is_taken_o
 
 
 @pytest.mark.parametrize("command", ["extract", "classify"])
-def test_two_runs_started_together_one_refuses(tmp_path, command):
+def test_two_runs_started_together_one_refuses(tmp_path, command, tiny_processes):
     data = colour_folder(tmp_path / "data", n=40, splits=("",))
     out = tmp_path / "run"
     cmd = _transfer(command, "--data", data, "--out", out, "--image-size", "64")
