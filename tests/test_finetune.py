@@ -18,6 +18,8 @@ from transfer.features import _extract as features
 from transfer.finetuning._model import PROBE_CS, frozen_count
 
 TINY = dict(image_size=32, batch_size=8, precision="float32")
+# The tiny test backbone (tests/_tiny.py, with the fixture tiny_backbone) where EfficientNet's layers are not the point
+ON_TINY = dict(TINY, backbone="tiny")
 
 
 class Named:
@@ -216,7 +218,7 @@ def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
     assert (out / "model.keras").exists()
 
 
-def test_augment_plateau_class_weight_and_hidden_head(tmp_path):
+def test_augment_plateau_class_weight_and_hidden_head(tmp_path, tiny_backbone):
     """The other code paths: head through the frozen backbone, plateau schedule, class weights, hidden layer."""
     data = tmp_path / "d"
     colour_folder(data, n=10, splits=("train",))
@@ -225,7 +227,7 @@ def test_augment_plateau_class_weight_and_hidden_head(tmp_path):
     for f in sorted((data / "train" / "blue").iterdir())[:7]:  # 10 red vs 3 blue
         f.unlink()
     cfg = FinetuneConfig(freeze="0.9", head_epochs=2, epochs=2, augment=True, schedule="plateau", patience=1,
-                         class_weight="balanced", hidden=16, **TINY)
+                         class_weight="balanced", hidden=16, **ON_TINY)
     table = finetune(data, tmp_path / "run", cfg, log=lambda *_: None)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["head_on_cached_features"] is False
@@ -292,7 +294,7 @@ def test_random_weights_never_train_the_head_on_cached_features(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["head_on_cached_features"] is False
 
 
-def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot_beat_it(tmp_path):
+def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot_beat_it(tmp_path, tiny_backbone):
     import keras
 
     from transfer import ExtractConfig, extract_features
@@ -300,9 +302,10 @@ def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot
 
     data = colour_folder(tmp_path / "d", n=8, splits=("train", "val"))
     probe_only = finetune(data, tmp_path / "probe", FinetuneConfig(freeze="all", head="probe", epochs=0,
-                                                                   augment=False, **TINY), log=lambda *_: None)
+                                                                   augment=False, **ON_TINY), log=lambda *_: None)
     split = pd.read_csv(tmp_path / "probe" / "split.csv")
-    feats = extract_features(split["path"], ExtractConfig(image_size=32, batch_size=8), progress=False)
+    feats = extract_features(split["path"], ExtractConfig(backbone="tiny", image_size=32, batch_size=8),
+                             progress=False)
     pos = {p: i for i, p in enumerate(feats.paths)}
     index = {"blue": 0, "red": 1}
 
@@ -319,7 +322,7 @@ def test_the_head_starts_as_the_linear_probe_and_is_kept_when_fine_tuning_cannot
     # A stage 2 that wrecks the backbone (a huge learning rate) never beats the probe on val: the probe is kept.
     lines = []
     wrecked = finetune(data, tmp_path / "wrecked", FinetuneConfig(freeze="none", head="probe", epochs=1, lr=50.0,
-                                                                  lr_mult=1.0, augment=False, **TINY),
+                                                                  lr_mult=1.0, augment=False, **ON_TINY),
                        log=lines.append)
     assert any("keeping the stage 1 model" in line for line in lines)
     assert wrecked["accuracy"].iloc[0] == probe_only["accuracy"].iloc[0]
@@ -369,18 +372,20 @@ def test_checking_all_none_or_a_fraction_builds_no_model(monkeypatch):
         check_freeze("efficientnet_lite0", 224, ["0.5", "block6a"])
 
 
-@pytest.mark.parametrize(("freeze", "engine", "runs_them"), [
-    ("0.5", "tensorflow", "tensorflow"), ("0.5", "onnxruntime", "onnxruntime"),
-    ("41", "onnxruntime", "tensorflow"),  # 41 layers cut across block3b's residual branch: two outputs, not exported
+@pytest.mark.parametrize(("backbone", "freeze", "engine", "runs_them"), [
+    ("tiny", "0.5", "tensorflow", "tensorflow"), ("tiny", "0.5", "onnxruntime", "onnxruntime"),
+    # 41 layers cut EfficientNet-Lite0 across block3b's residual branch: two outputs, not exported
+    ("efficientnet_lite0", "41", "onnxruntime", "tensorflow"),
 ])
-def test_stage2_on_the_frozen_layers_outputs_trains_as_on_the_images(tmp_path, monkeypatch, freeze, engine,
-                                                                     runs_them):
+def test_stage2_on_the_frozen_layers_outputs_trains_as_on_the_images(tmp_path, monkeypatch, tiny_backbone, backbone,
+                                                                     freeze, engine, runs_them):
     """Without augmentation stage 2 runs the frozen layers once; the training is the one the images give, whether
     TensorFlow runs them inside the model or an engine runs them on each batch."""
     from transfer.finetuning import _frozen as frozen_layers
 
     data = colour_folder(tmp_path / "d", n=12)
-    cfg = FinetuneConfig(freeze=freeze, epochs=2, augment=False, patience=0, dropout=0.0, engine=engine, **TINY)
+    cfg = FinetuneConfig(freeze=freeze, epochs=2, augment=False, patience=0, dropout=0.0, engine=engine,
+                         **dict(TINY, backbone=backbone))
     kept = finetune(data, tmp_path / "kept", cfg, log=lambda *_: None)
     monkeypatch.setattr(frozen_layers, "PREFIX_CACHE_BYTES", 0)  # too little memory: through the frozen layers
     lines = []
@@ -398,9 +403,9 @@ def test_stage2_on_the_frozen_layers_outputs_trains_as_on_the_images(tmp_path, m
     assert kept["accuracy"].iloc[0] == redone["accuracy"].iloc[0]
 
 
-def test_stage2_with_augmentation_runs_the_frozen_layers_by_the_engine_on_each_batch(tmp_path):
+def test_stage2_with_augmentation_runs_the_frozen_layers_by_the_engine_on_each_batch(tmp_path, tiny_backbone):
     data = colour_folder(tmp_path / "d", n=12)
-    cfg = FinetuneConfig(epochs=2, patience=0, engine="onnxruntime", **TINY)
+    cfg = FinetuneConfig(epochs=2, patience=0, engine="onnxruntime", **ON_TINY)
     lines = []
     result = finetune(data, tmp_path / "run", cfg, log=lines.append)
     assert any("stage 2: the frozen layers run by onnxruntime on each training batch (validation: computed once)"
