@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
+from tests.conftest import HYMENOPTERA_PUBLISHED, within_noise_of_or_above
 from transfer import CompareConfig, compare
 
 # No conv-kernels plot by default: --freeze 0.5 keeps the first conv layer as ImageNet made it.
@@ -32,11 +33,11 @@ def test_hymenoptera_compare_with_defaults(hymenoptera, tmp_path):
     assert set(table["strategy"]) == {"features", "finetune", "scratch"}
     assert (table["eval_split"] == "test").all() and (table["n_test"] == 153).all()
     features, tuned, scratch = (best(table, s) for s in ("features", "finetune", "scratch"))
-    assert features["accuracy"] >= 0.93
+    assert within_noise_of_or_above(features["accuracy"], 153, HYMENOPTERA_PUBLISHED)
     # Fine-tuning with augmentation is not bit-repeatable between processes (the augmentations' random stream
     # depends on what ran before in the process): 0.928-0.948 over this code's runs here, 3 images of 153. The
     # product's claim is that it is within noise of the features, by its own paired test, and far above scratch.
-    assert tuned["accuracy"] >= 0.90 and tuned["differs_from_recommended"] in ("recommended", "no (within noise)")
+    assert tuned["differs_from_recommended"] in ("recommended", "no (within noise)")
     # "clearly below": a paired test says so, and the gap is larger than either interval's half-width
     assert scratch["differs_from_recommended"] == "yes: less accurate"
     assert scratch["accuracy_ci_high"] < min(features["accuracy_ci_low"], tuned["accuracy_ci_low"])
