@@ -335,6 +335,7 @@ def test_above_the_exact_limit_both_svms_run_by_solvers_that_scale_and_say_so(tm
             np.zeros((2, 1280), np.float32))) == 2
 
 
+@pytest.mark.slow  # a statistical claim on all of digits: with the end-to-end runs
 @pytest.mark.parametrize("name", ["linear_svm", "rbf_svm"])
 def test_the_scaling_svm_agrees_with_the_exact_one_where_both_run(monkeypatch, name):
     """On digits' pixels (1,400 training images, 397 test): the grid search and refit by the exact solver and by
@@ -388,6 +389,7 @@ def digit_files(tmp_path_factory):
     return paths, digits.target
 
 
+@pytest.mark.slow  # EfficientNet-Lite0's features of all of digits, and a statistical claim: an end-to-end run
 def test_the_shard_streaming_fit_predicts_as_the_in_memory_fit(digit_files, tmp_path, monkeypatch):
     """A linear SVM fitted a cache shard at a time (a shard of 200 images: 7 shards, read 4 at a time) against the
     same fitted on the features in memory (all shuffled, in chunks of a shard's size): as accurate within noise

@@ -181,6 +181,7 @@ def test_unknown_freeze_name_is_one_line(tmp_path):
     assert result.output.count("\n") == 1
 
 
+@pytest.mark.slow  # EfficientNet-Lite0 fine-tuned in a process killed mid-stage: an end-to-end run
 def test_resume_after_kill_continues_at_the_next_epoch(tmp_path):
     data = colour_folder(tmp_path / "d", n=24)
     out = tmp_path / "run"
