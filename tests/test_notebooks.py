@@ -1,4 +1,5 @@
-"""The notebooks run top to bottom on small settings, so that they cannot rot."""
+"""The notebooks run top to bottom on small settings, so that they cannot rot (with the end-to-end runs, `pytest -m
+slow`), and the committed copies carry a whole run with its plots (the fast suite)."""
 
 import importlib.util
 
@@ -68,6 +69,7 @@ def _images(book):
     return sum("image/png" in o.get("data", {}) for c in book.cells if c.cell_type == "code" for o in c.outputs)
 
 
+@pytest.mark.slow  # a kernel through the whole public API, as a reader runs it: end to end
 def test_quickstart_notebook(tmp_path):
     book, out = run_notebook("01-quickstart.ipynb", tmp_path)
     table = pd.read_csv(out / "compare.csv")
@@ -79,6 +81,7 @@ def test_quickstart_notebook(tmp_path):
     assert _images(book) == len(list((out / "plots").glob("*.png"))) >= 5
 
 
+@pytest.mark.slow  # a kernel through the whole public API, as a reader runs it: end to end
 def test_features_notebook(tmp_path):
     book, out = run_notebook("02-features-and-svm.ipynb", tmp_path)
     for layer in ("pooled", "flatten", "block6a_expand_activation"):
@@ -88,6 +91,7 @@ def test_features_notebook(tmp_path):
     assert (out / "tsne.png").stat().st_size > 0 and _images(book) == 1
 
 
+@pytest.mark.slow  # a kernel through the whole public API, as a reader runs it: end to end
 def test_fine_tuning_notebook(tmp_path):
     book, out = run_notebook("03-fine-tuning.ipynb", tmp_path)
     runs = ["freeze-all", "freeze-none", "freeze-none-train-bn"]
