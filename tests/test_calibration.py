@@ -126,3 +126,28 @@ def test_a_flat_plateau_chooses_its_middle_not_the_grid_order():
     rows = [dict(svc__C=c, svc__gamma=g) for c in grid["svc__C"] for g in grid["svc__gamma"]]
     table = pd.DataFrame({"params": rows, "mean_test_score": [0.5 if r["svc__C"] == 0.1 else 0.9 for r in rows]})
     assert table["params"].iloc[choose(table, grid)] == {"svc__C": 10.0, "svc__gamma": "scale"}
+
+
+def test_the_calibration_folds_print_no_warning_the_caller_silenced():
+    """A classifier whose grid points hit their iteration cap is judged by its score; its calibration folds run in
+    worker processes, which must not print that warning once per fold beside the run's own lines."""
+    import subprocess
+    import sys
+
+    script = """
+import warnings
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import StratifiedKFold
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from transfer.features._calibrated import out_of_fold_temperature
+x, y = np.random.default_rng(0).normal(size=(60, 32)), np.repeat([0, 1, 2], 20)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    model = make_pipeline(MLPClassifier(max_iter=3, random_state=0))
+    out_of_fold_temperature(model, x, y, StratifiedKFold(4), n_jobs=2)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ConvergenceWarning" not in done.stderr, done.stderr

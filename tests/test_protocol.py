@@ -70,6 +70,34 @@ def test_folds_score_every_image_once_and_choose_inside_their_training_part():
     assert [set(s["split"]) for s in splits] == [{"train", "val", "test"}] * 5
 
 
+def test_too_few_images_per_class_are_refused_with_the_count_that_works_before_any_image_is_read(tmp_path,
+                                                                                                    monkeypatch):
+    from transfer.features import _extract
+
+    def no_cnn(*args, **kwargs):
+        raise AssertionError("images were read before the folds were checked")
+
+    monkeypatch.setattr(_extract, "run_extraction", no_cnn)
+    data = five_classes(tmp_path / "data", n=3)
+    result = CliRunner().invoke(cli.main, ["compare", "--data", str(data), "--backbone", "tiny",
+                                           "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: Too few images of class ") and "every class needs 4 or more" in error, error
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
+
+
+def test_the_count_the_refusal_names_is_enough():
+    from transfer.comparison._protocol import check_folds_train
+
+    for n in (4, 5, 12):  # the fewest the refusal asks for, and more: the folds then train on 2 or more per class
+        table = _images(5 * n)
+        protocol = choose(table, "auto", 5, 0.15)
+        check_folds_train(table, protocol, 5, 0, 0.15)
+        assert min(len(s[(s["split"] == "train") & (s["label"] == c)]) for s in fold_splits(table, protocol.folds, 0,
+                   0.15) for c in table["label"].unique()) >= 2
+
+
 def test_corrected_resampled_t_is_wider_than_the_naive_one():
     acc = {"a": [0.9, 0.8, 0.85, 0.9, 0.95], "b": [0.85, 0.8, 0.8, 0.85, 0.9]}
     stats = CorrectedResampledT(acc, test_over_train=1 / 4)

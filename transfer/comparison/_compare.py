@@ -191,6 +191,9 @@ def _compare_in(data, out: Path, cfg: CompareConfig, split_options: dict, progre
         f"({protocol.reason})")
     if protocol.name == "kfold":
         from transfer.comparison._kfold import cross_validated
+        from transfer.comparison._protocol import check_folds_train
+
+        check_folds_train(source.table, protocol, cfg.folds, cfg.seed, split_options["val_fraction"])
 
         return cross_validated(source, out, cfg, protocol, split_options, progress, log, mlflow)
     if cfg.repeats > 1:

@@ -96,6 +96,36 @@ def fold_splits(table: pd.DataFrame, k: int, seed: int, val_fraction: float, gro
     return splits
 
 
+def _fewest_trained(counts: pd.Series, k: int, seed: int, val_fraction: float) -> tuple[str, int]:
+    """The class with the fewest training images in any of the ``k`` folds, and that number, for images of
+    ``counts`` per class (the folds as :func:`fold_splits` makes them, without copy groups)."""
+    table = pd.DataFrame({"path": range(int(counts.sum())), "label": np.repeat(counts.index, counts.to_numpy())})
+    fewest = (str(counts.index[0]), int(counts.iloc[0]))
+    for split in fold_splits(table, k, seed, val_fraction):
+        trained = split[split["split"] == "train"]["label"].value_counts().reindex(counts.index, fill_value=0)
+        if int(trained.min()) < fewest[1]:
+            fewest = (str(trained.idxmin()), int(trained.min()))
+    return fewest
+
+
+def check_folds_train(table: pd.DataFrame, protocol: Protocol, folds: int, seed: int, val_fraction: float) -> None:
+    """Refuse, before any image is read, folds that would leave a class fewer than 2 training images: a
+    classifier's cross-validated choice needs 2 of each, and the run would fail a fold in, after minutes.
+    ``folds``: the folds asked for (``protocol.folds`` is that or the smallest class's size)."""
+    counts = table["label"].value_counts()
+    label, trained = _fewest_trained(counts, protocol.folds, seed, val_fraction)
+    if trained >= 2:
+        return
+    need = int(counts.min())
+    while _fewest_trained(counts.clip(lower=need), min(folds, need), seed, val_fraction)[1] < 2:
+        need += 1
+    short = ", ".join(f"{c!r} ({n})" for c, n in counts[counts < need].items())
+    raise TransferError(
+        f"Too few images of class {label!r} ({int(counts[label])}): {protocol.folds}-fold cross-validation, once each "
+        f"fold's scored and validation images are held out, trains on {trained} of them, and choosing a model "
+        f"needs at least 2 per class. Add images: every class needs {need} or more ({short} have fewer).")
+
+
 def _pooled_rows(tables: list, preds: list) -> tuple[pd.DataFrame, dict, dict]:
     """Every model's rows pooled over the folds, a row per strategy for the folds' representatives, the
     out-of-fold predictions of each and each one's accuracy per fold."""

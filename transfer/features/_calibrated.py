@@ -74,7 +74,9 @@ def _fold_logits(template, x, y, train, held):
 def out_of_fold_temperature(template, x, y, cv, n_jobs=None) -> tuple[float, int]:
     """The temperature of ``template``'s parameters, from logits each of which a model that did not train on that
     image gave (the folds ``cv``, fitted ``n_jobs`` at a time). Returns ``(temperature, images it was fitted on)``."""
-    from joblib import Parallel, delayed
+    # scikit-learn's Parallel, not joblib's: it carries the caller's warning filters into the workers, so an
+    # iteration cap the grid search already judged is not printed once per fold.
+    from sklearn.utils.parallel import Parallel, delayed
 
     y = np.asarray(y)
     folds = list(cv.split(x, y))

@@ -397,7 +397,7 @@ def _fit(name, data, seed, search_size, log) -> FitResult:
     if fit.at_edge:
         log(f"warning: {name} chose {', '.join(fit.at_edge)}, still at the edge of its grid after extending it "
             f"{MAX_EXTENSIONS} times: the best value may lie beyond it")
-    log(f"{name}: temperature {fit.temperature:.3g} (out-of-fold on {fit.calibrated_on:,} training images)")
+    log(f"{name}: temperature {fit.temperature:.3g} (out-of-fold on the {fit.calibrated_on:,} images it is refit on)")
     return fit
 
 
