@@ -128,6 +128,17 @@ def test_a_frozen_stem_is_said_in_one_line_and_only_the_trained_blocks_moved(tra
     assert blocks.loc["top", "relative_change"] > 0
 
 
+def test_a_fine_tuning_that_kept_its_head_alone_says_so_instead_of_a_plot_of_zeros(trained):
+    root, data, weights = trained
+    finetune(data, root / "head-only", FinetuneConfig(backbone="tiny", weights=weights, image_size=SIZE,
+                                                      freeze="none", epochs=0, batch_size=16, augment=False),
+             log=lambda *_: None)
+    done = inspect_run(root / "head-only", images=2, log=lambda *_: None)
+    assert any(line.startswith("no block of ") and "no block-change plot" in line for line in done.said), done.said
+    assert (pd.read_csv(done.folder / "block-change.csv")["relative_change"] == 0).all()
+    assert not (done.folder / "block-change.png").exists()
+
+
 def test_the_cli_inspects_a_run_and_refuses_a_wrong_layer_before_writing(trained):
     root, data, _ = trained
     mine = sorted((data / "val" / "red").iterdir())[:2]

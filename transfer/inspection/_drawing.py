@@ -105,18 +105,24 @@ def kernels_of(model, net, nets: dict, folder: Path) -> tuple[list, list]:
         panels += [("fine-tuned (same scale)", tuned, scale),
                    (f"difference (scale x{scale / max(np.abs(difference).max(), 1e-12):.0f})", difference,
                     float(np.abs(difference).max()))]
-    else:
-        lines.append(f"the stem ({name}) stayed frozen in {model.name}: its kernels are "
-                     "the pretrained ones; the bars show how far each trained block moved")
+    table = block_change(before, net.body, trained)
+    # A fine-tuning whose every epoch lost to the head alone keeps its stage-1 model: the backbone is the
+    # pretrained one to the bit, and a plot of zeros would read as "fine-tuning moved nothing" without saying why.
+    moved = bool((table["relative_change"] > 0).any())
+    if not trained.get(name, False):
+        lines.append(f"the stem ({name}) stayed frozen in {model.name}: its kernels are the pretrained ones"
+                     + ("; the bars show how far each trained block moved" if moved else ""))
+    if not moved:
+        lines.append(f"no block of {model.name} moved from its pretrained weights (it kept its stage-1 model: no "
+                     "fine-tuning epoch beat the head alone): no block-change plot")
     if scratch is not None:
         panels.append(("scratch CNN (own scale)", scratch, float(np.abs(scratch).max())))
     files = [kernels_png(panels, folder / "kernels.png")]
-    table = block_change(before, net.body, trained)
     table.to_csv(folder / "block-change.csv", index=False)
-    files += [block_change_png(table, folder / "block-change.png",
-                               title=f"{model.name}: how far each block's weights moved (grey: frozen)"),
-              folder / "block-change.csv"]
-    return files, lines
+    if moved:
+        files.append(block_change_png(table, folder / "block-change.png",
+                                      title=f"{model.name}: how far each block's weights moved (grey: frozen)"))
+    return files + [folder / "block-change.csv"], lines
 
 
 def _trained_layers(run_dir: Path) -> dict:
