@@ -116,12 +116,16 @@ def test_inspect_a_fine_tuning_run_whose_stem_trained(trained):
     assert len(shown) == 4
 
 
-def test_a_frozen_stem_is_said_in_one_line_and_only_the_trained_blocks_moved(trained):
+def fine_tuned_and_inspected(trained, name, freeze, epochs):
+    """A fine-tuning of the patch set from the tiny backbone's pretrained weights, and its inspection."""
     root, data, weights = trained
-    finetune(data, root / "frozen-stem", FinetuneConfig(backbone="tiny", weights=weights, image_size=SIZE,
-                                                        freeze="block2", epochs=2, batch_size=16, augment=False),
-             log=lambda *_: None)
-    done = inspect_run(root / "frozen-stem", images=2, log=lambda *_: None)
+    finetune(data, root / name, FinetuneConfig(backbone="tiny", weights=weights, image_size=SIZE, freeze=freeze,
+                                               epochs=epochs, batch_size=16, augment=False), log=lambda *_: None)
+    return inspect_run(root / name, images=2, log=lambda *_: None)
+
+
+def test_a_frozen_stem_is_said_in_one_line_and_only_the_trained_blocks_moved(trained):
+    done = fine_tuned_and_inspected(trained, "frozen-stem", "block2", epochs=2)
     assert any(line.startswith("the stem (stem_conv) stayed frozen") for line in done.said)
     blocks = pd.read_csv(done.folder / "block-change.csv").set_index("block")
     assert blocks.loc["stem", "relative_change"] == 0 and not blocks.loc["stem", "trained"]
@@ -129,11 +133,7 @@ def test_a_frozen_stem_is_said_in_one_line_and_only_the_trained_blocks_moved(tra
 
 
 def test_a_fine_tuning_that_kept_its_head_alone_says_so_instead_of_a_plot_of_zeros(trained):
-    root, data, weights = trained
-    finetune(data, root / "head-only", FinetuneConfig(backbone="tiny", weights=weights, image_size=SIZE,
-                                                      freeze="none", epochs=0, batch_size=16, augment=False),
-             log=lambda *_: None)
-    done = inspect_run(root / "head-only", images=2, log=lambda *_: None)
+    done = fine_tuned_and_inspected(trained, "head-only", "none", epochs=0)
     assert any(line.startswith("no block of ") and "no block-change plot" in line for line in done.said), done.said
     assert (pd.read_csv(done.folder / "block-change.csv")["relative_change"] == 0).all()
     assert not (done.folder / "block-change.png").exists()
